@@ -234,14 +234,14 @@ def observability_group(rng: np.random.Generator, length: int, num_variates: int
     driver /= driver.mean()
 
     kinds = rng.choice(OBSERVABILITY_KINDS, size=num_variates)
-    group = np.stack([_metric_from_driver(rng, str(kind), driver, step) for kind in kinds])
+    group = np.stack([metric_from_driver(rng, str(kind), driver, step) for kind in kinds])
     if rng.random() < 0.15:  # collection gaps shared by the whole host
         for start in rng.integers(0, length, size=int(rng.integers(1, 4))):
             group[:, start : start + int(rng.integers(1, 30))] = np.nan
     return group
 
 
-def _metric_from_driver(rng: np.random.Generator, kind: str, driver: np.ndarray, step: int) -> np.ndarray:
+def metric_from_driver(rng: np.random.Generator, kind: str, driver: np.ndarray, step: int) -> np.ndarray:
     size = len(driver)
     if kind == "traffic":
         level = math.exp(rng.uniform(0, 8))
