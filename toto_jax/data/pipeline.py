@@ -108,12 +108,22 @@ def build_dataset(config: DataConfig, source_objects=None) -> grain.IterDataset:
     )
     dataset = dataset.batch(config.batch_size, drop_remainder=config.num_epochs is None)
     if config.num_workers > 0:
+        _ensure_absl_flags_parsed()
         dataset = dataset.mp_prefetch(
             grain.MultiprocessingOptions(
                 num_workers=config.num_workers, per_worker_buffer_size=config.worker_buffer_size
             )
         )
     return dataset
+
+
+def _ensure_absl_flags_parsed() -> None:
+    """grain's multiprocessing reads absl flags, which only absl.app parses;
+    outside absl apps (pytest, our CLI) use their defaults instead of crashing."""
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
 
 
 def make_iterator(config: DataConfig, source_objects=None) -> grain.DatasetIterator:
