@@ -1,0 +1,95 @@
+"""Time-wise (causal, rotary) and variate-wise (bidirectional, id-masked) multi-head attention.
+
+Both project with one fused QKV kernel of shape [embed, 3, heads, head_dim]. The reference's fused
+``wQKV`` orders its output features as (qkv, head_dim, heads); the checkpoint loader permutes them
+into (qkv, heads, head_dim) so that heads are contiguous and shard cleanly over a tensor axis.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from ..sharding import constrain
+from .linear import Dense
+from .rope import RotaryTables, apply_rotary
+
+_NEG_INF = jnp.finfo(jnp.float32).min
+
+
+class LayerCache(NamedTuple):
+    """Keys and values of one time-wise layer: [batch, variate, max_tokens, heads, head_dim]."""
+
+    keys: jax.Array
+    values: jax.Array
+
+
+def _attend(q, k, v, mask, dropout_rate: float, dropout_key):
+    """Softmax attention over axis -3 of k/v. q: [..., Q, H, D]; k, v: [..., K, H, D]; mask [..., H|1, Q, K]."""
+    depth = q.shape[-1]
+    logits = jnp.einsum("...qhd,...khd->...hqk", q, k, preferred_element_type=jnp.float32)
+    logits = logits / jnp.sqrt(jnp.float32(depth))
+    logits = jnp.where(mask, logits, _NEG_INF)
+    weights = jax.nn.softmax(logits, axis=-1)
+    if dropout_key is not None and dropout_rate > 0.0:
+        keep = jax.random.bernoulli(dropout_key, 1.0 - dropout_rate, weights.shape)
+        weights = jnp.where(keep, weights / (1.0 - dropout_rate), 0.0)
+    return jnp.einsum("...hqk,...khd->...qhd", weights.astype(v.dtype), v)
+
+
+class _AttentionBase(nnx.Module):
+    def __init__(self, embed_dim: int, num_heads: int, dropout: float, *, dtype=jnp.float32, rngs: nnx.Rngs):
+        self.num_heads = num_heads
+        self.head_dim = embed_dim // num_heads
+        self.dropout = dropout
+        self.wQKV = Dense(
+            embed_dim, (3, num_heads, self.head_dim), ("embed", "qkv", "heads", "head_dim"), dtype=dtype, rngs=rngs
+        )
+        self.wO = Dense(embed_dim, embed_dim, ("heads", "embed"), dtype=dtype, rngs=rngs)
+
+    def _qkv(self, x):
+        qkv = self.wQKV(x)  # [..., 3, heads, head_dim]
+        qkv = constrain(qkv, ("batch", "variate", "time", None, "activation_heads", None))
+        return qkv[..., 0, :, :], qkv[..., 1, :, :], qkv[..., 2, :, :]
+
+    def _out(self, attended):
+        merged = attended.reshape(*attended.shape[:-2], -1)  # heads outer, head_dim inner
+        return self.wO(merged)
+
+
+class TimeAttention(_AttentionBase):
+    """Causal attention along time for each variate, with rotary xPos positions and an optional KV cache."""
+
+    def __call__(self, x, rotary: RotaryTables, cache: LayerCache | None = None, offset=0, dropout_key=None):
+        # x: [batch, variate, time, embed]
+        q, k, v = self._qkv(x)
+        q = apply_rotary(q, rotary)
+        k = apply_rotary(k, rotary, inverse_scale=True)
+        length = x.shape[2]
+        if cache is None:
+            keys, values = k, v
+            key_positions = jnp.arange(length)
+        else:
+            start = (0, 0, offset, 0, 0)
+            keys = jax.lax.dynamic_update_slice(cache.keys, k.astype(cache.keys.dtype), start)
+            values = jax.lax.dynamic_update_slice(cache.values, v.astype(cache.values.dtype), start)
+            cache = LayerCache(keys, values)
+            key_positions = jnp.arange(keys.shape[2])
+        query_positions = offset + jnp.arange(length)
+        mask = key_positions[None, :] <= query_positions[:, None]  # [Q, K]; also hides unwritten cache slots
+        attended = _attend(q, keys.astype(q.dtype), values.astype(q.dtype), mask, self.dropout, dropout_key)
+        return self._out(attended), cache
+
+
+class VariateAttention(_AttentionBase):
+    """Bidirectional attention across variates at each time step, only among variates with equal id."""
+
+    def __call__(self, x, same_group, dropout_key=None):
+        # x: [batch, variate, time, embed]; same_group: [batch, time, variate, variate] bool
+        q, k, v = self._qkv(x)
+        swap = lambda t: jnp.swapaxes(t, 1, 2)  # noqa: E731  -> [batch, time, variate, heads, head_dim]
+        attended = _attend(swap(q), swap(k), swap(v), same_group[:, :, None], self.dropout, dropout_key)
+        return self._out(swap(attended))

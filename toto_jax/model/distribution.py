@@ -1,0 +1,116 @@
+"""Student-T and mixture-of-Student-T output heads, and the distributions they produce as pure JAX.
+
+A single Student-T is the one-component mixture, so one distribution type serves both heads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from .linear import Dense
+
+_EPS = float(jnp.finfo(jnp.float32).eps)
+
+
+def student_t_log_prob(x, df, loc, scale):
+    y = (x - loc) / scale
+    normaliser = (
+        jnp.log(scale)
+        + 0.5 * jnp.log(df)
+        + 0.5 * math.log(math.pi)
+        + jax.scipy.special.gammaln(0.5 * df)
+        - jax.scipy.special.gammaln(0.5 * (df + 1.0))
+    )
+    return -0.5 * (df + 1.0) * jnp.log1p(y**2 / df) - normaliser
+
+
+def mixture_log_weights(logits):
+    """Log mixture weights as torch's ``Categorical(probs=softmax(logits))`` computes them.
+
+    torch converts probabilities back to logits through ``log(clamp(p, eps, 1 - eps))``; keeping that
+    clamp makes log-likelihoods of nearly-unused components agree with the reference.
+    """
+    probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+    return jax.nn.log_softmax(jnp.log(jnp.clip(probs, _EPS, 1.0 - _EPS)), axis=-1)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class StudentTMixture:
+    """Mixture of Student-T distributions; every field has shape [..., components]."""
+
+    df: jax.Array
+    loc: jax.Array
+    scale: jax.Array
+    logits: jax.Array
+
+    @property
+    def weights(self):
+        return jax.nn.softmax(self.logits, axis=-1)
+
+    @property
+    def mean(self):
+        # df > 2 by construction, so each component mean is its location.
+        return jnp.sum(self.weights * self.loc, axis=-1)
+
+    def log_prob(self, x):
+        component = student_t_log_prob(x[..., None], self.df, self.loc, self.scale)
+        return jax.nn.logsumexp(component + mixture_log_weights(self.logits), axis=-1)
+
+    def sample(self, key, shape: tuple[int, ...] = ()):
+        """Draws of shape ``shape + batch_shape``."""
+        component_key, t_key = jax.random.split(key)
+        batch_shape = self.loc.shape[:-1]
+        index = jax.random.categorical(component_key, self.logits, axis=-1, shape=shape + batch_shape)
+        pick = lambda p: jnp.take_along_axis(  # noqa: E731
+            jnp.broadcast_to(p, shape + p.shape), index[..., None], axis=-1
+        )[..., 0]
+        df, loc, scale = pick(self.df), pick(self.loc), pick(self.scale)
+        return loc + scale * jax.random.t(t_key, df, shape + batch_shape)
+
+    def affine(self, loc, scale) -> "AffineTransformed":
+        return AffineTransformed(self, loc, scale)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class AffineTransformed:
+    """``loc + scale * base``: a scaled-space distribution mapped back to data space."""
+
+    base: StudentTMixture
+    loc: jax.Array
+    scale: jax.Array
+
+    @property
+    def mean(self):
+        return self.loc + self.scale * self.base.mean
+
+    def log_prob(self, x):
+        return self.base.log_prob((x - self.loc) / self.scale) - jnp.log(jnp.abs(self.scale))
+
+    def sample(self, key, shape: tuple[int, ...] = ()):
+        return self.loc + self.scale * self.base.sample(key, shape)
+
+
+class StudentTHead(nnx.Module):
+    """Projects each time step's embedding to mixture parameters (k = 1 for the single Student-T head)."""
+
+    def __init__(self, embed_dim: int, components: int, mixture: bool, *, rngs: nnx.Rngs):
+        axes = ("embed", "mixture")
+        self.df = Dense(embed_dim, components, axes, rngs=rngs)
+        self.loc_proj = Dense(embed_dim, components, axes, rngs=rngs)
+        self.scale_proj = Dense(embed_dim, components, axes, rngs=rngs)
+        self.mixture_weights = Dense(embed_dim, components, axes, rngs=rngs) if mixture else None
+
+    def __call__(self, h) -> StudentTMixture:
+        h = h.astype(jnp.float32)
+        df = 2.0 + jnp.maximum(jax.nn.softplus(self.df(h)), _EPS)
+        loc = self.loc_proj(h)
+        scale = jnp.maximum(jax.nn.softplus(self.scale_proj(h)), _EPS)
+        logits = self.mixture_weights(h) if self.mixture_weights is not None else jnp.zeros_like(loc)
+        return StudentTMixture(df, loc, scale, logits)

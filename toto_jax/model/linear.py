@@ -1,0 +1,52 @@
+"""Dense parameters with logical axis names and PyTorch-like initialisation."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+
+def torch_uniform(fan_in: int):
+    """U(-1/sqrt(fan_in), 1/sqrt(fan_in)): what ``torch.nn.Linear`` uses for weights and biases."""
+    bound = 1.0 / float(fan_in) ** 0.5
+
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
+class Dense(nnx.Module):
+    """``y = x @ kernel + bias`` where kernel has shape ``[in, *out_shape]``.
+
+    ``axes`` names every kernel axis (the bias takes the output names). Multi-axis outputs let the
+    attention projection keep heads as their own axis, so tensor parallelism splits whole heads.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_shape: int | Sequence[int],
+        axes: Sequence[str | None],
+        *,
+        use_bias: bool = True,
+        dtype=jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        out_shape = (out_shape,) if isinstance(out_shape, int) else tuple(out_shape)
+        if len(axes) != 1 + len(out_shape):
+            raise ValueError(f"axes {axes} do not match kernel shape {(in_features, *out_shape)}")
+        init = torch_uniform(in_features)
+        self.kernel = nnx.Param(init(rngs.params(), (in_features, *out_shape)), logical_axes=tuple(axes))
+        self.bias = nnx.Param(init(rngs.params(), out_shape), logical_axes=tuple(axes[1:])) if use_bias else None
+        self.dtype = dtype
+
+    def __call__(self, x):
+        kernel = self.kernel[...].astype(self.dtype)
+        y = jnp.tensordot(x.astype(self.dtype), kernel, axes=((x.ndim - 1,), (0,)))
+        if self.bias is not None:
+            y = y + self.bias[...].astype(self.dtype)
+        return y

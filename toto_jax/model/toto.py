@@ -1,0 +1,158 @@
+"""The Toto model: scaler -> patch embedding -> transformer -> unembed -> Student-T (mixture) head."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from ..config import TotoConfig
+from .distribution import StudentTHead, StudentTMixture
+from .embedding import PatchEmbedding, patchify
+from .fusion import VariateLabels
+from .linear import Dense
+from .scaler import Scaled, apply_scaler
+from .transformer import KVCache, Transformer
+
+
+class TotoOutput(NamedTuple):
+    distribution: StudentTMixture  # in scaled space, [batch, variate, time]
+    loc: jax.Array
+    scale: jax.Array
+
+
+class InputError(ValueError):
+    """Model input with a wrong shape, dtype or content."""
+
+
+def validate_inputs(config: TotoConfig, series, padding_mask=None, id_mask=None) -> None:
+    """Checks on concrete arrays that cannot be expressed inside a compiled program."""
+    series = np.asarray(series)
+    if series.ndim != 3:
+        raise InputError(f"series must have shape [batch, variate, time], got shape {series.shape}")
+    if not np.issubdtype(series.dtype, np.floating):
+        raise InputError(f"series must be floating point, got dtype {series.dtype}")
+    time = series.shape[-1]
+    if time % config.patch_size:
+        raise InputError(f"time steps ({time}) must be a multiple of the patch size ({config.patch_size})")
+    for name, mask in (("padding_mask", padding_mask), ("id_mask", id_mask)):
+        if mask is not None and np.shape(mask) != series.shape:
+            raise InputError(f"{name} has shape {np.shape(mask)}, expected the series shape {series.shape}")
+    if id_mask is not None:
+        windows = np.asarray(patchify(jnp.asarray(id_mask), config.patch_size, config.stride))
+        if np.any(windows.min(-1) != windows.max(-1)):
+            raise InputError("id_mask changes inside a patch; a patch cannot span two series ids")
+
+
+class Toto(nnx.Module):
+    def __init__(self, config: TotoConfig, *, rngs: nnx.Rngs | None = None):
+        rngs = nnx.Rngs(0) if rngs is None else rngs
+        dtype = jnp.dtype(config.dtype)
+        self.config = config
+        self.patch_embed = PatchEmbedding(config.patch_size, config.stride, config.embed_dim, dtype=dtype, rngs=rngs)
+        self.transformer = Transformer(config, rngs=rngs)
+        self.unembed = Dense(
+            config.embed_dim, (config.patch_size, config.embed_dim), ("embed", "patch", "unembed"), dtype=dtype,
+            rngs=rngs,
+        )  # fmt: skip
+        self.output_distribution = StudentTHead(
+            config.embed_dim,
+            config.num_mixture_components,
+            mixture=config.distribution == "mixture_student_t",
+            rngs=rngs,
+        )
+        self.variate_labels = VariateLabels(config.embed_dim, rngs=rngs) if config.variate_labels else None
+
+    # ---- pieces, used by forecasting to run only what each decode step needs --------------------
+    @property
+    def num_prepended_tokens(self) -> int:
+        return 1 if self.variate_labels is not None else 0
+
+    def scale(self, series, padding_mask, prefix_length=None) -> Scaled:
+        c = self.config
+        return apply_scaler(
+            c.scaler,
+            series,
+            padding_mask,
+            patch_size=c.patch_size,
+            stabilize_with_global=c.stabilize_with_global,
+            scale_factor_exponent=c.scale_factor_exponent,
+            prefix_length=prefix_length,
+        )
+
+    def encode(
+        self,
+        scaled,
+        id_mask,
+        cache: KVCache | None = None,
+        *,
+        prepend_labels: bool = True,
+        num_exogenous_variables: int = 0,
+        dropout_key=None,
+    ):
+        """Scaled series [batch, variate, time] -> one hidden state per patch [batch, variate, patches, embed].
+
+        With variate labels, the label token is prepended only when ``prepend_labels`` (the first call
+        of a cached decode) and is cropped from the output.
+        """
+        tokens, token_ids = self.patch_embed(scaled, id_mask)
+        added = 0
+        if self.variate_labels is not None and prepend_labels:
+            tokens, token_ids = self.variate_labels.prepend(tokens, token_ids, num_exogenous_variables)
+            added = 1
+        hidden, cache = self.transformer(tokens, token_ids, cache, dropout_key)
+        return hidden[:, :, added:], cache
+
+    def distribution(self, hidden) -> StudentTMixture:
+        """Hidden states [..., patches, embed] -> distribution over [..., patches * patch_size] (scaled space)."""
+        unembedded = self.unembed(hidden)  # [..., patches, patch_size, embed]
+        flat = unembedded.reshape(*unembedded.shape[:-3], -1, unembedded.shape[-1])
+        return self.output_distribution(flat)
+
+    def init_cache(self, batch: int, variate: int, max_tokens: int, dtype=jnp.float32) -> KVCache:
+        return KVCache.create(self.config, batch, variate, max_tokens + self.num_prepended_tokens, dtype)
+
+    # ---- the reference's TotoBackbone.forward --------------------------------------------------
+    def __call__(
+        self,
+        series,
+        padding_mask=None,
+        id_mask=None,
+        *,
+        prefix_length=None,
+        num_exogenous_variables: int = 0,
+        dropout_key=None,
+    ) -> TotoOutput:
+        """series, padding_mask, id_mask: [batch, variate, time], time a multiple of the patch size.
+
+        NaN values are treated as padding (value 0, mask False). Returns the scaled-space distribution
+        and the scaler's loc/scale, like the reference's ``TotoBackbone.forward``.
+        """
+        series = jnp.asarray(series, jnp.float32)
+        if series.ndim != 3:
+            raise InputError(f"series must have shape [batch, variate, time], got shape {series.shape}")
+        if series.shape[-1] % self.config.patch_size:
+            raise InputError(
+                f"time steps ({series.shape[-1]}) must be a multiple of the patch size ({self.config.patch_size})"
+            )
+        missing = jnp.isnan(series)
+        padding_mask = jnp.ones(series.shape, bool) if padding_mask is None else jnp.asarray(padding_mask, bool)
+        id_mask = jnp.zeros(series.shape, jnp.int32) if id_mask is None else jnp.asarray(id_mask, jnp.int32)
+        if padding_mask.shape != series.shape or id_mask.shape != series.shape:
+            raise InputError(
+                f"padding_mask {padding_mask.shape} and id_mask {id_mask.shape} must match series {series.shape}"
+            )
+        padding_mask = padding_mask & ~missing
+        series = jnp.where(missing, 0.0, series)
+        scaled = self.scale(series, padding_mask, prefix_length)
+        hidden, _ = self.encode(
+            scaled.scaled, id_mask, num_exogenous_variables=num_exogenous_variables, dropout_key=dropout_key
+        )
+        return TotoOutput(self.distribution(hidden), scaled.loc, scaled.scale)
+
+
+def count_parameters(model: nnx.Module) -> int:
+    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))

@@ -1,0 +1,206 @@
+"""Pre-norm transformer whose layers alternate time-wise and variate-wise attention.
+
+Layers are grouped into *stages* whose parameters are stacked along a leading ``layers`` axis and run
+with ``lax.scan``, so compile time does not grow with depth:
+- several repeats of the ``spacewise_every_n_layers`` block -> one stage scanning over the blocks;
+- a single block (Toto-Open-Base: 1 variate layer + 11 time layers) -> one stage per run of equal layers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from ..config import TotoConfig
+from ..sharding import constrain
+from .attention import LayerCache, TimeAttention, VariateAttention
+from .feed_forward import SwiGLU
+from .norm import RMSNorm
+from .rope import RotaryTables, rotary_tables
+
+TIME = "time"
+VARIATE = "variate"
+
+
+def layer_kinds(config: TotoConfig) -> list[str]:
+    """Attention kind of every layer, in order (as the reference's ``_get_layer_types``)."""
+    n = config.spacewise_every_n_layers
+    if n == -1:
+        return [TIME] * config.num_layers
+    block = [TIME] * (n - 1)
+    block = [VARIATE] + block if config.spacewise_first else block + [VARIATE]
+    return block * (config.num_layers // n)
+
+
+class Stage(NamedTuple):
+    pattern: tuple[str, ...]  # layer kinds inside one scanned step
+    repeats: int
+
+
+def stage_layout(config: TotoConfig) -> list[Stage]:
+    kinds = layer_kinds(config)
+    n = config.spacewise_every_n_layers
+    if n == -1:
+        return [Stage((TIME,), config.num_layers)]
+    if config.num_layers // n > 1:
+        return [Stage(tuple(kinds[:n]), config.num_layers // n)]
+    return [Stage((kind,), len(list(run))) for kind, run in itertools.groupby(kinds)]
+
+
+def layer_locations(config: TotoConfig) -> list[tuple[int, int, int]]:
+    """(stage, repeat, position in pattern) of each layer in reference order."""
+    return [
+        (s, r, p)
+        for s, stage in enumerate(stage_layout(config))
+        for r in range(stage.repeats)
+        for p in range(len(stage.pattern))
+    ]
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class KVCache:
+    """Fixed-size keys/values of the time-wise layers, one array pair per stage (None: no time layers).
+
+    Arrays have shape [repeats, time_layers_in_pattern, batch, variate, max_tokens, heads, head_dim];
+    ``length`` counts the tokens already written (the same for every layer).
+    """
+
+    keys: tuple[jax.Array | None, ...]
+    values: tuple[jax.Array | None, ...]
+    length: jax.Array
+
+    @classmethod
+    def create(cls, config: TotoConfig, batch: int, variate: int, max_tokens: int, dtype=jnp.float32):
+        keys, values = [], []
+        for stage in stage_layout(config):
+            time_layers = stage.pattern.count(TIME)
+            if time_layers == 0:
+                keys.append(None)
+                values.append(None)
+                continue
+            shape = (stage.repeats, time_layers, batch, variate, max_tokens, config.num_heads, config.head_dim)
+            keys.append(jnp.zeros(shape, dtype))
+            values.append(jnp.zeros(shape, dtype))
+        return cls(tuple(keys), tuple(values), jnp.zeros((), jnp.int32))
+
+    @property
+    def max_tokens(self) -> int:
+        return next(k.shape[4] for k in self.keys if k is not None)
+
+
+class LayerContext(NamedTuple):
+    rotary: RotaryTables
+    same_group: jax.Array  # [batch, time, variate, variate]
+    offset: jax.Array | int
+
+
+class TransformerLayer(nnx.Module):
+    def __init__(self, kind: str, config: TotoConfig, *, rngs: nnx.Rngs):
+        dtype = jnp.dtype(config.dtype)
+        self.kind = kind
+        self.dropout = config.dropout
+        self.norm1 = RMSNorm(config.embed_dim)
+        self.norm2 = RMSNorm(config.embed_dim)
+        attention_cls = TimeAttention if kind == TIME else VariateAttention
+        self.attention = attention_cls(config.embed_dim, config.num_heads, config.dropout, dtype=dtype, rngs=rngs)
+        self.mlp = SwiGLU(config.embed_dim, config.mlp_hidden_dim, dtype=dtype, rngs=rngs)
+
+    def __call__(self, x, context: LayerContext, cache: LayerCache | None, dropout_key=None):
+        attention_key = mlp_key = None
+        if dropout_key is not None:
+            attention_key, mlp_key = jax.random.split(dropout_key)
+        normed = self.norm1(x)
+        if self.kind == TIME:
+            attended, cache = self.attention(normed, context.rotary, cache, context.offset, attention_key)
+        else:
+            attended = self.attention(normed, context.same_group, attention_key)
+        x = x + attended.astype(x.dtype)
+        update = self.mlp(self.norm2(x))
+        if mlp_key is not None and self.dropout > 0.0:
+            keep = jax.random.bernoulli(mlp_key, 1.0 - self.dropout, update.shape)
+            update = jnp.where(keep, update / (1.0 - self.dropout), 0.0)
+        x = x + update.astype(x.dtype)
+        return constrain(x, ("batch", "variate", "time", "activation_embed")), cache
+
+
+class Block(nnx.Module):
+    """One scanned step: the layers of a stage's pattern."""
+
+    def __init__(self, pattern: tuple[str, ...], config: TotoConfig, *, rngs: nnx.Rngs):
+        self.layers = nnx.List([TransformerLayer(kind, config, rngs=rngs) for kind in pattern])
+
+    def __call__(self, x, context: LayerContext, cache, dropout_keys):
+        new_keys, new_values = [], []
+        time_index = 0
+        for position, layer in enumerate(self.layers):
+            layer_cache = None
+            if layer.kind == TIME and cache is not None:
+                layer_cache = LayerCache(cache[0][time_index], cache[1][time_index])
+            key = None if dropout_keys is None else dropout_keys[position]
+            x, layer_cache = layer(x, context, layer_cache, key)
+            if layer.kind == TIME:
+                time_index += 1
+                if layer_cache is not None:
+                    new_keys.append(layer_cache.keys)
+                    new_values.append(layer_cache.values)
+        new_cache = (jnp.stack(new_keys), jnp.stack(new_values)) if new_keys else None
+        return x, new_cache
+
+
+def _stacked_blocks(stage: Stage, config: TotoConfig, rngs: nnx.Rngs) -> Block:
+    @nnx.split_rngs(splits=stage.repeats)
+    @nnx.vmap(in_axes=(0,), out_axes=0, axis_size=stage.repeats, transform_metadata={nnx.PARTITION_NAME: "layers", "logical_axes": "layers"})
+    def create(rngs):
+        return Block(stage.pattern, config, rngs=rngs)
+
+    return create(rngs)
+
+
+class Transformer(nnx.Module):
+    def __init__(self, config: TotoConfig, *, rngs: nnx.Rngs):
+        self.config = config
+        self.stages = nnx.List([_stacked_blocks(stage, config, rngs) for stage in stage_layout(config)])
+
+    def __call__(self, x, token_ids, cache: KVCache | None = None, dropout_key=None):
+        """x: [batch, variate, tokens, embed]; token_ids: [batch, variate, tokens]."""
+        config = self.config
+        length = x.shape[2]
+        offset = 0 if cache is None else cache.length
+        ids = jnp.swapaxes(token_ids, 1, 2)  # [batch, tokens, variate]
+        context = LayerContext(
+            rotary=rotary_tables(offset, length, config.head_dim),
+            same_group=ids[..., :, None] == ids[..., None, :],
+            offset=offset,
+        )
+        x = constrain(x, ("batch", "variate", "time", "activation_embed"))
+        new_keys, new_values = [], []
+        for index, (stage, blocks) in enumerate(zip(stage_layout(config), self.stages)):
+            graphdef, params = nnx.split(blocks)
+            stage_cache = None
+            if cache is not None and cache.keys[index] is not None:
+                stage_cache = (cache.keys[index], cache.values[index])
+            stage_keys = None
+            if dropout_key is not None:
+                stage_key = jax.random.fold_in(dropout_key, index)
+                stage_keys = jax.random.split(stage_key, stage.repeats * len(stage.pattern))
+                stage_keys = stage_keys.reshape(stage.repeats, len(stage.pattern), *stage_keys.shape[1:])
+
+            def step(carry, xs, graphdef=graphdef):
+                block_params, block_cache, block_keys = xs
+                block = nnx.merge(graphdef, block_params)
+                return block(carry, context, block_cache, block_keys)
+
+            if config.remat:
+                step = jax.checkpoint(step, prevent_cse=False)
+            x, stage_cache = jax.lax.scan(step, x, (params, stage_cache, stage_keys))
+            new_keys.append(None if stage_cache is None else stage_cache[0])
+            new_values.append(None if stage_cache is None else stage_cache[1])
+        if cache is not None:
+            cache = KVCache(tuple(new_keys), tuple(new_values), cache.length + length)
+        return x, cache
