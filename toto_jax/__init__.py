@@ -5,13 +5,22 @@ from .model import InputError, KVCache, Toto, TotoOutput, count_parameters
 
 __version__ = "0.1.0"
 
+# Heavier entry points are imported on first use so `import toto_jax` stays light.
+_LAZY = {
+    "load": "toto_jax.checkpoint",
+    "save": "toto_jax.checkpoint",
+    "export_torch": "toto_jax.checkpoint",
+    "CheckpointError": "toto_jax.checkpoint",
+    "forecast": "toto_jax.forecast",
+    "Forecast": "toto_jax.forecast",
+}
+
 
 def __getattr__(name):
-    # Heavier entry points are imported on first use so `import toto_jax` stays light.
-    if name in ("load", "CheckpointError"):
-        from . import checkpoint
+    if name in _LAZY:
+        import importlib
 
-        return getattr(checkpoint, name)
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'toto_jax' has no attribute {name!r}")
 
 
@@ -19,12 +28,16 @@ __all__ = [
     "PRESETS",
     "CheckpointError",
     "ConfigError",
+    "Forecast",
     "InputError",
     "KVCache",
     "Toto",
     "TotoConfig",
     "TotoOutput",
     "count_parameters",
+    "export_torch",
+    "forecast",
     "load",
     "preset",
+    "save",
 ]

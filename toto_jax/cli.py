@@ -1,0 +1,44 @@
+"""The ``toto-jax`` command: one subcommand per job, each defined beside the code it runs."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# Each module defines ``add_parser(subparsers)``, which registers its subcommand and sets ``func``.
+COMMAND_MODULES = (
+    "toto_jax.forecast_cli",
+    "toto_jax.checkpoint.cli",
+    "toto_jax.data.cli",
+    "toto_jax.train.cli",
+    "toto_jax.eval.cli",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="toto-jax", description="Toto time-series foundation model in JAX")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as error:
+            if error.name == name:  # that job is not part of this build
+                continue
+            raise
+        module.add_parser(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError, FileExistsError) as error:
+        # Input problems carry a message written for the user; no traceback from deep inside.
+        print(f"toto-jax {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
