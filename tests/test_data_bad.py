@@ -161,3 +161,17 @@ def test_bad_data_in_worker_processes_does_not_crash(tmp_path):
     values = np.concatenate([b["series"][b["padding_mask"]] for b in batches])
     assert set(np.unique(values)) <= {1.0, 2.0}
     assert all(b["padding_mask"].any() for b in batches)
+
+
+def test_corrupt_row_group_found_at_read_time_skips_its_rows(tmp_path):
+    rng = np.random.default_rng(0)
+    table = pa.table({"target": pa.array([rng.random(500).tolist() for _ in range(8)], pa.list_(pa.float64()))})
+    path = tmp_path / "a.parquet"
+    pq.write_table(table, path, row_group_size=4)
+    page_offset = pq.ParquetFile(path).metadata.row_group(1).column(0).data_page_offset
+    data = bytearray(path.read_bytes())
+    data[page_offset + 40 : page_offset + 400] = b"\xff" * 360  # footer intact, pages garbled
+    path.write_bytes(bytes(data))
+    source = ParquetSource(tmp_path)  # the footer still reads fine
+    assert [source[i] is None for i in range(8)] == [False] * 4 + [True] * 4
+    assert source.bad_data.counts["unreadable_row_group"] == 4
