@@ -258,3 +258,35 @@ def test_config_from_dict_and_validation():
         DataConfig.from_dict({"sources": [{"type": "csv"}]})
     with pytest.raises(DataError, match="unknown data source type"):
         DataConfig.from_dict({"sources": [{"type": "s3"}]})
+
+
+def test_block_shuffle_is_a_local_permutation_per_epoch():
+    from toto_jax.data.pipeline import BlockShuffleMapDataset
+    import grain
+
+    dataset = BlockShuffleMapDataset(grain.MapDataset.range(103), seed=5, block_size=10).repeat(2)
+    elements = [dataset[i] for i in range(206)]
+    first, second = elements[:103], elements[103:]
+    assert sorted(first) == sorted(second) == list(range(103))
+    assert first != second and first != list(range(103))
+    # Locality: every run of 10 outputs comes from one block of 10 inputs.
+    for start in range(0, 100, 10):
+        assert len({value // 10 for value in first[start : start + 10]}) == 1
+    assert sorted(first[100:]) == [100, 101, 102]  # the incomplete block stays last
+    again = BlockShuffleMapDataset(grain.MapDataset.range(103), seed=5, block_size=10)
+    assert [again[i] for i in range(103)] == first
+
+
+def test_parquet_cache_bounded_by_bytes(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from toto_jax.data import ParquetSource
+
+    table = pa.table({"target": pa.array([[1.0] * 1000 for _ in range(40)], pa.list_(pa.float32()))})
+    pq.write_table(table, tmp_path / "x.parquet", row_group_size=4)
+    source = ParquetSource(tmp_path, cache_row_groups=100, cache_mb=3 * 16_500 / 2**20)
+    for index in range(40):
+        source[index]
+    assert source.row_group_reads == 10
+    assert 1 <= len(source._cache) <= 3 and source._cached_bytes <= 3 * 16_500

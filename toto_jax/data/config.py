@@ -38,9 +38,19 @@ class SourceConfig:
     seed: int | None = None  # defaults to DataConfig.seed
     kernelsynth_fraction: float = 0.5
     short_fraction: float = 0.1
+    # Shuffle: 0 = global shuffle; N > 0 = shuffle the order of blocks of N
+    # consecutive rows and the rows inside each block (cache-friendly reads).
+    # None = 1024 for parquet sources, global otherwise.
+    shuffle_block: int | None = None
     # parquet
-    cache_row_groups: int = 8
+    cache_row_groups: int = 64  # per process
+    cache_mb: float = 256.0  # per process
     on_bad_file: str = "skip"  # or "raise"
+
+    def resolved_shuffle_block(self) -> int:
+        if self.shuffle_block is not None:
+            return int(self.shuffle_block)
+        return 1024 if self.type == "parquet" else 0
 
     def validate(self) -> None:
         if self.type not in SOURCE_TYPES:
@@ -49,6 +59,8 @@ class SourceConfig:
             raise DataError(f"data source weight must be > 0, got {self.weight} for {self.type} source")
         if self.type in ("parquet", "csv") and not self.path:
             raise DataError(f"{self.type} data source needs a 'path'")
+        if self.shuffle_block is not None and self.shuffle_block < 0:
+            raise DataError(f"shuffle_block must be >= 0, got {self.shuffle_block}")
         if self.on_bad_file not in ("skip", "raise"):
             raise DataError(f"on_bad_file must be 'skip' or 'raise', got {self.on_bad_file!r}")
 

@@ -40,7 +40,11 @@ def build_source(source: SourceConfig, config: DataConfig, position: int):
         )
     if source.type == "parquet":
         return sources.ParquetSource(
-            source.path, name=name, cache_row_groups=source.cache_row_groups, on_bad_file=source.on_bad_file
+            source.path,
+            name=name,
+            cache_row_groups=source.cache_row_groups,
+            cache_mb=source.cache_mb,
+            on_bad_file=source.on_bad_file,
         )
     if source.type == "csv":
         return sources.CsvSource(source.path, name=name)
@@ -58,14 +62,68 @@ class _TagSource(grain.transforms.Map):
         return record
 
 
+class BlockShuffleMapDataset(grain.MapDataset):
+    """Shuffles the order of blocks of ``block_size`` consecutive elements and the
+    elements inside each block, differently in every epoch.
+
+    A trade of randomness for locality: consecutive reads stay within a few
+    Parquet row groups, which the source caches. The incomplete last block keeps
+    its place (its elements are still shuffled).
+    """
+
+    def __init__(self, parent: grain.MapDataset, *, seed: int, block_size: int):
+        super().__init__(parent)
+        self._seed = int(seed)
+        self._block_size = int(block_size)
+
+    def __len__(self) -> int:
+        return len(self._parent)
+
+    def __str__(self) -> str:
+        return f"BlockShuffleMapDataset(block_size={self._block_size})"
+
+    def _shuffled_index(self, index: int) -> int:
+        length = len(self._parent)
+        epoch, position = divmod(index, length)
+        epoch_seed = derive_seed(self._seed, epoch)
+        full_blocks = length // self._block_size
+        block, offset = divmod(position, self._block_size)
+        if block < full_blocks:
+            if full_blocks > 1:
+                block = grain.experimental.index_shuffle(block, max_index=full_blocks - 1, seed=epoch_seed, rounds=4)
+            block_length = self._block_size
+        else:
+            block_length = length - full_blocks * self._block_size
+        if block_length > 1:
+            offset = grain.experimental.index_shuffle(
+                offset, max_index=block_length - 1, seed=derive_seed(epoch_seed, block), rounds=4
+            )
+        return epoch * length + block * self._block_size + offset
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return self.slice(index)
+        return self._parent[self._shuffled_index(index)]
+
+
 def shard_and_shuffle(
-    source, source_index: int, seed: int, shard_index: int, shard_count: int, num_epochs: int | None
+    source,
+    source_index: int,
+    seed: int,
+    shard_index: int,
+    shard_count: int,
+    num_epochs: int | None,
+    shuffle_block: int = 0,
 ) -> grain.MapDataset:
     """Records of this host's shard, shuffled by seed, repeated ``num_epochs`` times."""
     dataset = grain.MapDataset.source(source)[shard_index::shard_count]
     if len(dataset) == 0:
         raise DataError(f"shard {shard_index}/{shard_count} of source {source!r} is empty")
-    dataset = dataset.shuffle(seed=derive_seed(seed, source_index, 1))
+    shuffle_seed = derive_seed(seed, source_index, 1)
+    if shuffle_block > 0:
+        dataset = BlockShuffleMapDataset(dataset, seed=shuffle_seed, block_size=shuffle_block)
+    else:
+        dataset = dataset.shuffle(seed=shuffle_seed)
     dataset = dataset.repeat(num_epochs)
     return dataset.map(_TagSource(source_index))
 
@@ -76,9 +134,22 @@ def build_group_dataset(config: DataConfig, source_objects=None) -> grain.MapDat
     shard_index, shard_count = config.resolved_shard()
     if source_objects is None:
         source_objects = [build_source(s, config, i) for i, s in enumerate(config.sources)]
+    if len(source_objects) != len(config.sources):
+        raise DataError(
+            f"{len(source_objects)} source objects given for {len(config.sources)} data.sources entries "
+            "(weights and shuffle settings come from data.sources)"
+        )
     per_source = [
-        shard_and_shuffle(source, i, config.seed, shard_index, shard_count, config.num_epochs)
-        for i, source in enumerate(source_objects)
+        shard_and_shuffle(
+            source,
+            i,
+            config.seed,
+            shard_index,
+            shard_count,
+            config.num_epochs,
+            shuffle_block=source_config.resolved_shuffle_block(),
+        )
+        for i, (source, source_config) in enumerate(zip(source_objects, config.sources))
     ]
     if len(per_source) == 1:
         mixed = per_source[0]

@@ -163,15 +163,19 @@ class ParquetSource:
     Layout: a ``target`` column holding ``list<number>`` or
     ``list<list<number>>`` (variates x time); optional ``start`` / ``freq`` /
     ``item_id`` columns are ignored here. Parquet is read lazily one row group at
-    a time with a small per-process LRU cache, so corpora larger than memory
-    work; Arrow IPC files are memory-mapped.
+    a time with a per-process LRU cache bounded by ``cache_row_groups`` and
+    ``cache_mb``, so corpora larger than memory work; Arrow IPC files are
+    memory-mapped. Random access to rows of different row groups costs one
+    row-group read each: the pipeline therefore shuffles Parquet rows in blocks
+    (``SourceConfig.shuffle_block``) so consecutive reads hit the cache.
     """
 
     def __init__(
         self,
         path: str | os.PathLike | Sequence[str | os.PathLike],
         name: str | None = None,
-        cache_row_groups: int = 8,
+        cache_row_groups: int = 64,
+        cache_mb: float = 256.0,
         on_bad_file: str = "skip",
     ):
         import pyarrow.parquet as pq
@@ -181,6 +185,7 @@ class ParquetSource:
         files = _list_files(path, PARQUET_SUFFIXES + ARROW_SUFFIXES)
         self.name = name or str(path)
         self.cache_row_groups = max(1, int(cache_row_groups))
+        self.cache_bytes = int(cache_mb * 2**20)
         self.bad_data = quality.BadDataLog(self.name)
         self.skipped_files: list[str] = []
         self._files: list[str] = []
@@ -220,12 +225,13 @@ class ParquetSource:
 
     def _init_cache(self):
         self._cache: collections.OrderedDict = collections.OrderedDict()
+        self._cached_bytes = 0
         self._cache_lock = threading.Lock()
         self.row_group_reads = 0  # how many row groups were read from disk (tests, profiling)
 
     def __getstate__(self):
         state = dict(self.__dict__)
-        for key in ("_cache", "_cache_lock", "row_group_reads"):
+        for key in ("_cache", "_cached_bytes", "_cache_lock", "row_group_reads"):
             state.pop(key)
         return state
 
@@ -261,9 +267,15 @@ class ParquetSource:
             column = _read_arrow(file).column("target")
         with self._cache_lock:
             self.row_group_reads += 1
-            self._cache[key] = column
-            while len(self._cache) > self.cache_row_groups:
-                self._cache.popitem(last=False)
+            if key not in self._cache:  # another thread may have read it meanwhile
+                self._cache[key] = column
+                self._cached_bytes += column.nbytes
+            # Bounded by count and bytes; the newest group always stays.
+            while len(self._cache) > 1 and (
+                len(self._cache) > self.cache_row_groups or self._cached_bytes > self.cache_bytes
+            ):
+                _, evicted = self._cache.popitem(last=False)
+                self._cached_bytes -= evicted.nbytes
         return column
 
     def __getitem__(self, index: int):
