@@ -1,42 +1,85 @@
-"""Reading and writing model checkpoints: the reference's PyTorch layout and the native orbax layout."""
+"""Reading and writing model checkpoints: the native orbax layout and the reference's PyTorch layout.
+
+``load`` tells the layouts apart by their files: ``model.safetensors`` (PyTorch / Hugging Face), the
+native marker or ``state/`` directory (``save``), or a training run directory (``toto_jax.train``).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from .torch_format import CheckpointError, export_torch, is_torch_checkpoint, load_torch_checkpoint
+from .files import CheckpointError
+from .native import is_native_checkpoint, load_native, save_native
+from .torch_format import export_torch, is_torch_checkpoint, load_torch_checkpoint
+
+
+def save(model, directory: str | Path, *, overwrite: bool = False) -> Path:
+    """Write ``model`` as a native checkpoint (orbax arrays + config.json), atomically.
+
+    A non-empty ``directory`` is only replaced with ``overwrite=True``.
+    """
+    return save_native(model, directory, overwrite=overwrite)
 
 
 def load(path: str | Path, *, dtype: str | None = None, mesh=None, rules=None):
-    """Load a ``Toto`` model from a PyTorch/Hugging Face checkpoint directory (``model.safetensors`` +
-    ``config.json``), telling the layouts apart by their files.
+    """Load a ``Toto`` from a native checkpoint, a PyTorch/Hugging Face checkpoint (``model.safetensors`` +
+    ``config.json``, or the ``.safetensors`` file itself) or a training run directory.
 
-    ``dtype`` overrides the computation dtype (parameters stay float32). With ``mesh``, parameters are
-    placed directly with the shardings their logical axes map to under ``rules``.
+    ``dtype`` overrides the computation dtype (parameters stay float32). With ``mesh``, every parameter is
+    placed directly with the sharding its logical axes map to under ``rules`` (default rules if None).
     """
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"checkpoint not found: {path}")
-    shardings = None
-    if mesh is not None:
-        shardings = _shardings_for(path, dtype, mesh, rules)
+    kind = checkpoint_kind(path)
+    if kind == "torch":
+        return load_torch_checkpoint(path, dtype=dtype, mesh=mesh, rules=rules)
+    if kind == "native":
+        return load_native(path, dtype=dtype, mesh=mesh, rules=rules)
+    if kind == "run":
+        return _run_format().load_model_from_run(path, dtype=dtype, mesh=mesh, rules=rules)
+    raise CheckpointError(
+        f"{path} is not a checkpoint: expected model.safetensors + config.json (PyTorch), "
+        "a native checkpoint (config.json + state/ + toto_jax_checkpoint.json) or a training run directory"
+    )
+
+
+def checkpoint_kind(path: str | Path) -> str | None:
+    """'torch', 'native', 'run' or None: what ``load`` would read ``path`` as."""
+    path = Path(path)
+    if not path.exists():
+        return None
     if is_torch_checkpoint(path):
-        return load_torch_checkpoint(path, dtype=dtype, shardings=shardings)
-    raise CheckpointError(f"{path} is not a checkpoint: expected model.safetensors + config.json")
+        return "torch"
+    if is_native_checkpoint(path):
+        return "native"
+    run_format = _run_format()
+    if run_format is not None and run_format.is_run_directory(path):
+        return "run"
+    return None
 
 
-def _shardings_for(path, dtype, mesh, rules):
-    from flax import nnx
+def _run_format():
+    """``toto_jax.train.checkpointing`` when the training package is part of this build, else None."""
+    import importlib
 
-    from ..model.toto import Toto
-    from ..sharding import DEFAULT_RULES, state_shardings
-    from .torch_format import read_torch_checkpoint
-
-    config, _ = read_torch_checkpoint(path)
-    if dtype is not None:
-        config = config.replace(dtype=dtype)
-    abstract = nnx.eval_shape(lambda: Toto(config, rngs=nnx.Rngs(0)))
-    return state_shardings(nnx.state(abstract), mesh, rules or DEFAULT_RULES)
+    name = "toto_jax.train.checkpointing"
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as error:
+        if error.name in (name, "toto_jax.train"):
+            return None
+        raise
 
 
-__all__ = ["CheckpointError", "export_torch", "load", "load_torch_checkpoint"]
+__all__ = [
+    "CheckpointError",
+    "checkpoint_kind",
+    "export_torch",
+    "is_native_checkpoint",
+    "is_torch_checkpoint",
+    "load",
+    "load_native",
+    "load_torch_checkpoint",
+    "save",
+]

@@ -19,6 +19,8 @@ from flax import nnx
 from ..config import ConfigError, TotoConfig
 from ..model.toto import Toto
 from ..model.transformer import layer_locations
+from .files import CheckpointError, atomic_directory
+from .placement import abstract_model, flat_shardings
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -26,10 +28,6 @@ PREFIX = "model."
 IGNORED_KEYS = re.compile(r"(^|\.)rotary_emb\.freqs$")
 # xFormers' fused SwiGLU names the same tensors differently; loading accepts both, export writes plain.
 FUSED_SWIGLU_ALIASES = {"mlp.0.w12.": "mlp.0.", "mlp.0.w3.": "mlp.2."}
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be read: missing files, missing/unexpected/mis-shaped tensors."""
 
 
 def _concat(parts, axis):
@@ -283,30 +281,23 @@ def read_torch_checkpoint(path: str | Path) -> tuple[TotoConfig, dict[str, np.nd
     return config, tensors
 
 
-def load_torch_checkpoint(path: str | Path, *, dtype: str | None = None, shardings=None) -> Toto:
+def load_torch_checkpoint(path: str | Path, *, dtype: str | None = None, mesh=None, rules=None) -> Toto:
     """Build a ``Toto`` from a reference checkpoint directory (or its ``.safetensors`` file)."""
     config, tensors = read_torch_checkpoint(path)
     if dtype is not None:
         config = config.replace(dtype=dtype)
-    return model_from_tensors(config, tensors, shardings=shardings)
+    return model_from_tensors(config, tensors, mesh=mesh, rules=rules)
 
 
-def model_from_tensors(config: TotoConfig, tensors: dict[str, np.ndarray], *, shardings=None) -> Toto:
-    abstract = nnx.eval_shape(lambda: Toto(config, rngs=nnx.Rngs(0)))
-    graphdef, abstract_state = nnx.split(abstract)
-    arrays = torch_tensors_to_state(config, tensors, nnx.state(abstract, nnx.Param))
-    flat_shardings = None
-    if shardings is not None:
-        flat_shardings = {tuple(p): s for p, s in nnx.to_flat_state(shardings)}
+def model_from_tensors(config: TotoConfig, tensors: dict[str, np.ndarray], *, mesh=None, rules=None) -> Toto:
+    """Parameters from torch-layout tensors, each placed directly into its sharding (one shard per device)."""
+    graphdef, abstract_state = nnx.split(abstract_model(config))
+    arrays = torch_tensors_to_state(config, tensors, abstract_state)
+    shardings = flat_shardings(abstract_state, mesh, rules)
 
     def place(path, var):
         array = arrays[tuple(path)]
-        if flat_shardings is not None:
-            sharding = flat_shardings[tuple(path)]
-            sharding = sharding[...] if isinstance(sharding, nnx.Variable) else sharding
-            value = jax.make_array_from_callback(array.shape, sharding, lambda index: array[index])
-        else:
-            value = jax.numpy.asarray(array)
+        value = jax.make_array_from_callback(array.shape, shardings[tuple(path)], lambda index: array[index])
         return var.replace(value)
 
     flat = nnx.to_flat_state(abstract_state)
@@ -314,14 +305,22 @@ def model_from_tensors(config: TotoConfig, tensors: dict[str, np.ndarray], *, sh
     return nnx.merge(graphdef, state)
 
 
-def export_torch(model: Toto, directory: str | Path) -> None:
-    """Write ``model.safetensors`` + ``config.json`` that the reference's ``Toto.load_from_checkpoint`` reads."""
+def torch_tensors(model: Toto) -> dict[str, np.ndarray]:
+    """The model's parameters as {torch key: float32 numpy array} in the reference's layout."""
+    tensors = state_to_torch_tensors(model.config, nnx.state(model, nnx.Param))
+    return {k: np.ascontiguousarray(np.asarray(v, dtype=np.float32)) for k, v in tensors.items()}
+
+
+def export_torch(model: Toto, directory: str | Path, *, overwrite: bool = False) -> Path:
+    """Write ``model.safetensors`` + ``config.json`` that the reference's ``Toto.load_from_checkpoint`` reads.
+
+    Written with numpy (no torch needed) into a staging directory renamed into place when complete.
+    """
     from safetensors.numpy import save_file
 
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    tensors = state_to_torch_tensors(model.config, nnx.state(model, nnx.Param))
-    tensors = {k: np.ascontiguousarray(np.asarray(v, dtype=np.float32)) for k, v in tensors.items()}
-    save_file(tensors, str(directory / WEIGHTS_FILE))
-    with open(directory / CONFIG_FILE, "w") as f:
-        json.dump(model.config.to_reference_dict(), f, indent=2)
+    tensors = torch_tensors(model)
+    with atomic_directory(directory, overwrite=overwrite) as staging:
+        save_file(tensors, str(staging / WEIGHTS_FILE), metadata={"format": "pt"})
+        (staging / CONFIG_FILE).write_text(json.dumps(model.config.to_reference_dict(), indent=2) + "\n")
+    return directory

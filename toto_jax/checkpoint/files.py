@@ -1,0 +1,53 @@
+"""Atomic checkpoint directories: everything is written into a hidden sibling, then renamed into place.
+
+A reader therefore sees either no destination or a complete one, never a half-written directory that
+looks valid. (Single-process writes; rename is atomic on one POSIX filesystem.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read or written: missing files, missing/unexpected/mis-shaped tensors."""
+
+
+def check_destination(destination: Path, *, overwrite: bool) -> None:
+    """Refuse to replace a file, or a non-empty directory unless ``overwrite``."""
+    destination = Path(destination)
+    if destination.exists() and not destination.is_dir():
+        raise CheckpointError(f"destination {destination} exists and is not a directory")
+    if destination.is_dir() and any(destination.iterdir()) and not overwrite:
+        raise CheckpointError(
+            f"destination {destination} is not empty; pass overwrite=True (CLI: --overwrite) to replace it"
+        )
+
+
+@contextlib.contextmanager
+def atomic_directory(destination: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
+    """Yield an empty staging directory; on success it replaces ``destination``, on error it is removed."""
+    destination = Path(destination)
+    check_destination(destination, overwrite=overwrite)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    token = uuid.uuid4().hex[:8]
+    staging = destination.with_name(f".{destination.name}.partial-{token}")
+    staging.mkdir()
+    try:
+        yield staging
+        # Checked again: something may have appeared in the destination while we were writing.
+        check_destination(destination, overwrite=overwrite)
+        if destination.exists():
+            retired = destination.with_name(f".{destination.name}.old-{token}")
+            destination.rename(retired)
+            staging.rename(destination)
+            shutil.rmtree(retired, ignore_errors=True)
+        else:
+            staging.rename(destination)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)

@@ -1,0 +1,106 @@
+"""The native checkpoint layout: an orbax array tree plus the config beside it.
+
+    DIR/config.json               TotoConfig.to_dict()
+    DIR/state/                    orbax StandardCheckpointer tree of the model state (parameters, float32)
+    DIR/toto_jax_checkpoint.json  completeness marker, written last: format name, version, parameter count
+
+The whole directory is staged in a hidden sibling and renamed into place (``files.atomic_directory``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jax
+import numpy as np
+from flax import nnx
+
+from ..config import ConfigError, TotoConfig
+from ..model.toto import Toto
+from .files import CheckpointError, atomic_directory
+from .placement import abstract_model, flat_shardings
+
+CONFIG_FILE = "config.json"
+STATE_DIR = "state"
+MARKER_FILE = "toto_jax_checkpoint.json"
+FORMAT_NAME = "toto-jax"
+FORMAT_VERSION = 1
+
+
+def is_native_checkpoint(path: str | Path) -> bool:
+    """True for a directory in the native layout, complete or not (``load_native`` says what is missing)."""
+    path = Path(path)
+    return path.is_dir() and ((path / MARKER_FILE).is_file() or (path / STATE_DIR).is_dir())
+
+
+def save_native(model: Toto, directory: str | Path, *, overwrite: bool = False) -> Path:
+    import orbax.checkpoint as ocp
+
+    directory = Path(directory)
+    state = nnx.state(model).to_pure_dict()
+    parameters = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state))
+    with atomic_directory(directory, overwrite=overwrite) as staging:
+        with ocp.StandardCheckpointer() as checkpointer:
+            checkpointer.save((staging / STATE_DIR).absolute(), state)
+            checkpointer.wait_until_finished()
+        (staging / CONFIG_FILE).write_text(json.dumps(model.config.to_dict(), indent=2) + "\n")
+        marker = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "parameters": parameters}
+        (staging / MARKER_FILE).write_text(json.dumps(marker, indent=2) + "\n")
+    return directory
+
+
+def read_native_config(path: str | Path) -> TotoConfig:
+    path = Path(path)
+    marker_path = path / MARKER_FILE
+    if not marker_path.is_file():
+        raise CheckpointError(
+            f"{path} is an incomplete native checkpoint: no {MARKER_FILE} (the save did not finish)"
+        )
+    try:
+        marker = json.loads(marker_path.read_text())
+    except json.JSONDecodeError as error:
+        raise CheckpointError(f"{marker_path} is not valid JSON: {error}") from None
+    if marker.get("format") != FORMAT_NAME or marker.get("version") != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{marker_path}: unsupported checkpoint format {marker.get('format')!r} version "
+            f"{marker.get('version')!r}; this toto-jax reads {FORMAT_NAME!r} version {FORMAT_VERSION}"
+        )
+    config_path = path / CONFIG_FILE
+    if not config_path.is_file():
+        raise CheckpointError(f"native checkpoint {path} is missing its {CONFIG_FILE} (the model's shape)")
+    if not (path / STATE_DIR).is_dir():
+        raise CheckpointError(f"native checkpoint {path} is missing its {STATE_DIR}/ directory (the arrays)")
+    try:
+        return TotoConfig.from_dict(json.loads(config_path.read_text()))
+    except json.JSONDecodeError as error:
+        raise CheckpointError(f"{config_path} is not valid JSON: {error}") from None
+    except (ConfigError, TypeError) as error:
+        raise CheckpointError(f"{config_path}: {error}") from None
+
+
+def load_native(path: str | Path, *, dtype: str | None = None, mesh=None, rules=None) -> Toto:
+    """Restore a native checkpoint; every array is read straight into its sharding (``mesh`` + ``rules``)."""
+    import orbax.checkpoint as ocp
+
+    path = Path(path)
+    config = read_native_config(path)
+    if dtype is not None:
+        config = config.replace(dtype=dtype)
+    graphdef, abstract_state = nnx.split(abstract_model(config))
+    shardings = flat_shardings(abstract_state, mesh, rules)
+    targets = nnx.from_flat_state(
+        [
+            (path_, jax.ShapeDtypeStruct(var.shape, var.dtype, sharding=shardings[tuple(path_)]))
+            for path_, var in nnx.to_flat_state(abstract_state)
+        ]
+    ).to_pure_dict()
+    try:
+        with ocp.StandardCheckpointer() as checkpointer:
+            restored = checkpointer.restore((path / STATE_DIR).absolute(), targets)
+    except (ValueError, KeyError, FileNotFoundError) as error:
+        raise CheckpointError(
+            f"cannot restore {path / STATE_DIR} with the shapes of {path / CONFIG_FILE}: {error}"
+        ) from None
+    nnx.replace_by_pure_dict(abstract_state, restored)
+    return nnx.merge(graphdef, abstract_state)

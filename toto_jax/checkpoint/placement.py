@@ -1,0 +1,28 @@
+"""Where loaded parameters go: the model's abstract state and the sharding of every array in it."""
+
+from __future__ import annotations
+
+import jax
+from flax import nnx
+from jax.sharding import SingleDeviceSharding
+
+from ..config import TotoConfig
+from ..model.toto import Toto
+from ..sharding import DEFAULT_RULES, state_shardings
+
+
+def abstract_model(config: TotoConfig) -> Toto:
+    """A ``Toto`` whose arrays are shape/dtype placeholders (nothing allocated)."""
+    return nnx.eval_shape(lambda: Toto(config, rngs=nnx.Rngs(0)))
+
+
+def flat_shardings(state: nnx.State, mesh=None, rules=None) -> dict[tuple, jax.sharding.Sharding]:
+    """{parameter path: sharding}: from the logical axes under ``rules`` on ``mesh``, else the default device."""
+    if mesh is None:
+        default = SingleDeviceSharding(jax.devices()[0])
+        return {tuple(path): default for path, _ in nnx.to_flat_state(state)}
+    shardings = state_shardings(state, mesh, DEFAULT_RULES if rules is None else rules)
+    return {
+        tuple(path): (value.get_value() if isinstance(value, nnx.Variable) else value)
+        for path, value in nnx.to_flat_state(shardings)
+    }
