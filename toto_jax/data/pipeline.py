@@ -12,6 +12,8 @@ batches are interleaved: deterministic for a given worker count.
 
 from __future__ import annotations
 
+import functools
+
 import grain
 import numpy as np
 
@@ -62,6 +64,13 @@ class _TagSource(grain.transforms.Map):
         return record
 
 
+@functools.lru_cache(maxsize=256)
+def _permutation(seed: int, size: int) -> np.ndarray:
+    # Cached: one per epoch for the block order and one per recently used block.
+    # (grain's index_shuffle costs milliseconds per call on small domains.)
+    return np.random.default_rng(seed).permutation(size)
+
+
 class BlockShuffleMapDataset(grain.MapDataset):
     """Shuffles the order of blocks of ``block_size`` consecutive elements and the
     elements inside each block, differently in every epoch.
@@ -89,15 +98,11 @@ class BlockShuffleMapDataset(grain.MapDataset):
         full_blocks = length // self._block_size
         block, offset = divmod(position, self._block_size)
         if block < full_blocks:
-            if full_blocks > 1:
-                block = grain.experimental.index_shuffle(block, max_index=full_blocks - 1, seed=epoch_seed, rounds=4)
+            block = int(_permutation(epoch_seed, full_blocks)[block])
             block_length = self._block_size
         else:
             block_length = length - full_blocks * self._block_size
-        if block_length > 1:
-            offset = grain.experimental.index_shuffle(
-                offset, max_index=block_length - 1, seed=derive_seed(epoch_seed, block), rounds=4
-            )
+        offset = int(_permutation(derive_seed(epoch_seed, block), block_length)[offset])
         return epoch * length + block * self._block_size + offset
 
     def __getitem__(self, index):
