@@ -1,0 +1,32 @@
+# Two entry points for a newcomer; each builds its own virtual environment on first use.
+#   make demo  - forecast the bundled sample series with the bundled model (CSV + PNG in out/)
+#   make test  - the full test suite, with the PyTorch reference for parity tests
+PYTHON ?= python3
+
+.PHONY: demo test clean
+
+demo: .venv-demo/.installed
+	.venv-demo/bin/toto-jax forecast --input toto_jax/assets/sample_nab_cpu.csv --horizon 96 --samples 64 \
+		--quantiles 0.1,0.5,0.9 --output out/forecast.csv --plot out/forecast.png
+
+test: .venv-test/.installed
+	.venv-test/bin/python -m pytest -q
+
+.venv-demo/.installed: pyproject.toml
+	$(PYTHON) -m venv .venv-demo
+	.venv-demo/bin/pip install -q --upgrade pip
+	.venv-demo/bin/pip install -q -e .
+	touch $@
+
+# toto-ts pins versions that do not install here, so it goes in without its dependencies,
+# which the `test` extra lists itself.
+.venv-test/.installed: pyproject.toml
+	$(PYTHON) -m venv .venv-test
+	.venv-test/bin/pip install -q --upgrade pip
+	.venv-test/bin/pip install -q torch==2.13.0
+	.venv-test/bin/pip install -q -e '.[test]'
+	.venv-test/bin/pip install -q --no-deps toto-ts==0.2.0
+	touch $@
+
+clean:
+	rm -rf .venv-demo .venv-test out
