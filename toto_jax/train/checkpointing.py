@@ -1,0 +1,205 @@
+"""Run checkpoints with orbax: parameters, optimiser state, step, RNG, data-iterator state and config.
+
+Layout of a run directory (``--workdir``)::
+
+    WORKDIR/config.yaml            the training config of the latest start
+    WORKDIR/checkpoints/<step>/    params, opt_state, meta (step, rng), data (iterator state), config
+    WORKDIR/metrics.jsonl, WORKDIR/tensorboard/
+
+Arrays are stored as flat ``{dotted.path: array}`` dicts so the files do not depend on how Flax/optax
+containers flatten. Saves are atomic (orbax writes a temporary directory and renames it); on restore a
+latest checkpoint that cannot be read is skipped with a warning and the previous one is used.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from ..config import TotoConfig
+from ..model.toto import Toto
+from ..sharding import DEFAULT_RULES, state_shardings
+
+log = logging.getLogger(__name__)
+
+CHECKPOINTS = "checkpoints"
+ITEMS = ("params", "opt_state", "meta", "data", "config")
+FORMAT = "toto-jax-run-1"
+
+
+def flatten(tree: Any) -> dict[str, Any]:
+    """A pytree -> {dotted key path: leaf}."""
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {jax.tree_util.keystr(path, simple=True, separator="."): leaf for path, leaf in leaves}
+
+
+def unflatten(template: Any, flat: dict[str, Any]) -> Any:
+    """Inverse of ``flatten`` given a tree with the same structure."""
+    paths, treedef = jax.tree_util.tree_flatten_with_path(template)
+    keys = [jax.tree_util.keystr(path, simple=True, separator=".") for path, _ in paths]
+    missing = [k for k in keys if k not in flat]
+    if missing:
+        raise KeyError(f"checkpoint lacks {len(missing)} array(s), e.g. {missing[:3]}")
+    return jax.tree_util.tree_unflatten(treedef, [flat[k] for k in keys])
+
+
+def _abstract(tree: Any, shardings: Any | None) -> dict[str, jax.ShapeDtypeStruct]:
+    flat = flatten(tree)
+    flat_shardings = flatten(shardings) if shardings is not None else {}
+    return {
+        k: jax.ShapeDtypeStruct(np.shape(v), v.dtype, sharding=flat_shardings.get(k)) for k, v in flat.items()
+    }
+
+
+class Restored(NamedTuple):
+    step: int
+    params: Any
+    opt_state: Any
+    rng: np.ndarray
+    data_state: Any
+    config: dict
+
+
+class RunCheckpoints:
+    """Save/restore training checkpoints of one run directory."""
+
+    def __init__(self, workdir: str | Path, keep_last: int = 3, keep_every: int | None = None, async_save: bool = True):
+        self.directory = Path(workdir).absolute() / CHECKPOINTS
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=keep_last,
+            keep_period=keep_every,
+            enable_async_checkpointing=async_save,
+            create=True,
+            cleanup_tmp_directories=True,  # half-written saves of a killed run
+        )
+        self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
+
+    def save(self, step: int, params, opt_state, rng, data_state, config: dict) -> None:
+        """Start saving; with async saves, the arrays must stay alive until ``wait()`` (pass copies)."""
+        args = ocp.args.Composite(
+            params=ocp.args.StandardSave(flatten(params)),
+            opt_state=ocp.args.StandardSave(flatten(opt_state)),
+            meta=ocp.args.JsonSave({"format": FORMAT, "step": int(step), "rng": np.asarray(rng).tolist()}),
+            data=ocp.args.JsonSave(data_state),
+            config=ocp.args.JsonSave(config),
+        )
+        self.manager.save(step, args=args, force=True)
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.close()
+
+    def steps(self) -> list[int]:
+        return sorted(self.manager.all_steps())
+
+    def restore_latest(self, params_template, opt_state_template, params_shardings=None, opt_shardings=None):
+        """The newest readable checkpoint (older ones after a warning for each unreadable one), or None."""
+        for step in reversed(self.steps()):
+            try:
+                args = ocp.args.Composite(
+                    params=ocp.args.StandardRestore(_abstract(params_template, params_shardings)),
+                    opt_state=ocp.args.StandardRestore(_abstract(opt_state_template, opt_shardings)),
+                    meta=ocp.args.JsonRestore(),
+                    data=ocp.args.JsonRestore(),
+                    config=ocp.args.JsonRestore(),
+                )
+                restored = self.manager.restore(step, args=args)
+                meta = restored["meta"]
+                if meta.get("format") != FORMAT or meta.get("step") != step:
+                    raise ValueError(f"metadata {meta} does not describe step {step}")
+                return Restored(
+                    step=step,
+                    params=unflatten(params_template, restored["params"]),
+                    opt_state=unflatten(opt_state_template, restored["opt_state"]),
+                    rng=np.asarray(meta["rng"], np.uint32),
+                    data_state=restored["data"],
+                    config=restored["config"],
+                )
+            except Exception as error:  # noqa: BLE001 - any unreadable checkpoint is skipped
+                log.warning("checkpoint at step %d in %s is unreadable (%s: %s); trying an older one",
+                            step, self.directory, type(error).__name__, error)
+                import warnings
+
+                warnings.warn(f"skipping unreadable checkpoint step {step} in {self.directory}: {error}", stacklevel=2)
+        return None
+
+
+# ---- reading a run's model (``toto_jax.load`` dispatches here) -----------------------------------
+
+
+def _step_directory(path: Path) -> Path | None:
+    """``path`` itself when it is one step of a run, else the latest complete step under ``path``."""
+    if (path / "params").is_dir() and (path / "config").is_dir():
+        return path
+    root = path / CHECKPOINTS if (path / CHECKPOINTS).is_dir() else path
+    steps = sorted((int(p.name) for p in root.iterdir() if p.is_dir() and p.name.isdigit()), reverse=True)
+    for step in steps:
+        candidate = root / str(step)
+        if (candidate / "params").is_dir() and (candidate / "config").is_dir():
+            return candidate
+    return None
+
+
+def is_run_directory(path: str | Path) -> bool:
+    """True for a training run directory (``WORKDIR``), its ``checkpoints`` folder, or one step in it."""
+    path = Path(path)
+    return path.is_dir() and _step_directory(path) is not None
+
+
+def load_model_from_run(path: str | Path, dtype: str | None = None, mesh=None, rules=None) -> Toto:
+    """The model of a run's latest complete checkpoint (or of the given step directory).
+
+    Tries steps from the newest down, skipping unreadable ones with a warning.
+    """
+    path = Path(path)
+    root = path
+    candidates: list[Path]
+    if (path / "params").is_dir():
+        candidates = [path]
+    else:
+        root = path / CHECKPOINTS if (path / CHECKPOINTS).is_dir() else path
+        steps = sorted((int(p.name) for p in root.iterdir() if p.is_dir() and p.name.isdigit()), reverse=True)
+        candidates = [root / str(s) for s in steps]
+    if not candidates:
+        raise FileNotFoundError(f"no checkpoint found in {path}")
+    errors = []
+    for step_dir in candidates:
+        try:
+            return _load_step(step_dir, dtype, mesh, rules)
+        except Exception as error:  # noqa: BLE001
+            errors.append(f"{step_dir.name}: {error}")
+            import warnings
+
+            warnings.warn(f"skipping unreadable checkpoint {step_dir}: {error}", stacklevel=2)
+    raise ValueError(f"no readable checkpoint in {path}: " + "; ".join(errors))
+
+
+def _load_step(step_dir: Path, dtype, mesh, rules) -> Toto:
+    checkpointer = ocp.Checkpointer(ocp.JsonCheckpointHandler())
+    config = checkpointer.restore(step_dir / "config")
+    model_config = TotoConfig.from_dict(config["model"])
+    if dtype is not None:
+        model_config = model_config.replace(dtype=dtype)
+    abstract = nnx.eval_shape(lambda: Toto(model_config, rngs=nnx.Rngs(0)))
+    graphdef, abstract_params, rest = nnx.split(abstract, nnx.Param, ...)
+    shardings = None
+    if mesh is not None:
+        if rules is None:
+            rules = tuple(tuple(r) if not isinstance(r[1], list) else (r[0], tuple(r[1])) for r in
+                          config.get("mesh", {}).get("rules", DEFAULT_RULES))
+        shardings = state_shardings(abstract_params, mesh, rules)
+    target = _abstract(abstract_params, shardings)
+    if mesh is None:  # place on the default device
+        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        target = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=device) for k, v in target.items()}
+    restored = ocp.StandardCheckpointer().restore(step_dir / "params", target)
+    params = unflatten(abstract_params, restored)
+    return nnx.merge(graphdef, params, rest)

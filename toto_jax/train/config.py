@@ -1,0 +1,197 @@
+"""Training configuration: one YAML file -> ``TrainConfig``, with ``key=value`` overrides in dotted names.
+
+Sections: ``model`` (``TotoConfig`` fields), ``data`` (``DataConfig``), ``optimizer`` (``OptimizerConfig``),
+``loss``, ``mesh`` (shape and logical-axis rules), ``checkpoint``, ``logging``; plus top-level ``steps``,
+``seed`` and ``num_exogenous_variables``. Unknown keys are rejected with the name of the offending key.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import yaml
+
+from ..config import ConfigError, TotoConfig
+from ..data.config import DataConfig
+from ..sharding import DEFAULT_RULES
+from .optimizer import OptimizerConfig
+
+
+@dataclasses.dataclass
+class LossConfig:
+    lambda_nll: float = 0.575
+    robust_delta: float = 0.1
+    robust_alpha: float = 0.0
+
+
+@dataclasses.dataclass
+class MeshConfig:
+    shape: list[int] = dataclasses.field(default_factory=lambda: [-1, 1, 1])  # (data, fsdp, tensor); -1 = the rest
+    # [logical axis name, mesh axis | [mesh axes] | null] pairs; the first rule whose axes are free wins.
+    rules: list[list[Any]] = dataclasses.field(default_factory=lambda: [[k, v] for k, v in DEFAULT_RULES])
+
+    def rule_tuples(self) -> tuple[tuple[str, Any], ...]:
+        return tuple((str(name), tuple(axes) if isinstance(axes, list) else axes) for name, axes in self.rules)
+
+
+@dataclasses.dataclass
+class CheckpointConfig:
+    every: int = 1000  # steps between saves (the last step is always saved)
+    keep_last: int = 3  # most recent checkpoints kept
+    keep_every: int | None = None  # also keep every checkpoint whose step is a multiple of this
+    async_save: bool = True
+
+
+@dataclasses.dataclass
+class LoggingConfig:
+    every: int = 10  # steps between metric records
+    tensorboard: bool = True
+    progress_bar: bool = True
+    peak_flops_per_device: float | None = None  # for MFU; None: measured with a matmul at start-up
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    model: TotoConfig = dataclasses.field(default_factory=TotoConfig)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
+    loss: LossConfig = dataclasses.field(default_factory=LossConfig)
+    mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
+    checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = dataclasses.field(default_factory=LoggingConfig)
+    steps: int = 1000
+    seed: int = 0
+    num_exogenous_variables: int = 0  # the last variates of each sample; excluded from the loss
+
+    def validate(self) -> None:
+        if self.steps < 1:
+            raise ConfigError(f"steps must be >= 1, got {self.steps}")
+        if self.data.patch_size != self.model.patch_size:
+            raise ConfigError(
+                f"data.patch_size ({self.data.patch_size}) must equal model.patch_size ({self.model.patch_size})"
+            )
+        if not 0 <= self.num_exogenous_variables < self.data.num_variates:
+            raise ConfigError(
+                f"num_exogenous_variables ({self.num_exogenous_variables}) must be in [0, data.num_variates)"
+            )
+        if len(self.mesh.shape) != 3:
+            raise ConfigError(f"mesh.shape must have 3 entries (data, fsdp, tensor), got {self.mesh.shape}")
+        for rule in self.mesh.rules:
+            if not (isinstance(rule, (list, tuple)) and len(rule) == 2):
+                raise ConfigError(f"mesh.rules entries must be [logical_name, mesh_axes], got {rule!r}")
+        if self.checkpoint.every < 1 or self.checkpoint.keep_last < 1 or self.logging.every < 1:
+            raise ConfigError("checkpoint.every, checkpoint.keep_last and logging.every must be >= 1")
+        self.optimizer.validate()
+        self.data.validate()
+        if self.data.batch_size % self.optimizer.accumulation_steps:
+            raise ConfigError(
+                f"data.batch_size ({self.data.batch_size}) must be a multiple of "
+                f"optimizer.accumulation_steps ({self.optimizer.accumulation_steps})"
+            )
+
+    # ---- dict form ------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        out["model"] = self.model.to_dict()
+        out["data"] = self.data.to_dict()
+        for name in ("optimizer", "loss", "mesh", "checkpoint", "logging"):
+            out[name] = dataclasses.asdict(getattr(self, name))
+        return copy.deepcopy(out)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "TrainConfig":
+        values = dict(values)
+        _reject_unknown(values, {f.name for f in dataclasses.fields(cls)}, "")
+        sections = {
+            "model": lambda v: TotoConfig.from_dict(_mapping(v, "model")),
+            "data": lambda v: DataConfig.from_dict(_mapping(v, "data")),
+            "optimizer": lambda v: _section(OptimizerConfig, v, "optimizer"),
+            "loss": lambda v: _section(LossConfig, v, "loss"),
+            "mesh": lambda v: _section(MeshConfig, v, "mesh"),
+            "checkpoint": lambda v: _section(CheckpointConfig, v, "checkpoint"),
+            "logging": lambda v: _section(LoggingConfig, v, "logging"),
+        }
+        kwargs = {name: build(values.pop(name)) for name, build in sections.items() if name in values}
+        config = cls(**kwargs, **values)
+        config.validate()
+        return config
+
+
+def _mapping(value: Any, where: str) -> dict[str, Any]:
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"config section {where!r} must be a mapping, got {type(value).__name__}")
+    return dict(value)
+
+
+def _reject_unknown(values: Mapping[str, Any], known: set[str], where: str) -> None:
+    unknown = sorted(set(values) - known)
+    if unknown:
+        names = [f"{where}{k}" for k in unknown]
+        raise ConfigError(f"unknown config key(s) {names}; known keys in this section: {sorted(known)}")
+
+
+def _section(cls, value: Any, where: str):
+    values = _mapping(value, where)
+    _reject_unknown(values, {f.name for f in dataclasses.fields(cls)}, f"{where}.")
+    return cls(**values)
+
+
+def apply_overrides(values: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """``["optimizer.learning_rate=3e-4", "steps=10"]`` -> the dict with those entries set (YAML-parsed values).
+
+    Data sources are a list; index them like ``data.sources.0.weight=2``.
+    """
+    values = copy.deepcopy(values)
+    for override in overrides:
+        if "=" not in override:
+            raise ConfigError(f"override {override!r} is not of the form key=value")
+        key, raw = override.split("=", 1)
+        value = yaml.safe_load(raw) if raw else None
+        parts = key.strip().split(".")
+        node: Any = values
+        for depth, part in enumerate(parts[:-1]):
+            if isinstance(node, list):
+                node = node[_list_index(node, part, key)]
+                continue
+            if part not in node:
+                node[part] = {}
+            node = node[part]
+            if not isinstance(node, (dict, list)):
+                raise ConfigError(f"override {key!r}: {'.'.join(parts[: depth + 1])} is not a section")
+        last = parts[-1]
+        if isinstance(node, list):
+            node[_list_index(node, last, key)] = value
+        else:
+            node[last] = value
+    return values
+
+
+def _list_index(node: list, part: str, key: str) -> int:
+    if not part.isdigit() or int(part) >= len(node):
+        raise ConfigError(f"override {key!r}: {part!r} is not an index of a list of length {len(node)}")
+    return int(part)
+
+
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> TrainConfig:
+    """Read a YAML training config (or the defaults when ``path`` is None) and apply overrides."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"training config not found: {path}")
+        with open(path) as f:
+            loaded = yaml.safe_load(f)
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: a training config must be a mapping of sections")
+        values = loaded or {}
+    return TrainConfig.from_dict(apply_overrides(values, overrides))
+
+
+def dump_config(config: TrainConfig, path: str | Path) -> None:
+    with open(path, "w") as f:
+        yaml.safe_dump(config.to_dict(), f, sort_keys=False)

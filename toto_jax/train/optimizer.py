@@ -1,0 +1,82 @@
+"""AdamW with a warmup-stable-decay (1-sqrt) learning-rate schedule and global-norm gradient clipping."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax.numpy as jnp
+import optax
+
+
+@dataclasses.dataclass
+class OptimizerConfig:
+    """Fields of the YAML ``optimizer:`` section."""
+
+    learning_rate: float = 1e-4  # peak (stable-phase) rate
+    min_learning_rate: float = 1e-5  # start of warmup and end of decay
+    warmup_steps: int = 200
+    stable_steps: int = 1000
+    decay_steps: int = 1000
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-7
+    weight_decay: float = 0.01
+    max_grad_norm: float | None = 1.0  # None: no clipping
+    accumulation_steps: int = 1  # microbatches per step (the batch is split, gradients summed)
+
+    def validate(self) -> None:
+        if self.learning_rate <= 0 or self.min_learning_rate < 0:
+            raise ValueError("optimizer.learning_rate must be > 0 and optimizer.min_learning_rate >= 0")
+        for name in ("warmup_steps", "stable_steps", "decay_steps"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"optimizer.{name} must be >= 0, got {getattr(self, name)}")
+        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
+            raise ValueError("optimizer.beta1 and optimizer.beta2 must be in [0, 1)")
+        if self.max_grad_norm is not None and self.max_grad_norm <= 0:
+            raise ValueError("optimizer.max_grad_norm must be positive or null")
+        if self.accumulation_steps < 1:
+            raise ValueError(f"optimizer.accumulation_steps must be >= 1, got {self.accumulation_steps}")
+
+
+def warmup_stable_decay(
+    learning_rate: float, min_learning_rate: float, warmup_steps: int, stable_steps: int, decay_steps: int
+) -> optax.Schedule:
+    """Linear warmup from ``min`` to ``learning_rate``, a plateau, then ``min + (1 - sqrt(progress)) * range``.
+
+    Update ``n`` (counting from 0) uses the rate of position ``n + 1``, as the reference's
+    ``WarmupStableDecayLR`` does (its first rate is already one warmup step in).
+    """
+    span = learning_rate - min_learning_rate
+    stable_end = warmup_steps + stable_steps
+    total = stable_end + decay_steps
+
+    def schedule(count):
+        position = jnp.asarray(count, jnp.float32) + 1.0
+        warmup = min_learning_rate + position / max(warmup_steps, 1) * span
+        progress = jnp.clip((position - stable_end) / max(decay_steps, 1), 0.0, 1.0)
+        decay = min_learning_rate + (1.0 - jnp.sqrt(progress)) * span
+        rate = jnp.where(position < warmup_steps, warmup, jnp.where(position < stable_end, learning_rate, decay))
+        return jnp.where(position < total, rate, min_learning_rate)
+
+    return schedule
+
+
+def schedule_from_config(config: OptimizerConfig) -> optax.Schedule:
+    return warmup_stable_decay(
+        config.learning_rate, config.min_learning_rate, config.warmup_steps, config.stable_steps, config.decay_steps
+    )
+
+
+def make_optimizer(config: OptimizerConfig) -> optax.GradientTransformation:
+    """AdamW on every parameter (as the reference: weight decay applies to all of them)."""
+    config.validate()
+    adamw = optax.adamw(
+        schedule_from_config(config),
+        b1=config.beta1,
+        b2=config.beta2,
+        eps=config.eps,
+        weight_decay=config.weight_decay,
+    )
+    if config.max_grad_norm is None:
+        return adamw
+    return optax.chain(optax.clip_by_global_norm(config.max_grad_norm), adamw)

@@ -1,0 +1,359 @@
+"""The sharded training program and loop.
+
+The model is split once into a graph definition and float32 parameters; a train step is one
+``jax.jit`` of a pure function ``(TrainState, batch) -> (TrainState, metrics)`` with explicit shardings
+(from the parameters' logical axes and the config's rules) and the state donated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
+
+from ..config import TotoConfig
+from ..model.toto import Toto
+from ..sharding import constrain, logical_to_pspec, make_mesh, state_shardings, use_mesh
+from .config import TrainConfig, dump_config
+from .loss import LossTerms, LossWeights, loss_terms, split_batch
+from .optimizer import make_optimizer, schedule_from_config
+
+log = logging.getLogger(__name__)
+
+BATCH_KEYS = ("series", "padding_mask", "id_mask")
+BATCH_AXES = ("batch", "variate", "time")
+
+
+class TrainState(NamedTuple):
+    params: Any  # nnx.State of float32 nnx.Param
+    opt_state: Any
+    step: jax.Array  # int32 scalar: updates applied so far
+    rng: jax.Array  # uint32[2] base key; step n uses fold_in(rng, n)
+
+
+def build_mesh(config: TrainConfig, devices=None):
+    return make_mesh(tuple(config.mesh.shape), devices=devices)
+
+
+def global_batch(local_batch: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:
+    """This host's rows of the batch -> global arrays laid out by ``sharding`` (the one multi-host seam)."""
+    return {
+        key: jax.make_array_from_process_local_data(sharding, np.asarray(local_batch[key])) for key in BATCH_KEYS
+    }
+
+
+class TrainProgram:
+    """Model structure, optimiser, shardings and the compiled init/step for one config and mesh."""
+
+    def __init__(self, config: TrainConfig, mesh, model_config: TotoConfig | None = None):
+        self.config = config
+        self.model_config = model_config or config.model
+        self.mesh = mesh
+        self.rules = config.mesh.rule_tuples()
+        self.tx = make_optimizer(config.optimizer)
+        self.schedule = schedule_from_config(config.optimizer)
+        self.loss_weights = LossWeights(**dataclasses.asdict(config.loss))
+
+        model_config = self.model_config
+        abstract_model = nnx.eval_shape(lambda: Toto(model_config, rngs=nnx.Rngs(0)))
+        self.graphdef, abstract_params, self.rest = nnx.split(abstract_model, nnx.Param, ...)
+        if jax.tree.leaves(self.rest):
+            raise ValueError("the model holds non-parameter state, which training does not carry")
+        abstract_opt = jax.eval_shape(self.tx.init, abstract_params)
+        self.abstract_state = TrainState(
+            abstract_params, abstract_opt, jax.ShapeDtypeStruct((), jnp.int32), jax.ShapeDtypeStruct((2,), jnp.uint32)
+        )
+        replicated = NamedSharding(mesh, PartitionSpec())
+        self.state_sharding = TrainState(
+            state_shardings(abstract_params, mesh, self.rules),
+            state_shardings(abstract_opt, mesh, self.rules),
+            replicated,
+            replicated,
+        )
+        self.batch_sharding = NamedSharding(mesh, logical_to_pspec(BATCH_AXES, self.rules))
+        self.replicated = replicated
+        self.step = jax.jit(
+            self._step,
+            in_shardings=(self.state_sharding, self.batch_sharding),
+            out_shardings=(self.state_sharding, replicated),
+            donate_argnums=0,
+        )
+
+    # ---- state -------------------------------------------------------------------------------
+    def init(self, seed: int, params=None) -> TrainState:
+        """Fresh state: random parameters from ``seed`` (or the given ones), new optimiser state, step 0."""
+        model_config = self.model_config
+
+        def create(params):
+            if params is None:
+                params = nnx.state(Toto(model_config, rngs=nnx.Rngs(seed)), nnx.Param)
+            return TrainState(params, self.tx.init(params), jnp.zeros((), jnp.int32), jax.random.PRNGKey(seed))
+
+        if params is not None:
+            params = jax.device_put(params, self.state_sharding.params)
+            return jax.jit(create, out_shardings=self.state_sharding)(params)
+        return jax.jit(lambda: create(None), out_shardings=self.state_sharding)()
+
+    def place(self, state: TrainState) -> TrainState:
+        return jax.device_put(state, self.state_sharding)
+
+    def model(self, params) -> Toto:
+        return nnx.merge(self.graphdef, params, self.rest)
+
+    def put_batch(self, local_batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+        batch = global_batch(local_batch, self.batch_sharding)
+        size = batch["series"].shape[0]
+        shards = math.prod(self.mesh.shape[axis] for axis in _batch_mesh_axes(self.batch_sharding))
+        accumulation = self.config.optimizer.accumulation_steps
+        if size % (shards * accumulation):
+            raise ValueError(
+                f"global batch size {size} must be a multiple of the {shards} batch shards times "
+                f"optimizer.accumulation_steps ({accumulation})"
+            )
+        return batch
+
+    # ---- the step ----------------------------------------------------------------------------
+    def _loss_sums(self, params, batch, dropout_key) -> tuple[jax.Array, LossTerms]:
+        (series, padding_mask, id_mask), (target, target_mask) = split_batch(
+            batch["series"], batch["padding_mask"], batch["id_mask"], self.model_config.patch_size
+        )
+        output = self.model(params)(
+            series,
+            padding_mask,
+            id_mask,
+            num_exogenous_variables=self.config.num_exogenous_variables,
+            dropout_key=dropout_key,
+        )
+        terms = loss_terms(
+            output.distribution,
+            output.loc,
+            output.scale,
+            target,
+            target_mask,
+            num_exogenous_variables=self.config.num_exogenous_variables,
+            weights=self.loss_weights,
+        )
+        return terms.loss, terms
+
+    def _step(self, state: TrainState, batch):
+        with use_mesh(self.mesh, self.rules):
+            return self._step_traced(state, batch)
+
+    def _step_traced(self, state: TrainState, batch):
+        params, opt_state, step, rng = state
+        use_dropout = self.model_config.dropout > 0.0
+        step_key = jax.random.fold_in(rng, step)
+        grad_fn = jax.grad(self._loss_sums, has_aux=True)
+        accumulation = self.config.optimizer.accumulation_steps
+        if accumulation == 1:
+            grads, terms = grad_fn(params, batch, step_key if use_dropout else None)
+        else:
+            # Microbatch i takes rows i, i + k, ...: each device keeps its own rows (no reshuffle).
+            def split(x):
+                x = x.reshape(x.shape[0] // accumulation, accumulation, *x.shape[1:]).swapaxes(0, 1)
+                return constrain(x, (None,) + BATCH_AXES)
+
+            microbatches = jax.tree.map(split, batch)
+
+            def accumulate(carry, xs):
+                grads_sum, terms_sum = carry
+                index, microbatch = xs
+                key = jax.random.fold_in(step_key, index) if use_dropout else None
+                grads, terms = grad_fn(params, microbatch, key)
+                return (jax.tree.map(jnp.add, grads_sum, grads), terms_sum + terms), None
+
+            zeros = (jax.tree.map(jnp.zeros_like, params), LossTerms(*(jnp.zeros((), jnp.float32),) * 4))
+            (grads, terms), _ = jax.lax.scan(accumulate, zeros, (jnp.arange(accumulation), microbatches))
+        # Gradients of the sums over the global batch / global valid count = gradient of the global mean.
+        denominator = terms.count + float(jnp.finfo(jnp.float32).eps)
+        grads = jax.tree.map(lambda g: g / denominator, grads)
+        grad_norm = optax.global_norm(grads)
+        updates, opt_state = self.tx.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        metrics = {**terms.means(), "grad_norm": grad_norm, "lr": self.schedule(step), "valid_points": terms.count}
+        return TrainState(params, opt_state, step + 1, rng), metrics
+
+
+def _batch_mesh_axes(sharding: NamedSharding) -> set[str]:
+    first = sharding.spec[0] if len(sharding.spec) else None
+    if first is None:
+        return set()
+    return {first} if isinstance(first, str) else set(first)
+
+
+# ---- throughput accounting ----------------------------------------------------------------------
+
+
+def training_flops_per_step(config: TotoConfig, batch: int, variates: int, time_steps: int) -> float:
+    """Matmul flops of forward + backward (3x forward) for one step; the MFU numerator."""
+    e, h, k = config.embed_dim, config.mlp_hidden_dim, config.num_mixture_components
+    patches = (time_steps - config.patch_size) // config.stride + 1
+    tokens = batch * variates * patches
+    from ..model.transformer import TIME, layer_kinds
+
+    kinds = layer_kinds(config)
+    per_token = 2 * (4 * e * e + 3 * e * h) * len(kinds)
+    per_token += 2 * config.patch_size * e + 2 * e * config.patch_size * e  # patch embedding, unembedding
+    per_token += config.patch_size * 2 * e * k * (4 if config.distribution == "mixture_student_t" else 3)
+    forward = tokens * per_token
+    time_layers = kinds.count(TIME)
+    forward += time_layers * batch * variates * 4 * patches * patches * e
+    forward += (len(kinds) - time_layers) * batch * patches * 4 * variates * variates * e
+    return 3.0 * forward
+
+
+def measure_matmul_peak(dtype=jnp.float32, size: int = 2048, repeats: int = 5) -> float:
+    """Measured matmul flop/s of the default device (on CPU: of the whole machine)."""
+    a = jnp.ones((size, size), dtype)
+    matmul = jax.jit(lambda x: x @ x)
+    matmul(a).block_until_ready()
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        matmul(a).block_until_ready()
+        best = min(best, time.perf_counter() - start)
+    return 2.0 * size**3 / best
+
+
+# ---- the loop ----------------------------------------------------------------------------------
+
+
+def _initial_params(init_from: str | Path):
+    from .checkpointing import is_run_directory, load_model_from_run
+
+    if is_run_directory(init_from):
+        return load_model_from_run(init_from)
+    from ..checkpoint import load
+
+    return load(init_from)
+
+
+def _merge_init_config(config: TrainConfig, loaded: TotoConfig) -> TrainConfig:
+    """Architecture from the checkpoint; training knobs (dropout, dtype, remat) from the config."""
+    model = loaded.replace(dropout=config.model.dropout, dtype=config.model.dtype, remat=config.model.remat)
+    if dataclasses.replace(config.model, dropout=0, dtype="float32", remat=False) != dataclasses.replace(
+        model, dropout=0, dtype="float32", remat=False
+    ):
+        log.warning("--init-from: using the checkpoint's model architecture instead of the config's model section")
+    config = dataclasses.replace(config, model=model)
+    config.validate()
+    return config
+
+
+def train(
+    config: TrainConfig,
+    workdir: str | Path,
+    *,
+    init_from: str | Path | None = None,
+    mesh=None,
+    source_objects=None,
+    on_step: Callable[[int, dict], None] | None = None,
+) -> TrainState:
+    """Train to ``config.steps``, resuming from the latest readable checkpoint in ``workdir``."""
+    from ..data import make_iterator
+    from .checkpointing import RunCheckpoints
+    from .metrics import MetricsLogger
+
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    is_writer = jax.process_index() == 0
+    checkpoints = RunCheckpoints(
+        workdir, config.checkpoint.keep_last, config.checkpoint.keep_every, config.checkpoint.async_save
+    )
+    init_params = None
+    if init_from is not None and not checkpoints.steps():
+        loaded = _initial_params(init_from)
+        config = _merge_init_config(config, loaded.config)
+        init_params = nnx.state(loaded, nnx.Param)
+    mesh = build_mesh(config) if mesh is None else mesh
+    program = TrainProgram(config, mesh)
+    if is_writer:
+        dump_config(config, workdir / "config.yaml")
+
+    restored = checkpoints.restore_latest(
+        program.abstract_state.params,
+        program.abstract_state.opt_state,
+        program.state_sharding.params,
+        program.state_sharding.opt_state,
+    )
+    iterator = make_iterator(config.data, source_objects)
+    if restored is None:
+        state = program.init(config.seed, init_params)
+        start = 0
+    else:
+        state = TrainState(
+            restored.params,
+            restored.opt_state,
+            jax.device_put(jnp.asarray(restored.step, jnp.int32), program.replicated),
+            jax.device_put(jnp.asarray(restored.rng, jnp.uint32), program.replicated),
+        )
+        iterator.set_state(restored.data_state)
+        start = restored.step
+        log.info("resumed from step %d", start)
+
+    logger = MetricsLogger(workdir, tensorboard=config.logging.tensorboard, enabled=is_writer)
+    flops = training_flops_per_step(
+        program.model_config, config.data.batch_size * jax.process_count(), config.data.num_variates,
+        config.data.context_length,
+    )  # fmt: skip
+    peak = config.logging.peak_flops_per_device
+    if peak is not None:
+        peak *= jax.device_count()
+    elif is_writer:
+        peak = measure_matmul_peak(jnp.dtype(program.model_config.dtype))
+        if jax.devices()[0].platform != "cpu":  # CPU "devices" share the cores the measurement already used
+            peak *= jax.device_count()
+
+    progress = None
+    if is_writer and config.logging.progress_bar:
+        from tqdm import tqdm
+
+        progress = tqdm(total=config.steps, initial=start, desc="train", dynamic_ncols=True)
+    config_dict = config.to_dict()
+    interval_start, interval_steps = time.perf_counter(), 0
+    try:
+        for step in range(start, config.steps):
+            batch = program.put_batch(next(iterator))
+            state, metrics = program.step(state, batch)
+            done = step + 1
+            interval_steps += 1
+            if done % config.logging.every == 0 or done == config.steps:
+                values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                elapsed = time.perf_counter() - interval_start
+                steps_per_second = interval_steps / elapsed
+                values["samples_per_second"] = steps_per_second * config.data.batch_size * jax.process_count()
+                if peak:
+                    values["mfu"] = flops * steps_per_second / peak
+                logger.write(done, values)
+                if progress is not None:
+                    progress.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{values['lr']:.2e}")
+                if on_step is not None:
+                    on_step(done, values)
+                interval_start, interval_steps = time.perf_counter(), 0
+            if done % config.checkpoint.every == 0 or done == config.steps:
+                checkpoints.wait()  # one save in flight at a time
+                params, opt_state = state.params, state.opt_state
+                if config.checkpoint.async_save:  # the next step donates (frees) these buffers
+                    params, opt_state = jax.tree.map(jnp.copy, (params, opt_state))
+                checkpoints.save(
+                    done, params, opt_state, jax.device_get(state.rng), iterator.get_state(), config_dict
+                )
+            if progress is not None:
+                progress.update(1)
+    finally:
+        checkpoints.wait()
+        checkpoints.close()
+        logger.close()
+        if progress is not None:
+            progress.close()
+    return state
