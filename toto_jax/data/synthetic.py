@@ -91,23 +91,31 @@ def _draw_frequencies(rng: np.random.Generator, factor: tuple, count: int) -> np
     raise ValueError(f"unknown stationary factor {kind!r}")
 
 
+def _pick(rng: np.random.Generator, options: tuple):
+    # rng.choice on a Python sequence converts it to an array first: slow here.
+    return options[int(rng.integers(len(options)))]
+
+
+_LEAF_KINDS = ("constant", "linear", "rbf", "rq", "periodic", "periodic", "white")
+
+
 def _random_kernel_leaf(rng: np.random.Generator, length: int) -> list[_ProductTerm]:
     """One kernel from the bank, as a sum of product terms (time u = step / length)."""
-    kind = rng.choice(["constant", "linear", "rbf", "rq", "periodic", "periodic", "white"])
+    kind = _pick(rng, _LEAF_KINDS)
     if kind == "constant":
-        return [_ProductTerm(scale=float(rng.choice([0.1, 1.0, 4.0])))]
+        return [_ProductTerm(scale=_pick(rng, (0.1, 1.0, 4.0)))]
     if kind == "linear":
-        return [_ProductTerm(scale=float(rng.choice([0.5, 1.0, 4.0])), linear_offsets=(float(rng.uniform(-0.5, 1.0)),))]
+        return [_ProductTerm(scale=_pick(rng, (0.5, 1.0, 4.0)), linear_offsets=(float(rng.uniform(-0.5, 1.0)),))]
     if kind == "rbf":
-        return [_ProductTerm(spectral=(("rbf", float(rng.choice([0.01, 0.05, 0.1, 0.5, 1.0]))),))]
+        return [_ProductTerm(spectral=(("rbf", _pick(rng, (0.01, 0.05, 0.1, 0.5, 1.0))),))]
     if kind == "rq":
-        factor = ("rq", float(rng.choice([0.02, 0.1, 1.0])), float(rng.choice([0.1, 1.0, 10.0])))
+        factor = ("rq", _pick(rng, (0.02, 0.1, 1.0)), _pick(rng, (0.1, 1.0, 10.0)))
         return [_ProductTerm(spectral=(factor,))]
     if kind == "periodic":
-        period_steps = float(rng.choice(KERNELSYNTH_PERIODS))
-        factor = ("periodic", period_steps / length, float(rng.choice([0.5, 1.0, 2.0])))
+        period_steps = float(_pick(rng, KERNELSYNTH_PERIODS))
+        factor = ("periodic", period_steps / length, _pick(rng, (0.5, 1.0, 2.0)))
         return [_ProductTerm(spectral=(factor,))]
-    return [_ProductTerm(scale=float(rng.choice([0.01, 0.1, 1.0])), white=True)]
+    return [_ProductTerm(scale=_pick(rng, (0.01, 0.1, 1.0)), white=True)]
 
 
 def sample_kernel_composition(rng: np.random.Generator, length: int, max_kernels: int = 5) -> list[_ProductTerm]:
@@ -228,7 +236,7 @@ STEP_MINUTES = (1, 1, 1, 5, 10, 15, 60)
 
 def observability_group(rng: np.random.Generator, length: int, num_variates: int) -> np.ndarray:
     """A multivariate group of metrics sharing one latent load driver, [v, length]."""
-    step = int(rng.choice(STEP_MINUTES))
+    step = _pick(rng, STEP_MINUTES)
     minutes = (int(rng.integers(0, MINUTES_PER_WEEK)) + np.arange(length)) * step
     driver = daily_weekly_profile(rng, minutes, weekly=rng.random() < 0.7)
     driver *= 1.0 + rng.uniform(0.5, 3.0) * burst_indicator(rng, length, rate=rng.uniform(0, 0.003), mean_length=20)
