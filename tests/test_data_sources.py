@@ -131,7 +131,7 @@ def test_convert_reports_missing_input(tmp_path, capsys):
     cli.add_parser(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["data", "convert", str(tmp_path / "nope"), str(tmp_path / "out")])
     assert args.func(args) == 2
-    assert "does not exist" in capsys.readouterr().out
+    assert "does not exist" in capsys.readouterr().err
 
 
 def test_pipeline_over_converted_nab(tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -39,7 +40,7 @@ def run_convert(args: argparse.Namespace) -> int:
             args.input, args.output, rows_per_group=args.rows_per_group, rows_per_file=args.rows_per_file
         )
     except DataError as error:
-        print(f"error: {error}")
+        print(f"toto-jax data convert: error: {error}", file=sys.stderr)
         return 2
     print(json.dumps({"series": summary["series"], "files": summary["files"], "skipped": summary["skipped"]}, indent=2))
     return 0

@@ -34,7 +34,8 @@ def build_source(source: SourceConfig, config: DataConfig, position: int):
         return sources.SyntheticSource(
             num_series=source.num_series,
             length=config.window_length,
-            seed=config.seed if source.seed is None else source.seed,
+            # Two synthetic sources without explicit seeds must not repeat each other.
+            seed=derive_seed(config.seed, position) if source.seed is None else source.seed,
             max_variates=config.num_variates,
             kernelsynth_fraction=source.kernelsynth_fraction,
             short_fraction=source.short_fraction,
