@@ -1,0 +1,1 @@
+"""Evaluation: metrics, baselines, rolling-window harness, the LSF protocol and a GluonTS adapter."""
