@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import jax
 from flax import nnx
 from jax.sharding import SingleDeviceSharding
@@ -22,7 +24,25 @@ def flat_shardings(state: nnx.State, mesh=None, rules=None) -> dict[tuple, jax.s
         default = SingleDeviceSharding(jax.devices()[0])
         return {tuple(path): default for path, _ in nnx.to_flat_state(state)}
     shardings = state_shardings(state, mesh, DEFAULT_RULES if rules is None else rules)
-    return {
+    flat = {
         tuple(path): (value.get_value() if isinstance(value, nnx.Variable) else value)
         for path, value in nnx.to_flat_state(shardings)
     }
+    uneven = []
+    for path, variable in nnx.to_flat_state(state):
+        spec = flat[tuple(path)].spec
+        for size, axes in zip(variable.shape, spec):
+            axes = (axes,) if isinstance(axes, str) else tuple(axes or ())
+            parts = math.prod(mesh.shape[axis] for axis in axes)
+            if size % parts:
+                uneven.append(f"{'.'.join(map(str, path))} {tuple(variable.shape)} by {spec}")
+                break
+    if uneven:
+        from .files import CheckpointError
+
+        raise CheckpointError(
+            f"mesh {dict(mesh.shape)} cannot evenly split these parameters under the given rules: "
+            + "; ".join(uneven)
+            + " (change the mesh shape or map those logical axes to no mesh axis)"
+        )
+    return flat
