@@ -22,6 +22,7 @@ from toto_jax.data.config import DataConfig, SourceConfig
 from toto_jax.data.quality import DataError
 
 
+@functools.lru_cache(maxsize=4096)
 def derive_seed(*parts: int) -> int:
     """A 32-bit seed from integers (grain shuffle/random_map need < 2**32)."""
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])

@@ -95,7 +95,7 @@ def clean_target(raw, log: BadDataLog, detail: str = "") -> np.ndarray | None:
         log.record("empty", detail)
         return None
     with np.errstate(over="ignore", invalid="ignore"):
-        values = array.astype(np.float32)
+        values = array.astype(np.float32, copy=False)
     infinite = np.isinf(values)
     if infinite.any():
         log.record("inf_values", detail, count=int(infinite.sum()))

@@ -137,24 +137,26 @@ def _check_target_schema(schema, path: str) -> str | None:
 
 
 def _target_row_to_array(column, row: int):
-    """One row of a list / nested-list arrow column -> float64 [v, L] (NaN for nulls)."""
+    """One row of a list / nested-list arrow column -> [v, L] float array (NaN for nulls)."""
+    import pyarrow as pa
+
     scalar = column[row]
     if not scalar.is_valid:
         return None
     values = scalar.values
-    import pyarrow as pa
-
     if pa.types.is_list(values.type) or pa.types.is_large_list(values.type) or pa.types.is_fixed_size_list(values.type):
-        lengths = values.value_lengths().fill_null(0).to_numpy(zero_copy_only=False)
-        flat = values.flatten().to_numpy(zero_copy_only=False).astype(np.float64)
+        # Null variates have equal offsets, i.e. length 0 (then all-NaN, dropped later).
+        lengths = np.diff(values.offsets.to_numpy(zero_copy_only=False))
+        flat = values.flatten().to_numpy(zero_copy_only=False)
+        dtype = np.result_type(flat.dtype, np.float32) if flat.dtype.kind in "biuf" else object
         # Variates share the row's start timestamp: align at the start, NaN-pad the end.
-        out = np.full((len(lengths), int(lengths.max(initial=0))), np.nan)
+        out = np.full((len(lengths), int(lengths.max(initial=0))), np.nan, dtype=dtype)
         offset = 0
         for i, n in enumerate(lengths):
             out[i, :n] = flat[offset : offset + n]
             offset += n
         return out
-    return values.to_numpy(zero_copy_only=False).astype(np.float64)
+    return values.to_numpy(zero_copy_only=False)
 
 
 class ParquetSource:
