@@ -77,6 +77,7 @@ class DataConfig:
     context_length: int = 512  # T, a multiple of patch_size
     patch_size: int = 64
     num_variates: int = 8  # V variate slots per sample
+    pack_lookahead: int = 8  # first-fit packing among the next N series (1: in order)
     batch_size: int = 32
     seed: int = 0
     num_workers: int = 0  # grain worker processes (0: read in this process)
@@ -101,7 +102,7 @@ class DataConfig:
                 f"data.context_length ({self.context_length}) must be a multiple of "
                 f"data.patch_size ({self.patch_size})"
             )
-        for name in ("num_variates", "batch_size", "read_buffer_size", "worker_buffer_size"):
+        for name in ("num_variates", "pack_lookahead", "batch_size", "read_buffer_size", "worker_buffer_size"):
             if getattr(self, name) <= 0:
                 raise DataError(f"data.{name} must be positive, got {getattr(self, name)}")
         if self.num_workers < 0 or self.read_threads < 0:
@@ -109,6 +110,8 @@ class DataConfig:
         if not self.sources:
             raise DataError("data.sources is empty")
         for source in self.sources:
+            if not isinstance(source, SourceConfig):
+                raise DataError(f"data.sources entries must be SourceConfig, got {type(source).__name__}")
             source.validate()
         if (self.shard_index is None) != (self.shard_count is None):
             raise DataError("set both data.shard_index and data.shard_count, or neither")

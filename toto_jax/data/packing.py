@@ -13,7 +13,7 @@ and predicts ``series[..., patch:]`` (the input shifted by one patch).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import grain
 import numpy as np
@@ -98,12 +98,14 @@ def pack_groups(
 
 
 class PackVariatesIterDataset(grain.IterDataset):
-    """Greedy in-order packing of group windows into samples of V variate slots.
+    """First-fit packing of group windows into samples of V variate slots.
 
-    Groups are taken in stream order; when the next group does not fit in the
-    remaining slots the sample is emitted and that group starts the next one.
-    ``None`` elements (series skipped by the bad-data policy) are dropped; too
-    many in a row means a source has no usable data and raises ``DataError``.
+    Each sample starts with the oldest waiting group, then repeatedly takes the
+    first of the next ``lookahead`` groups (in stream order) that fits the
+    remaining slots; it is emitted when none fits or it is full. ``lookahead=1``
+    is plain in-order packing. ``None`` elements (series skipped by the bad-data
+    policy) are dropped; too many in a row means a source has no usable data
+    and raises ``DataError``.
     """
 
     def __init__(
@@ -111,12 +113,16 @@ class PackVariatesIterDataset(grain.IterDataset):
         parent: grain.IterDataset,
         num_variates: int,
         window_length: int,
+        lookahead: int = 8,
         include_provenance: bool = False,
         max_consecutive_skips: int = 10_000,
     ):
         super().__init__(parent)
+        if lookahead < 1:
+            raise DataError(f"packing lookahead must be >= 1, got {lookahead}")
         self.num_variates = int(num_variates)
         self.window_length = int(window_length)
+        self.lookahead = int(lookahead)
         self.include_provenance = include_provenance
         self.max_consecutive_skips = int(max_consecutive_skips)
 
@@ -124,70 +130,102 @@ class PackVariatesIterDataset(grain.IterDataset):
         return PackVariatesIterator(self._parent.__iter__(), self)
 
     def __str__(self) -> str:
-        return f"PackVariatesIterDataset(num_variates={self.num_variates})"
+        return f"PackVariatesIterDataset(num_variates={self.num_variates}, lookahead={self.lookahead})"
+
+
+class _Waiting(NamedTuple):
+    offset: int  # parent elements fetched since the anchor before this one
+    state_before: dict[str, Any]  # parent state just before fetching it
+    group: dict[str, Any]
 
 
 class PackVariatesIterator(grain.DatasetIterator):
-    """Iterator of ``PackVariatesIterDataset``; its state is the parent's state
-    just before the first group not yet emitted, so restoring replays exactly."""
+    """Iterator of ``PackVariatesIterDataset``.
+
+    Its state is the parent state before the oldest group not yet emitted (the
+    anchor) plus the offsets, counted from the anchor, of the groups already
+    emitted after it. Restoring replays the parent from the anchor and skips
+    those offsets, which rebuilds exactly the same waiting groups.
+    """
 
     def __init__(self, parent: grain.DatasetIterator, config: PackVariatesIterDataset):
         super().__init__(parent)
         self._config = config
-        self._pending: dict[str, Any] | None = None
-        self._state_before_pending: dict[str, Any] | None = None
+        self._anchor_state: dict[str, Any] | None = None  # None: nothing fetched since re-anchoring
+        self._fetched = 0
+        self._emitted: set[int] = set()
+        self._waiting: list[_Waiting] = []
 
-    def _next_group(self) -> dict[str, Any] | None:
-        """Next usable group from the parent, None at the end of the stream."""
+    def _refill(self) -> None:
         skipped = 0
-        while True:
+        while len(self._waiting) < self._config.lookahead:
+            state = self._parent.get_state()
             try:
                 element = next(self._parent)
             except StopIteration:
-                return None
-            if element is not None:
-                return element
-            skipped += 1
-            if skipped >= self._config.max_consecutive_skips:
+                return
+            if self._anchor_state is None:
+                self._anchor_state = state
+            offset = self._fetched
+            self._fetched += 1
+            if offset in self._emitted:  # replaying after set_state
+                continue
+            if element is None:
+                skipped += 1
+                if skipped >= self._config.max_consecutive_skips:
+                    raise DataError(
+                        f"{skipped} consecutive series were skipped as bad data; a data source "
+                        "seems to contain no usable series (see the 'toto_jax.data' warnings)"
+                    )
+                continue
+            skipped = 0
+            if element["values"].shape[0] > self._config.num_variates:
                 raise DataError(
-                    f"{skipped} consecutive series were skipped as bad data; a data source "
-                    "seems to contain no usable series (see the 'toto_jax.data' warnings)"
+                    f"group with {element['values'].shape[0]} variates exceeds V={self._config.num_variates}"
                 )
+            self._waiting.append(_Waiting(offset, state, element))
+
+    def _reanchor(self) -> None:
+        """Moves the anchor to the oldest waiting group, forgetting what precedes it."""
+        if not self._waiting:
+            self._anchor_state, self._fetched, self._emitted = None, 0, set()
+            return
+        base = self._waiting[0].offset
+        self._anchor_state = self._waiting[0].state_before
+        self._fetched -= base
+        self._emitted = {offset - base for offset in self._emitted if offset > base}
+        self._waiting = [entry._replace(offset=entry.offset - base) for entry in self._waiting]
 
     def __next__(self) -> dict[str, np.ndarray]:
         num_variates = self._config.num_variates
         groups: list[dict[str, Any]] = []
         used = 0
-        while True:
-            if self._pending is not None:
-                group, self._pending = self._pending, None
-            else:
-                state = self._parent.get_state()
-                group = self._next_group()
-                if group is None:
-                    break
-                if group["values"].shape[0] > num_variates:
-                    raise DataError(f"group with {group['values'].shape[0]} variates exceeds V={num_variates}")
-                if used + group["values"].shape[0] > num_variates:
-                    self._pending, self._state_before_pending = group, state
-                    break
-            groups.append(group)
-            used += group["values"].shape[0]
-            if used == num_variates:
+        while used < num_variates:
+            self._refill()
+            free = num_variates - used
+            choice = next((i for i, entry in enumerate(self._waiting) if entry.group["values"].shape[0] <= free), None)
+            if choice is None:
                 break
+            entry = self._waiting.pop(choice)
+            self._emitted.add(entry.offset)
+            groups.append(entry.group)
+            used += entry.group["values"].shape[0]
         if not groups:
             raise StopIteration
+        self._reanchor()
         return pack_groups(groups, num_variates, self._config.window_length, self._config.include_provenance)
 
     def get_state(self) -> dict[str, Any]:
-        if self._pending is not None:
-            return {"parent": self._state_before_pending}
-        return {"parent": self._parent.get_state()}
+        if self._anchor_state is None:
+            return {"parent": self._parent.get_state(), "emitted": []}
+        return {"parent": self._anchor_state, "emitted": sorted(self._emitted)}
 
     def set_state(self, state: dict[str, Any]) -> None:
         self._parent.set_state(state["parent"])
-        self._pending = None
-        self._state_before_pending = None
+        self._anchor_state = state["parent"]
+        self._fetched = 0
+        self._emitted = set(state["emitted"])
+        self._waiting = []
 
     def __str__(self) -> str:
         return f"PackVariatesIterator(num_variates={self._config.num_variates})"

@@ -181,6 +181,7 @@ def build_dataset(config: DataConfig, source_objects=None) -> grain.IterDataset:
         dataset,
         num_variates=config.num_variates,
         window_length=config.window_length,
+        lookahead=config.pack_lookahead,
         include_provenance=config.include_provenance,
         max_consecutive_skips=config.max_consecutive_skips,
     )
