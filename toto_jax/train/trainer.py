@@ -111,8 +111,7 @@ class TrainProgram:
         return nnx.merge(self.graphdef, params, self.rest)
 
     def put_batch(self, local_batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
-        batch = global_batch(local_batch, self.batch_sharding)
-        size = batch["series"].shape[0]
+        size = np.shape(local_batch["series"])[0] * jax.process_count()
         shards = math.prod(self.mesh.shape[axis] for axis in _batch_mesh_axes(self.batch_sharding))
         accumulation = self.config.optimizer.accumulation_steps
         if size % (shards * accumulation):
@@ -120,7 +119,7 @@ class TrainProgram:
                 f"global batch size {size} must be a multiple of the {shards} batch shards times "
                 f"optimizer.accumulation_steps ({accumulation})"
             )
-        return batch
+        return global_batch(local_batch, self.batch_sharding)
 
     # ---- the step ----------------------------------------------------------------------------
     def _loss_sums(self, params, batch, dropout_key) -> tuple[jax.Array, LossTerms]:
