@@ -1,12 +1,17 @@
 """toto-jax: Datadog's Toto time-series foundation model in JAX / Flax NNX."""
 
 from .config import PRESETS, ConfigError, TotoConfig, preset
-from .model import InputError, KVCache, Toto, TotoOutput, count_parameters
 
 __version__ = "0.1.0"
 
-# Heavier entry points are imported on first use so `import toto_jax` stays light.
+# Everything that imports jax/flax loads on first use, so `import toto_jax` (done by every data-loader
+# worker process) stays light.
 _LAZY = {
+    "InputError": "toto_jax.model",
+    "KVCache": "toto_jax.model",
+    "Toto": "toto_jax.model",
+    "TotoOutput": "toto_jax.model",
+    "count_parameters": "toto_jax.model",
     "load": "toto_jax.checkpoint",
     "save": "toto_jax.checkpoint",
     "export_torch": "toto_jax.checkpoint",

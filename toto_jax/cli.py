@@ -23,8 +23,9 @@ def build_parser() -> argparse.ArgumentParser:
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as error:
-            if error.name == name:  # that job is not part of this build
-                continue
+            if error.name and (name == error.name or name.startswith(error.name + ".")):
+                continue  # that job is not part of this build
+
             raise
         module.add_parser(subparsers)
     return parser
