@@ -25,7 +25,6 @@ def build_parser() -> argparse.ArgumentParser:
         except ModuleNotFoundError as error:
             if error.name and (name == error.name or name.startswith(error.name + ".")):
                 continue  # that job is not part of this build
-
             raise
         module.add_parser(subparsers)
     return parser
