@@ -5,6 +5,7 @@ Parity tolerance: 1e-4 relative (``reference.relative_error``), float32. Writes 
 
 from __future__ import annotations
 
+import functools
 import json
 import warnings
 from pathlib import Path
@@ -59,10 +60,16 @@ def _assert_same_arrays(a: toto_jax.Toto, b: toto_jax.Toto):
         assert np.array_equal(np.asarray(flat_a[path][...]), np.asarray(flat_b[path][...])), path
 
 
+@functools.partial(nnx.jit, static_argnames="num_exogenous")
+def _forward(model, series, padding_mask, id_mask, num_exogenous=0):
+    # One compiled program (shared by models of one config) instead of many eagerly compiled ops.
+    return model(series, padding_mask, id_mask, num_exogenous_variables=num_exogenous)
+
+
 def _assert_forward_equal(model: toto_jax.Toto, reference, num_exogenous=0):
     series, padding_mask, id_mask = _inputs()
     expected = reference_forward(reference, series, padding_mask, id_mask, num_exogenous=num_exogenous)
-    actual = model(series, padding_mask, id_mask, num_exogenous_variables=num_exogenous)
+    actual = _forward(model, series, padding_mask, id_mask, num_exogenous=num_exogenous)
     assert relative_error(actual.loc, expected.loc.numpy()) <= TOLERANCE
     assert relative_error(actual.scale, expected.scale.numpy()) <= TOLERANCE
     assert relative_error(actual.distribution.mean, expected.distribution.mean.numpy()) <= TOLERANCE

@@ -38,7 +38,7 @@ def save_native(model: Toto, directory: str | Path, *, overwrite: bool = False) 
     import orbax.checkpoint as ocp
 
     directory = Path(directory)
-    state = nnx.state(model).to_pure_dict()
+    state = nnx.to_pure_dict(nnx.state(model))
     parameters = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state))
     with atomic_directory(directory, overwrite=overwrite) as staging:
         with ocp.StandardCheckpointer() as checkpointer:
@@ -89,12 +89,14 @@ def load_native(path: str | Path, *, dtype: str | None = None, mesh=None, rules=
         config = config.replace(dtype=dtype)
     graphdef, abstract_state = nnx.split(abstract_model(config))
     shardings = flat_shardings(abstract_state, mesh, rules)
-    targets = nnx.from_flat_state(
-        [
-            (path_, jax.ShapeDtypeStruct(var.shape, var.dtype, sharding=shardings[tuple(path_)]))
-            for path_, var in nnx.to_flat_state(abstract_state)
-        ]
-    ).to_pure_dict()
+    targets = nnx.to_pure_dict(
+        nnx.from_flat_state(
+            [
+                (key, jax.ShapeDtypeStruct(var.shape, var.dtype, sharding=shardings[tuple(key)]))
+                for key, var in nnx.to_flat_state(abstract_state)
+            ]
+        )
+    )
     try:
         with ocp.StandardCheckpointer() as checkpointer:
             restored = checkpointer.restore((path / STATE_DIR).absolute(), targets)
