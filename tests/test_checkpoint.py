@@ -339,3 +339,23 @@ def test_load_rejects_unknown_directory(tmp_path):
     (tmp_path / "readme.txt").write_text("not a model")
     with pytest.raises(toto_jax.CheckpointError, match="is not a checkpoint"):
         toto_jax.load(tmp_path)
+
+
+def test_training_run_directory_loads_and_converts(reference_checkpoint, tmp_path, capsys):
+    from toto_jax.train.checkpointing import RunCheckpoints
+
+    _, source = reference_checkpoint
+    model = toto_jax.load(source)
+    run = RunCheckpoints(tmp_path / "run", async_save=False)
+    run.save(
+        7, nnx.state(model, nnx.Param), {"count": np.zeros((), np.int32)}, np.zeros(2, np.uint32), {},
+        {"model": model.config.to_dict()},
+    )  # fmt: skip
+    run.close()
+    assert checkpoint_kind(tmp_path / "run") == "run"
+    _assert_same_arrays(toto_jax.load(tmp_path / "run"), model)
+
+    assert cli_main(["convert", str(tmp_path / "run"), str(tmp_path / "torch")]) == 2
+    assert "--to {native,torch} is required" in capsys.readouterr().err
+    assert cli_main(["convert", str(tmp_path / "run"), str(tmp_path / "torch"), "--to", "torch"]) == 0
+    assert _torch_bytes(tmp_path / "torch") == _torch_bytes(source)
