@@ -1,0 +1,105 @@
+"""``toto-jax forecast``: forecast every series of a CSV/Parquet table and write the forecasts in its layout."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+DEFAULT_QUANTILES = "0.1,0.5,0.9"
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "forecast",
+        help="forecast the series of a CSV/Parquet table",
+        description="Forecast a wide table (timestamp column + one column per variate: one multivariate "
+        "series) or a long table (unique_id, ds, y: one series per id). Output has the same layout.",
+    )
+    parser.add_argument("--checkpoint", required=True, type=Path, help="model directory (model.safetensors + config.json)")
+    parser.add_argument("--input", required=True, type=Path, help="CSV or Parquet table")
+    parser.add_argument("--horizon", required=True, type=int, help="steps to forecast")
+    parser.add_argument("--samples", type=int, default=None, help="sample paths (default: the mean path only)")
+    parser.add_argument(
+        "--quantiles", default=None, help=f"comma-separated levels, with --samples (default {DEFAULT_QUANTILES})"
+    )
+    parser.add_argument("--output", required=True, type=Path, help="CSV or Parquet file to write")
+    parser.add_argument("--plot", type=Path, default=None, help="PNG of history, median and quantile bands")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--memory-budget-gb", type=float, default=4.0, help="working memory per compiled call")
+    parser.set_defaults(func=run)
+
+
+def _parse_quantiles(text: str) -> list[float]:
+    try:
+        levels = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ValueError(f"--quantiles must be comma-separated numbers, got {text!r}") from None
+    if not levels or any(not 0.0 < q < 1.0 for q in levels):
+        raise ValueError(f"--quantiles must lie strictly between 0 and 1, got {text!r}")
+    return levels
+
+
+def run(args: argparse.Namespace) -> int:
+    from . import tabular
+    from .forecast import forecast
+
+    # Everything that can be checked before the model runs is checked first; nothing is written on error.
+    if args.horizon <= 0:
+        raise ValueError(f"--horizon must be positive, got {args.horizon}")
+    if args.samples is not None and args.samples <= 0:
+        raise ValueError(f"--samples must be positive, got {args.samples}")
+    if args.quantiles is not None and args.samples is None:
+        raise ValueError("--quantiles need sample paths: add --samples N")
+    levels = _parse_quantiles(args.quantiles or DEFAULT_QUANTILES) if args.samples else []
+    tabular.check_output_path(args.output)
+    if args.plot is not None:
+        if args.plot.suffix.lower() != ".png":
+            raise ValueError(f"--plot must name a .png file, got {args.plot}")
+        if not args.plot.parent.exists():
+            raise FileNotFoundError(f"plot directory does not exist: {args.plot.parent}")
+    table = tabular.parse_table(tabular.read_table(args.input))
+
+    import toto_jax
+
+    model = toto_jax.load(args.checkpoint)
+    result = forecast(
+        model, table.values, args.horizon, num_samples=args.samples, seed=args.seed,
+        memory_budget=int(args.memory_budget_gb * (1 << 30)),
+    )  # fmt: skip
+    columns = {"mean": result.mean}
+    if result.samples is not None:
+        columns["median"] = result.median
+        for level, values in zip(levels, result.quantile(levels)):
+            columns[f"q{level:g}"] = values
+    frame = tabular.forecast_frame(table, args.horizon, columns)
+
+    png = None
+    if args.plot is not None:
+        png = _render(table, result, levels, args.horizon)
+    tabular.write_table(frame, args.output)
+    if png is not None:
+        tabular.atomic_write(args.plot, lambda path: Path(path).write_bytes(png))
+    print(f"wrote {len(frame)} rows to {args.output}" + (f" and {args.plot}" if png is not None else ""))
+    return 0
+
+
+def _render(table, result, levels, horizon) -> bytes:
+    from .plotting import render_forecast_png
+
+    future = table.future_timestamps(horizon)
+    history, future_times, centres, band_rows = [], [], [], {q: [] for q in levels}
+    quantiles = result.quantile(levels) if levels else None
+    centre = result.median if result.samples is not None else result.mean
+    for b, (values, stamps) in enumerate(zip(table.values, table.timestamps)):
+        for v in range(values.shape[0]):
+            name = table.names[v] if table.layout == "wide" else table.names[b]
+            history.append((name, np.asarray(stamps), values[v]))
+            future_times.append(np.asarray(future[b]))
+            centres.append(centre[b, v])
+            for i, q in enumerate(levels):
+                band_rows[q].append(quantiles[i, b, v])
+    bands = {q: np.array(rows) for q, rows in band_rows.items()}
+    label = "median" if result.samples is not None else "mean"
+    return render_forecast_png(history, future_times, np.array(centres), bands, centre_label=label)
