@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     if args.checkpoint_every is not None:
         overrides.append(f"checkpoint.every={args.checkpoint_every}")
     config = load_config(args.config, overrides)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", force=True)
     state = train(config, args.workdir, init_from=args.init_from)
     print(f"finished at step {int(state.step)}; checkpoints in {args.workdir}/checkpoints")
     return 0

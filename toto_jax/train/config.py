@@ -136,7 +136,22 @@ def _reject_unknown(values: Mapping[str, Any], known: set[str], where: str) -> N
 def _section(cls, value: Any, where: str):
     values = _mapping(value, where)
     _reject_unknown(values, {f.name for f in dataclasses.fields(cls)}, f"{where}.")
+    for field in dataclasses.fields(cls):
+        if field.name in values and str(field.type).startswith("float"):
+            values[field.name] = _number_or_self(values[field.name])
+            if isinstance(values[field.name], str):
+                raise ConfigError(f"{where}.{field.name} must be a number, got {values[field.name]!r}")
     return cls(**values)
+
+
+def _number_or_self(value: Any) -> Any:
+    """YAML 1.1 reads ``3e-4`` (no dot) as a string; such strings are numbers here."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
 
 
 def apply_overrides(values: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
@@ -149,7 +164,7 @@ def apply_overrides(values: dict[str, Any], overrides: Sequence[str]) -> dict[st
         if "=" not in override:
             raise ConfigError(f"override {override!r} is not of the form key=value")
         key, raw = override.split("=", 1)
-        value = yaml.safe_load(raw) if raw else None
+        value = _number_or_self(yaml.safe_load(raw) if raw else None)
         parts = key.strip().split(".")
         node: Any = values
         for depth, part in enumerate(parts[:-1]):
