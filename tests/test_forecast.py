@@ -192,3 +192,105 @@ def test_sample_quantiles_match_reference(pairs, cached_samples):
     assert np.abs(z).max() < 5.0
     assert np.abs(z).mean() < 1.1
     assert np.allclose(actual.median, actual.quantile(0.5))
+
+
+# ---- shape buckets, chunking, list input ------------------------------------------------------
+def test_varied_requests_reuse_one_compiled_program(pairs):
+    """Requests with different context lengths (6-8 patches), horizons (9-16 steps) and list input of unequal lengths all land in one shape bucket: after the first, nothing compiles. Each
+    result still equals the reference's forecast of that exact request (buckets pad exactly)."""
+    reference, model, _ = pairs["mixture3_causal_patch"]
+    patch = model.config.patch_size
+    series, padding_mask, id_mask = make_inputs(patch)
+    long_series, _, _ = make_inputs(patch, seed=1)
+    long_series = np.concatenate([long_series, long_series[..., : 2 * patch - 3]], axis=-1)  # 7 patches + 2
+    forecast(model, series, 2 * patch)
+    compiled = compiled_program_count()
+
+    # A batch of 2 with longer contexts and a shorter horizon.
+    result = forecast(model, long_series, patch + 1)
+    ones, zeros = np.ones(long_series.shape, bool), np.zeros(long_series.shape, np.int32)
+    expected = reference_forecast(reference, long_series, ones, zeros, patch + 1).mean.numpy()
+    assert relative_error(result.mean, expected) <= TOLERANCE
+
+    # A list of unequal lengths is left-padded like an explicit padding mask.
+    ragged = [series[0], long_series[1]]
+    stacked = np.zeros((2, 3, long_series.shape[-1]), np.float32)
+    mask = np.zeros(stacked.shape, bool)
+    stacked[0, :, -series.shape[-1]:], mask[0, :, -series.shape[-1]:] = series[0], True
+    stacked[1], mask[1] = long_series[1], True
+    expected = reference_forecast(reference, stacked, mask, np.zeros(stacked.shape, np.int32), 2 * patch).mean.numpy()
+    assert relative_error(forecast(model, ragged, 2 * patch).mean, expected) <= TOLERANCE
+    assert compiled_program_count() == compiled
+
+    # One unbatched series [variate, time] (batch bucket 1, a program of its own): the result keeps a
+    # batch axis of 1, as the reference's, and equals that row of the batched forecast.
+    single = forecast(model, series[1], 2 * patch)
+    assert single.mean.shape == (1, 3, 2 * patch)
+    np.testing.assert_allclose(single.mean[0], forecast(model, series, 2 * patch).mean[1], rtol=1e-5)
+
+
+def test_large_batches_are_split_by_memory_budget(pairs, capsys):
+    """A memory budget for two series at a time splits a batch of five into three chunks (the last one
+    padded), shows a progress bar, and gives the same forecasts as one call."""
+    from toto_jax.forecast import estimate_bytes_per_series
+
+    _, model, _ = pairs["mixture3_causal_patch"]
+    patch = model.config.patch_size
+    first, _, _ = make_inputs(patch, seed=2)
+    second, _, _ = make_inputs(patch, seed=3)
+    batch = np.concatenate([first, second, first[:1]])
+    per_series = estimate_bytes_per_series(model.config, 3, 8, 2, 1, True)
+    chunked = forecast(model, batch, 2 * patch, memory_budget=2 * per_series + 1)
+    assert "forecast" in capsys.readouterr().err  # tqdm writes to stderr
+    whole = forecast(model, batch, 2 * patch, progress=False)
+    np.testing.assert_allclose(chunked.mean, whole.mean, rtol=1e-5)
+
+
+# ---- input errors -------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("all_nan", "series 1: variate(s) [2] have no observed values"),
+        ("masked_out", "series 0: variate(s) [0] have no observed values"),
+        ("horizon", "horizon must be a positive integer, got 0"),
+        ("rank", "series must have shape [variate, time] or [batch, variate, time], got shape (1, 2, 3, 16)"),
+        ("mask_shape", "padding_mask for series 0 has shape (3, 15), expected (3, 16)"),
+        ("non_numeric", "series must be numeric, got dtype <U1"),
+        ("variates", "series 1 has 2 variates but series 0 has 3"),
+        ("stride", "forecasting needs stride == patch_size (got stride 4, patch_size 8)"),
+    ],
+)
+def test_bad_input_names_the_problem(pairs, case, message):
+    """Bad input raises ForecastError (a ValueError) naming the series and the problem, before compiling."""
+    _, model, _ = pairs["mixture3_causal_patch"]
+    series = np.ones((2, 3, 16), np.float32)
+    kwargs = dict(horizon=8)
+    if case == "all_nan":
+        series[1, 2] = np.nan
+    elif case == "masked_out":
+        mask = np.ones(series.shape, bool)
+        mask[0, 0] = False
+        kwargs["padding_mask"] = mask
+    elif case == "horizon":
+        kwargs["horizon"] = 0
+    elif case == "rank":
+        series = np.ones((1, 2, 3, 16), np.float32)
+    elif case == "mask_shape":
+        kwargs["padding_mask"] = np.ones((2, 3, 15), bool)
+    elif case == "non_numeric":
+        series = np.full((3, 16), "x")
+    elif case == "variates":
+        series = [np.ones((3, 16)), np.ones((2, 16))]
+    elif case == "stride":
+        from flax import nnx
+
+        model = toto_jax.Toto(model.config.replace(stride=4), rngs=nnx.Rngs(0))
+    with pytest.raises(ForecastError) as error:
+        forecast(model, series, **kwargs)
+    assert message in str(error.value)
+
+
+def test_quantiles_need_samples():
+    mean_only = Forecast(mean=np.zeros((1, 1, 4), np.float32))
+    with pytest.raises(ValueError, match="quantiles need sample paths"):
+        mean_only.median
