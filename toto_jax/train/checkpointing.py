@@ -13,7 +13,7 @@ latest checkpoint that cannot be read is skipped with a warning and the previous
 
 from __future__ import annotations
 
-import logging
+import warnings
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -25,8 +25,7 @@ from flax import nnx
 from ..config import TotoConfig
 from ..model.toto import Toto
 from ..sharding import DEFAULT_RULES, state_shardings
-
-log = logging.getLogger(__name__)
+from .config import MeshConfig
 
 CHECKPOINTS = "checkpoints"
 ITEMS = ("params", "opt_state", "meta", "data", "config")
@@ -89,6 +88,8 @@ class RunCheckpoints:
             data=ocp.args.JsonSave(data_state),
             config=ocp.args.JsonSave(config),
         )
+        if step in self.manager.all_steps():  # an unreadable checkpoint skipped at resume: replace it
+            self.manager.delete(step)
         self.manager.save(step, args=args, force=True)
 
     def wait(self) -> None:
@@ -124,34 +125,34 @@ class RunCheckpoints:
                     config=restored["config"],
                 )
             except Exception as error:  # noqa: BLE001 - any unreadable checkpoint is skipped
-                log.warning("checkpoint at step %d in %s is unreadable (%s: %s); trying an older one",
-                            step, self.directory, type(error).__name__, error)
-                import warnings
-
-                warnings.warn(f"skipping unreadable checkpoint step {step} in {self.directory}: {error}", stacklevel=2)
+                warnings.warn(
+                    f"skipping unreadable checkpoint step {step} in {self.directory} "
+                    f"({type(error).__name__}: {error}); trying an older one",
+                    stacklevel=2,
+                )
         return None
 
 
 # ---- reading a run's model (``toto_jax.load`` dispatches here) -----------------------------------
 
 
-def _step_directory(path: Path) -> Path | None:
-    """``path`` itself when it is one step of a run, else the latest complete step under ``path``."""
-    if (path / "params").is_dir() and (path / "config").is_dir():
-        return path
+def _step_directories(path: Path) -> list[Path]:
+    """``[path]`` when it is one step of a run, else the finished steps under it, newest first.
+
+    Orbax renames a step's temporary directory to its number only once the save is complete.
+    """
+    is_step = lambda p: (p / "params").is_dir() and (p / "config").is_dir()  # noqa: E731
+    if is_step(path):
+        return [path]
     root = path / CHECKPOINTS if (path / CHECKPOINTS).is_dir() else path
-    steps = sorted((int(p.name) for p in root.iterdir() if p.is_dir() and p.name.isdigit()), reverse=True)
-    for step in steps:
-        candidate = root / str(step)
-        if (candidate / "params").is_dir() and (candidate / "config").is_dir():
-            return candidate
-    return None
+    steps = sorted((int(p.name) for p in root.iterdir() if p.name.isdigit()), reverse=True)
+    return [root / str(step) for step in steps if is_step(root / str(step))]
 
 
 def is_run_directory(path: str | Path) -> bool:
     """True for a training run directory (``WORKDIR``), its ``checkpoints`` folder, or one step in it."""
     path = Path(path)
-    return path.is_dir() and _step_directory(path) is not None
+    return path.is_dir() and bool(_step_directories(path))
 
 
 def load_model_from_run(path: str | Path, dtype: str | None = None, mesh=None, rules=None) -> Toto:
@@ -160,24 +161,15 @@ def load_model_from_run(path: str | Path, dtype: str | None = None, mesh=None, r
     Tries steps from the newest down, skipping unreadable ones with a warning.
     """
     path = Path(path)
-    root = path
-    candidates: list[Path]
-    if (path / "params").is_dir():
-        candidates = [path]
-    else:
-        root = path / CHECKPOINTS if (path / CHECKPOINTS).is_dir() else path
-        steps = sorted((int(p.name) for p in root.iterdir() if p.is_dir() and p.name.isdigit()), reverse=True)
-        candidates = [root / str(s) for s in steps]
+    candidates = _step_directories(path) if path.is_dir() else []
     if not candidates:
-        raise FileNotFoundError(f"no checkpoint found in {path}")
+        raise FileNotFoundError(f"no training checkpoint found in {path}")
     errors = []
     for step_dir in candidates:
         try:
             return _load_step(step_dir, dtype, mesh, rules)
         except Exception as error:  # noqa: BLE001
             errors.append(f"{step_dir.name}: {error}")
-            import warnings
-
             warnings.warn(f"skipping unreadable checkpoint {step_dir}: {error}", stacklevel=2)
     raise ValueError(f"no readable checkpoint in {path}: " + "; ".join(errors))
 
@@ -192,9 +184,8 @@ def _load_step(step_dir: Path, dtype, mesh, rules) -> Toto:
     graphdef, abstract_params, rest = nnx.split(abstract, nnx.Param, ...)
     shardings = None
     if mesh is not None:
-        if rules is None:
-            rules = tuple(tuple(r) if not isinstance(r[1], list) else (r[0], tuple(r[1])) for r in
-                          config.get("mesh", {}).get("rules", DEFAULT_RULES))
+        if rules is None:  # the run's own rules
+            rules = MeshConfig(**config["mesh"]).rule_tuples() if "mesh" in config else DEFAULT_RULES
         shardings = state_shardings(abstract_params, mesh, rules)
     target = _abstract(abstract_params, shardings)
     if mesh is None:  # place on the default device
