@@ -304,8 +304,14 @@ def test_native_checkpoint_missing_config_or_marker_is_not_valid(reference_check
     toto_jax.save(model, tmp_path / "other_shape")
     config = json.loads((tmp_path / "other_shape" / "config.json").read_text())
     (tmp_path / "other_shape" / "config.json").write_text(json.dumps({**config, "mlp_hidden_dim": 64}))
-    with pytest.raises(toto_jax.CheckpointError, match="cannot restore"):
+    with pytest.raises(toto_jax.CheckpointError, match="cannot restore the arrays"):
         toto_jax.load(tmp_path / "other_shape")
+
+    toto_jax.save(model, tmp_path / "damaged")
+    for data_file in (tmp_path / "damaged" / "state").glob("**/d/*"):
+        data_file.write_bytes(data_file.read_bytes()[:10])
+    with pytest.raises(toto_jax.CheckpointError, match=r"cannot restore the arrays .*\(damaged"):
+        toto_jax.load(tmp_path / "damaged")
 
 
 @pytest.mark.parametrize("writer", ["save", "export_torch"])

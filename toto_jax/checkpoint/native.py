@@ -28,6 +28,12 @@ FORMAT_NAME = "toto-jax"
 FORMAT_VERSION = 1
 
 
+def _checkpointer():
+    import orbax.checkpoint as ocp
+
+    return ocp.Checkpointer(ocp.StandardCheckpointHandler())
+
+
 def is_native_checkpoint(path: str | Path) -> bool:
     """True for a directory in the native layout, complete or not (``load_native`` says what is missing)."""
     path = Path(path)
@@ -41,9 +47,8 @@ def save_native(model: Toto, directory: str | Path, *, overwrite: bool = False) 
     state = nnx.to_pure_dict(nnx.state(model))
     parameters = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state))
     with atomic_directory(directory, overwrite=overwrite) as staging:
-        with ocp.StandardCheckpointer() as checkpointer:
-            checkpointer.save((staging / STATE_DIR).absolute(), state)
-            checkpointer.wait_until_finished()
+        with _checkpointer() as checkpointer:  # synchronous: the arrays are on disk when it returns
+            checkpointer.save((staging / STATE_DIR).absolute(), args=ocp.args.StandardSave(state))
         (staging / CONFIG_FILE).write_text(json.dumps(model.config.to_dict(), indent=2) + "\n")
         marker = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "parameters": parameters}
         (staging / MARKER_FILE).write_text(json.dumps(marker, indent=2) + "\n")
@@ -98,11 +103,13 @@ def load_native(path: str | Path, *, dtype: str | None = None, mesh=None, rules=
         )
     )
     try:
-        with ocp.StandardCheckpointer() as checkpointer:
-            restored = checkpointer.restore((path / STATE_DIR).absolute(), targets)
+        with _checkpointer() as checkpointer:
+            restored = checkpointer.restore((path / STATE_DIR).absolute(), ocp.args.StandardRestore(targets))
     except (ValueError, KeyError, FileNotFoundError) as error:
+        detail = str(error).splitlines()[0][:400] if str(error) else type(error).__name__
         raise CheckpointError(
-            f"cannot restore {path / STATE_DIR} with the shapes of {path / CONFIG_FILE}: {error}"
+            f"cannot restore the arrays in {path / STATE_DIR} (damaged, or shapes differ from "
+            f"{path / CONFIG_FILE}): {detail}"
         ) from None
     nnx.replace_by_pure_dict(abstract_state, restored)
     return nnx.merge(graphdef, abstract_state)
