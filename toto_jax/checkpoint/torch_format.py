@@ -307,8 +307,10 @@ def model_from_tensors(config: TotoConfig, tensors: dict[str, np.ndarray], *, me
 
 def torch_tensors(model: Toto) -> dict[str, np.ndarray]:
     """The model's parameters as {torch key: float32 numpy array} in the reference's layout."""
-    tensors = state_to_torch_tensors(model.config, nnx.state(model, nnx.Param))
-    return {k: np.ascontiguousarray(np.asarray(v, dtype=np.float32)) for k, v in tensors.items()}
+    # Fetched to host first: the layout transforms then run in numpy, not as many small device programs.
+    state = jax.tree.map(lambda x: np.asarray(jax.device_get(x)), nnx.state(model, nnx.Param))
+    tensors = state_to_torch_tensors(model.config, state)
+    return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in tensors.items()}
 
 
 def export_torch(model: Toto, directory: str | Path, *, overwrite: bool = False) -> Path:
