@@ -31,7 +31,7 @@ def check_destination(destination: Path, *, overwrite: bool) -> None:
 @contextlib.contextmanager
 def atomic_directory(destination: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
     """Yield an empty staging directory; on success it replaces ``destination``, on error it is removed."""
-    destination = Path(destination)
+    destination = Path(destination).absolute()  # so that "." or "dir/" have a name to stage beside
     check_destination(destination, overwrite=overwrite)
     destination.parent.mkdir(parents=True, exist_ok=True)
     token = uuid.uuid4().hex[:8]
