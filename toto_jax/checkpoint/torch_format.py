@@ -188,7 +188,7 @@ def state_to_torch_tensors(config: TotoConfig, state: nnx.State) -> dict[str, np
 
 
 def expected_torch_shapes(config: TotoConfig) -> dict[str, tuple[int, ...]]:
-    abstract = nnx.eval_shape(lambda: Toto(config, rngs=nnx.Rngs(0)))
+    abstract = abstract_model(config)
     state = nnx.state(abstract, nnx.Param)
     shapes = jax.eval_shape(lambda s: state_to_torch_tensors(config, s), state)
     return {k: tuple(v.shape) for k, v in shapes.items()}
