@@ -15,6 +15,7 @@ from toto_jax.train.config import load_config
 from toto_jax.train.trainer import TrainProgram
 
 TINY = Path(__file__).parents[1] / "experiments" / "configs" / "tiny.yaml"
+FAST_COMPILE = {"xla_backend_optimization_level": 0}
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +23,7 @@ def setup():
     assert jax.device_count() == 8, "conftest.py provides 8 virtual CPU devices"
     config = load_config(TINY)
     batch = next(make_iterator(config.data))
-    single = TrainProgram(config, make_mesh((1, 1, 1), devices=jax.devices()[:1]))
+    single = TrainProgram(config, make_mesh((1, 1, 1), devices=jax.devices()[:1]), compiler_options=FAST_COMPILE)
     initial = jax.device_get(single.init(config.seed))
     state, metrics = single.step(single.place(initial), single.put_batch(batch))
     return config, batch, initial, jax.device_get(state), jax.device_get(metrics)
@@ -33,7 +34,7 @@ def test_sharded_step_matches_single_device(setup, shape, accumulation):
     config, batch, initial, expected_state, expected_metrics = setup
     config = load_config(TINY, [f"mesh.shape={list(shape)}",
                                 f"optimizer.accumulation_steps={accumulation}"])  # fmt: skip
-    program = TrainProgram(config, make_mesh(shape))
+    program = TrainProgram(config, make_mesh(shape), compiler_options=FAST_COMPILE)
     state = program.place(initial)
 
     # parameters (and Adam moments) are laid out as the rules say

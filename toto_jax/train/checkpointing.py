@@ -174,9 +174,16 @@ def load_model_from_run(path: str | Path, dtype: str | None = None, mesh=None, r
     raise ValueError(f"no readable checkpoint in {path}: " + "; ".join(errors))
 
 
+def read_run_config(path: str | Path) -> dict:
+    """The training config (dict form) saved with the newest finished checkpoint under ``path``."""
+    candidates = _step_directories(Path(path))
+    if not candidates:
+        raise FileNotFoundError(f"no training checkpoint found in {path}")
+    return ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(candidates[0] / "config")
+
+
 def _load_step(step_dir: Path, dtype, mesh, rules) -> Toto:
-    checkpointer = ocp.Checkpointer(ocp.JsonCheckpointHandler())
-    config = checkpointer.restore(step_dir / "config")
+    config = read_run_config(step_dir)
     model_config = TotoConfig.from_dict(config["model"])
     if dtype is not None:
         model_config = model_config.replace(dtype=dtype)

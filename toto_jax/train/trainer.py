@@ -12,7 +12,7 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -55,8 +55,11 @@ def global_batch(local_batch: dict[str, np.ndarray], sharding: NamedSharding) ->
 class TrainProgram:
     """Model structure, optimiser, shardings and the compiled init/step for one config and mesh."""
 
-    def __init__(self, config: TrainConfig, mesh, model_config: TotoConfig | None = None):
+    def __init__(self, config: TrainConfig, mesh, model_config: TotoConfig | None = None, compiler_options=None):
+        """``compiler_options``: XLA options for the compiled programs, e.g. ``{"xla_backend_optimization_level":
+        0}`` trades step speed for faster compiles (tests)."""
         self.config = config
+        self.compiler_options = compiler_options
         self.model_config = model_config or config.model
         self.mesh = mesh
         self.rules = config.mesh.rule_tuples()
@@ -87,6 +90,7 @@ class TrainProgram:
             in_shardings=(self.state_sharding, self.batch_sharding),
             out_shardings=(self.state_sharding, replicated),
             donate_argnums=0,
+            compiler_options=compiler_options,
         )
 
     # ---- state -------------------------------------------------------------------------------
@@ -101,8 +105,8 @@ class TrainProgram:
 
         if params is not None:
             params = jax.device_put(params, self.state_sharding.params)
-            return jax.jit(create, out_shardings=self.state_sharding)(params)
-        return jax.jit(lambda: create(None), out_shardings=self.state_sharding)()
+            return jax.jit(create, out_shardings=self.state_sharding, compiler_options=self.compiler_options)(params)
+        return jax.jit(lambda: create(None), out_shardings=self.state_sharding, compiler_options=self.compiler_options)()
 
     def place(self, state: TrainState) -> TrainState:
         return jax.device_put(state, self.state_sharding)
@@ -243,7 +247,7 @@ def _merge_init_config(config: TrainConfig, loaded: TotoConfig) -> TrainConfig:
     if dataclasses.replace(config.model, dropout=0, dtype="float32", remat=False) != dataclasses.replace(
         model, dropout=0, dtype="float32", remat=False
     ):
-        log.warning("--init-from: using the checkpoint's model architecture instead of the config's model section")
+        log.warning("using the checkpoint's model architecture instead of the config's model section")
     config = dataclasses.replace(config, model=model)
     config.validate()
     return config
@@ -256,11 +260,10 @@ def train(
     init_from: str | Path | None = None,
     mesh=None,
     source_objects=None,
-    on_step: Callable[[int, dict], None] | None = None,
 ) -> TrainState:
     """Train to ``config.steps``, resuming from the latest readable checkpoint in ``workdir``."""
     from ..data import make_iterator
-    from .checkpointing import RunCheckpoints
+    from .checkpointing import RunCheckpoints, read_run_config
     from .metrics import MetricsLogger
 
     workdir = Path(workdir)
@@ -270,7 +273,9 @@ def train(
         workdir, config.checkpoint.keep_last, config.checkpoint.keep_every, config.checkpoint.async_save
     )
     init_params = None
-    if init_from is not None and not checkpoints.steps():
+    if checkpoints.steps():  # resuming: the run's architecture is the one in its checkpoints
+        config = _merge_init_config(config, TotoConfig.from_dict(read_run_config(workdir)["model"]))
+    elif init_from is not None:
         loaded = _initial_params(init_from)
         config = _merge_init_config(config, loaded.config)
         init_params = nnx.state(loaded, nnx.Param)
@@ -285,6 +290,8 @@ def train(
         program.state_sharding.params,
         program.state_sharding.opt_state,
     )
+    if restored is None and checkpoints.steps():
+        raise ValueError(f"{checkpoints.directory} holds checkpoints but none could be restored (see warnings)")
     iterator = make_iterator(config.data, source_objects)
     if restored is None:
         state = program.init(config.seed, init_params)
@@ -326,18 +333,19 @@ def train(
             state, metrics = program.step(state, batch)
             done = step + 1
             interval_steps += 1
+            if step == start:  # keep compilation out of the throughput figures
+                jax.block_until_ready(metrics)
+                interval_start, interval_steps = time.perf_counter(), 0
             if done % config.logging.every == 0 or done == config.steps:
                 values = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                elapsed = time.perf_counter() - interval_start
-                steps_per_second = interval_steps / elapsed
-                values["samples_per_second"] = steps_per_second * config.data.batch_size * jax.process_count()
-                if peak:
-                    values["mfu"] = flops * steps_per_second / peak
+                if interval_steps:  # none when only the (compiling) first step ran since the last record
+                    steps_per_second = interval_steps / (time.perf_counter() - interval_start)
+                    values["samples_per_second"] = steps_per_second * config.data.batch_size * jax.process_count()
+                    if peak:
+                        values["mfu"] = flops * steps_per_second / peak
                 logger.write(done, values)
                 if progress is not None:
                     progress.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{values['lr']:.2e}")
-                if on_step is not None:
-                    on_step(done, values)
                 interval_start, interval_steps = time.perf_counter(), 0
             if done % config.checkpoint.every == 0 or done == config.steps:
                 checkpoints.wait()  # one save in flight at a time
