@@ -1,0 +1,143 @@
+"""``toto-jax eval``: score a checkpoint against baselines on series files (registered by toto_jax/cli.py)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "assets" / "default_model"
+
+
+def _csv_list(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "eval",
+        help="rolling-window evaluation of a checkpoint against baselines",
+        description=(
+            "Rolling-window evaluation (GIFT-Eval conventions): short/medium/long horizons (1x/10x/15x the "
+            "frequency's base prediction length), metrics pooled per series, reported as geometric means of "
+            "ratios to seasonal naive (< 1 beats it). --protocol lsf runs the Toto paper's ETTh1/ETTh2 "
+            "protocol instead (train-split z-normalisation, horizons 96/192/336/720, MAE/MSE of the median)."
+        ),
+    )
+    parser.add_argument("data", nargs="+", help="CSV/Parquet files or directories of them (ETT CSV files for lsf)")
+    parser.add_argument("--checkpoint", default="default",
+                        help="model checkpoint (any layout toto_jax.load reads); default: the bundled small model")  # fmt: skip
+    parser.add_argument("--protocol", choices=("rolling", "lsf"), default="rolling")
+    parser.add_argument("--terms", type=_csv_list, default=["short", "medium", "long"], help="default: all three")
+    parser.add_argument("--baselines", type=_csv_list, default=["seasonal_naive", "auto_ets"],
+                        help="comma-separated from seasonal_naive, auto_ets, auto_arima (default: seasonal_naive,"
+                             "auto_ets); AutoETS/AutoARIMA need statsforecast (pip install 'toto-jax[eval]')")  # fmt: skip
+    parser.add_argument("--num-samples", type=int, default=100, help="sample paths per forecast (default 100)")
+    parser.add_argument("--context-length", type=int, default=None,
+                        help="model context in steps (default 1024 rolling, 2048 lsf)")  # fmt: skip
+    parser.add_argument("--baseline-context", type=int, default=2048,
+                        help="history given to AutoETS/AutoARIMA (default 2048 steps)")  # fmt: skip
+    parser.add_argument("--max-windows", type=int, default=20, help="windows per series and term (default 20)")
+    parser.add_argument("--test-fraction", type=float, default=0.1, help="share of each series tested (default 0.1)")
+    parser.add_argument("--stride", type=int, default=None,
+                        help="steps between windows (default: the horizon; lsf default 96)")  # fmt: skip
+    parser.add_argument("--lsf-horizons", type=lambda s: [int(x) for x in _csv_list(s)], default=[96, 192, 336, 720])
+    parser.add_argument("--output-dir", default="out/eval", help="where metrics.csv / summary.csv / plots go")
+    parser.add_argument("--plot", action="store_true", help="write example forecast figures to OUTPUT_DIR/plots")
+    parser.add_argument("--plot-count", type=int, default=4, help="series plotted per term (default 4)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.set_defaults(func=run_eval)
+    return parser
+
+
+def load_model(checkpoint: str):
+    """``toto_jax.load`` of ``checkpoint``; ``default`` is the small model bundled with the package."""
+    import toto_jax
+
+    if checkpoint == "default" and not Path(checkpoint).exists():
+        checkpoint = str(DEFAULT_MODEL_DIR)
+        if not DEFAULT_MODEL_DIR.is_dir():
+            raise FileNotFoundError(f"the bundled default model is missing from {DEFAULT_MODEL_DIR}")
+    return toto_jax.load(checkpoint)
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from .baselines import STATSFORECAST_HINT
+
+    for name in ("num_samples", "max_windows", "plot_count", "baseline_context"):
+        if getattr(args, name) <= 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be positive")
+    if not 0 < args.test_fraction <= 1:
+        raise ValueError("--test-fraction must be in (0, 1]")
+    try:
+        if args.protocol == "lsf":
+            return _run_lsf(args)
+        return _run_rolling(args)
+    except ImportError as error:
+        if "statsforecast" in str(error):
+            print(f"toto-jax eval: error: {STATSFORECAST_HINT}", file=sys.stderr)
+            return 2
+        raise
+
+
+def _run_rolling(args) -> int:
+    from . import harness
+    from .baselines import make_baseline
+
+    unknown = [t for t in args.terms if t not in harness.TERM_MULTIPLIERS]
+    if unknown:
+        raise ValueError(f"unknown term(s) {unknown}; expected some of {list(harness.TERM_MULTIPLIERS)}")
+    baselines = list(dict.fromkeys(["seasonal_naive", *args.baselines]))
+    forecasters = {name: make_baseline(name, max_context=args.baseline_context) for name in baselines}
+    series = harness.read_series(args.data)
+    model = load_model(args.checkpoint)
+    context = args.context_length or 1024
+    forecasters = {"toto": harness.TotoForecaster(model, context_length=context, num_samples=args.num_samples,
+                                                  seed=args.seed), **forecasters}  # fmt: skip
+    print(f"evaluating {len(series)} series, terms {args.terms}, forecasters {list(forecasters)}", file=sys.stderr)
+    began = time.perf_counter()
+    result = harness.evaluate(
+        forecasters, series, args.terms, test_fraction=args.test_fraction, max_windows=args.max_windows,
+        stride=args.stride, keep_examples=args.plot_count if args.plot else 0,
+    )  # fmt: skip
+    summary = harness.summarize(result.records)
+    output = Path(args.output_dir)
+    output.mkdir(parents=True, exist_ok=True)
+    result.records.to_csv(output / "metrics.csv", index=False)
+    summary.to_csv(output / "summary.csv", index=False)
+    print(harness.format_table(summary))
+    timing = ", ".join(f"{name} {seconds:.0f}s" for name, seconds in result.seconds.items())
+    print(f"\nratios to seasonal naive, geometric mean over series (lower is better); forecasting time: {timing}; "
+          f"total {time.perf_counter() - began:.0f}s")  # fmt: skip
+    fallbacks = {n: f.fallbacks for n, f in forecasters.items() if getattr(f, "fallbacks", 0)}
+    if fallbacks:
+        print(f"fits that failed and fell back to seasonal naive: {fallbacks}")
+    print(f"wrote {output / 'metrics.csv'} (per series) and {output / 'summary.csv'}")
+    if args.plot:
+        paths = harness.plot_examples(result.examples, output / "plots")
+        print(f"wrote {len(paths)} figures to {output / 'plots'}")
+    return 0
+
+
+def _run_lsf(args) -> int:
+    import pandas as pd
+
+    from . import lsf
+
+    model = load_model(args.checkpoint)
+    context = args.context_length or 2048
+    stride = args.stride or 96
+    forecast_fn = lsf.toto_lsf_forecaster(model, num_samples=args.num_samples, seed=args.seed)
+    rows = []
+    for path in args.data:
+        values, _ = lsf.read_ett(path)
+        for result in lsf.evaluate_lsf(forecast_fn, values, args.lsf_horizons, context_length=context, stride=stride):
+            rows.append({"dataset": Path(path).stem, "context": context, "stride": stride, **result})
+    table = pd.DataFrame(rows)
+    output = Path(args.output_dir)
+    output.mkdir(parents=True, exist_ok=True)
+    table.to_csv(output / "lsf.csv", index=False)
+    print(table.to_string(index=False, float_format=lambda x: f"{x:.4f}"))
+    print(f"wrote {output / 'lsf.csv'}")
+    return 0
