@@ -1,0 +1,175 @@
+"""Forecast latency of toto-jax against the PyTorch reference, same CPU, same (random) weights.
+
+    python benchmarks/forecast.py [--repeats 3] [--reference-repeats 2] [--samples 64]
+
+Shape: Toto-Open-Base-1.0 (151M parameters), 7 variates, context 512, horizon 96, (a) the mean path,
+(b) ``--samples`` sample paths. A random reference model is saved as a checkpoint and each side runs in
+its own subprocess (so peak memory is per side) on the same checkpoint: the reference through
+``TotoForecaster.forecast`` with its KV cache and all samples in one batch (its fastest setting), this
+project through ``toto_jax.forecast``. Prints warm median times, compile time (first call minus the warm
+median), peak resident memory and the reference / toto-jax ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+VARIATES, CONTEXT, HORIZON = 7, 512, 96
+
+
+def make_checkpoint(directory: Path, seed: int = 0) -> None:
+    import safetensors.torch
+    import torch
+    from toto.model.toto import Toto as ReferenceToto
+
+    from toto_jax.config import TOTO_OPEN_BASE_1_0
+
+    config = TOTO_OPEN_BASE_1_0.to_reference_dict()
+    torch.manual_seed(seed)
+    model = ReferenceToto(**config)
+    safetensors.torch.save_file(model.state_dict(), str(directory / "model.safetensors"))
+    (directory / "config.json").write_text(json.dumps(config))
+
+
+def inputs(seed: int = 0):
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    t = np.arange(CONTEXT)
+    level = rng.uniform(-10, 10, (1, VARIATES, 1))
+    return (level + 3 * np.sin(2 * np.pi * t / 48) + rng.normal(0, 0.5, (1, VARIATES, CONTEXT))).astype(np.float32)
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux reports KiB
+
+
+def timed(call, repeats: int) -> dict:
+    start = time.perf_counter()
+    call()
+    first = time.perf_counter() - start
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    warm = statistics.median(times)
+    return {"first_s": first, "warm_s": warm, "compile_s": max(first - warm, 0.0)}
+
+
+def run_jax(checkpoint: Path, samples: int, repeats: int) -> dict:
+    import numpy as np
+
+    import toto_jax
+
+    model = toto_jax.load(checkpoint)
+    series = inputs()
+    base = peak_rss_mib()
+    out = {}
+    for mode, num_samples in (("mean", None), ("samples", samples)):
+        result = {}
+
+        def call():
+            result["forecast"] = toto_jax.forecast(model, series, HORIZON, num_samples=num_samples, seed=0)
+
+        out[mode] = timed(call, repeats)
+        assert np.all(np.isfinite(result["forecast"].mean))
+    out["peak_rss_mib"] = peak_rss_mib()
+    out["rss_before_mib"] = base
+    return out
+
+
+def run_reference(checkpoint: Path, samples: int, repeats: int) -> dict:
+    import warnings
+
+    import safetensors.torch
+    import torch
+    from toto.data.util.dataset import MaskedTimeseries
+    from toto.inference.forecaster import TotoForecaster
+    from toto.model.toto import Toto as ReferenceToto
+
+    config = json.loads((checkpoint / "config.json").read_text())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = ReferenceToto(**config)
+    model.load_state_dict(safetensors.torch.load_file(str(checkpoint / "model.safetensors")))
+    model.eval()
+    forecaster = TotoForecaster(model.model)
+    series = torch.tensor(inputs())
+    batch = MaskedTimeseries(
+        series=series,
+        padding_mask=torch.ones_like(series, dtype=torch.bool),
+        id_mask=torch.zeros_like(series, dtype=torch.int),
+        timestamp_seconds=torch.zeros_like(series, dtype=torch.int64),
+        time_interval_seconds=torch.ones(series.shape[:2], dtype=torch.int64),
+    )
+    base = peak_rss_mib()
+    out = {}
+    for mode, num_samples in (("mean", None), ("samples", samples)):
+
+        def call():
+            with torch.inference_mode():
+                forecaster.forecast(
+                    batch, HORIZON, num_samples=num_samples, samples_per_batch=num_samples or 1, use_kv_cache=True
+                )
+
+        out[mode] = timed(call, repeats)
+    out["peak_rss_mib"] = peak_rss_mib()
+    out["rss_before_mib"] = base
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=3, help="warm repeats of toto-jax")
+    parser.add_argument("--reference-repeats", type=int, default=2, help="warm repeats of the reference")
+    parser.add_argument("--samples", type=int, default=64)
+    parser.add_argument("--side", choices=("jax", "reference"), help=argparse.SUPPRESS)
+    parser.add_argument("--checkpoint", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.side == "jax":
+        print(json.dumps(run_jax(args.checkpoint, args.samples, args.repeats)))
+        return
+    if args.side == "reference":
+        print(json.dumps(run_reference(args.checkpoint, args.samples, args.reference_repeats)))
+        return
+
+    with tempfile.TemporaryDirectory() as directory:
+        checkpoint = Path(directory)
+        make_checkpoint(checkpoint)
+        results = {}
+        for side in ("reference", "jax"):
+            command = [sys.executable, __file__, "--side", side, "--checkpoint", str(checkpoint),
+                       "--samples", str(args.samples), "--repeats", str(args.repeats),
+                       "--reference-repeats", str(args.reference_repeats)]  # fmt: skip
+            env = dict(os.environ, JAX_PLATFORMS=os.environ.get("JAX_PLATFORMS", "cpu"))
+            completed = subprocess.run(command, capture_output=True, text=True, env=env)
+            if completed.returncode:
+                sys.exit(f"{side} side failed:\n{completed.stderr}")
+            results[side] = json.loads(completed.stdout.strip().splitlines()[-1])
+
+    print(f"Toto-Open-Base-1.0 shape (random weights), {VARIATES} variates, context {CONTEXT}, horizon {HORIZON}, "
+          f"CPU ({os.cpu_count()} cores)")  # fmt: skip
+    print(f"{'mode':<16}{'reference s':>12}{'toto-jax s':>12}{'jax compile s':>15}{'speed-up':>10}")
+    for mode, label in (("mean", "mean path"), ("samples", f"{args.samples} samples")):
+        reference, jax_side = results["reference"][mode], results["jax"][mode]
+        ratio = reference["warm_s"] / jax_side["warm_s"]
+        print(f"{label:<16}{reference['warm_s']:>12.3f}{jax_side['warm_s']:>12.3f}{jax_side['compile_s']:>15.2f}"
+              f"{ratio:>9.1f}x")  # fmt: skip
+    for side in ("reference", "jax"):
+        r = results[side]
+        print(f"peak RSS {side:<10}{r['peak_rss_mib']:>8.0f} MiB (after loading the model: {r['rss_before_mib']:.0f} MiB)")
+
+
+if __name__ == "__main__":
+    main()
