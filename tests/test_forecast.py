@@ -297,17 +297,17 @@ def test_quantiles_need_samples():
 
 
 def test_contexts_longer_than_max_context_keep_the_most_recent_part(pairs):
-    """Input preparation (no compile): with ``max_context`` 40, a 100-step context becomes its last 40
-    steps, left-padded to 48 (6 patches of 8) with padding mask False and the leftmost id repeated."""
+    """Input preparation (no compile): with ``max_context`` 36, a 100-step context becomes its last 36
+    steps, left-padded to 40 (5 patches of 8) with padding mask False and the leftmost id repeated."""
     from toto_jax.forecast import prepare_context
 
     _, model, _ = pairs["mixture3_causal_patch"]
-    config = model.config.replace(max_context=40)
+    config = model.config.replace(max_context=36)
     series = np.arange(300, dtype=np.float32).reshape(1, 3, 100)
     id_mask = np.zeros(series.shape, np.int32)
     id_mask[:, 2] = 4
     values, valid, ids = prepare_context(config, series, id_mask=id_mask)
-    assert values.shape == (1, 3, 48)
-    np.testing.assert_array_equal(values[..., 8:], series[..., -40:])
-    assert not valid[..., :8].any() and valid[..., 8:].all()
-    assert (values[..., :8] == 0).all() and (ids[:, 2] == 4).all() and (ids[:, :2] == 0).all()
+    assert values.shape == (1, 3, 40)
+    np.testing.assert_array_equal(values[..., 4:], series[..., -36:])
+    assert not valid[..., :4].any() and valid[..., 4:].all()
+    assert (values[..., :4] == 0).all() and (ids[:, 2] == 4).all() and (ids[:, :2] == 0).all()
