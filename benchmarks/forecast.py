@@ -168,7 +168,8 @@ def main() -> None:
               f"{ratio:>9.1f}x")  # fmt: skip
     for side in ("reference", "jax"):
         r = results[side]
-        print(f"peak RSS {side:<10}{r['peak_rss_mib']:>8.0f} MiB (after loading the model: {r['rss_before_mib']:.0f} MiB)")
+        print(f"peak RSS {side:<10}{r['peak_rss_mib']:>8.0f} MiB "
+              f"(after loading the model: {r['rss_before_mib']:.0f} MiB)")
 
 
 if __name__ == "__main__":

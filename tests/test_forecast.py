@@ -196,7 +196,8 @@ def test_sample_quantiles_match_reference(pairs, cached_samples):
 
 # ---- shape buckets, chunking, list input ------------------------------------------------------
 def test_varied_requests_reuse_one_compiled_program(pairs):
-    """Requests with different context lengths (6-8 patches), horizons (9-16 steps) and list input of unequal lengths all land in one shape bucket: after the first, nothing compiles. Each
+    """Requests with different context lengths (6-8 patches), horizons (9-16 steps) and list input of
+    unequal lengths all land in one shape bucket: after the first, nothing compiles. Each
     result still equals the reference's forecast of that exact request (buckets pad exactly)."""
     reference, model, _ = pairs["mixture3_causal_patch"]
     patch = model.config.patch_size

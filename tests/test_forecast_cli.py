@@ -50,7 +50,8 @@ def test_wide_csv_round_trip_with_plot(checkpoint, tmp_path):
     )
     np.testing.assert_allclose(result["value_mean"], direct.mean[0, 0], rtol=1e-5)
     np.testing.assert_allclose(result["value_q0.9"], direct.quantile(0.9)[0, 0], rtol=1e-5)
-    assert (result["value_q0.1"] <= result["value_median"]).all() and (result["value_median"] <= result["value_q0.9"]).all()
+    assert (result["value_q0.1"] <= result["value_median"]).all()
+    assert (result["value_median"] <= result["value_q0.9"]).all()
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot.stat().st_size > 10_000
 
 
@@ -104,7 +105,8 @@ def test_bad_input_is_reported_and_nothing_is_written(checkpoint, tmp_path, caps
     elif case == "duplicate":
         _write_wide(source, stamps.insert(2, stamps[2])[:20], load=values)
     elif case == "irregular":
-        _write_wide(source, stamps.delete(7).append(pd.DatetimeIndex([stamps[-1] + pd.Timedelta(hours=1)])), load=values)
+        gap = stamps.delete(7).append(pd.DatetimeIndex([stamps[-1] + pd.Timedelta(hours=1)]))  # one step missing
+        _write_wide(source, gap, load=values)
     elif case == "all_nan":
         _write_wide(source, stamps, load=values, empty=np.full(20, np.nan))
     else:

@@ -389,8 +389,11 @@ def forecast(
     config = model.config
     if isinstance(horizon, bool) or not isinstance(horizon, (int, np.integer)) or horizon <= 0:
         raise ForecastError(f"horizon must be a positive integer, got {horizon!r}")
-    if num_samples is not None and (isinstance(num_samples, bool) or int(num_samples) != num_samples or num_samples <= 0):
+    if num_samples is not None and (
+        isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)) or num_samples <= 0
+    ):
         raise ForecastError(f"num_samples must be a positive integer or None, got {num_samples!r}")
+    num_samples = None if num_samples is None else int(num_samples)
     if config.stride != config.patch_size:
         raise ForecastError(
             f"forecasting needs stride == patch_size (got stride {config.stride}, patch_size {config.patch_size})"
