@@ -1,0 +1,52 @@
+"""The small model bundled with the package (toto_jax/assets/default_model) and the float16 export that
+writes it."""
+
+import json
+
+import numpy as np
+import pandas as pd
+from flax import nnx
+
+import toto_jax
+from toto_jax.config import TotoConfig
+from toto_jax.eval import ship
+from toto_jax.eval.cli import DEFAULT_MODEL_DIR, load_model
+from toto_jax.forecast import forecast
+from toto_jax.model import Toto
+
+
+def test_bundled_model_is_small_and_in_reference_layout():
+    weights = DEFAULT_MODEL_DIR / "model.safetensors"
+    assert weights.stat().st_size <= 20 * 2**20
+    config = json.loads((DEFAULT_MODEL_DIR / "config.json").read_text())
+    assert config["scaler_cls"] == "<class 'model.scaler.CausalPatchStdMeanScaler'>"  # the reference's form
+    from safetensors.numpy import load_file
+
+    assert {t.dtype for t in load_file(str(weights)).values()} == {np.dtype(np.float16)}
+
+
+def test_bundled_model_forecasts_the_sample_series():
+    model = load_model("default")
+    assert model.config.patch_size == 64
+    sample = pd.read_csv(DEFAULT_MODEL_DIR.parent / "sample_nab_cpu.csv")["cpu_utilization"].to_numpy(np.float32)
+    result = forecast(model, sample[None, -1024:], 96, num_samples=16, progress=False)
+    assert result.samples.shape == (1, 1, 96, 16)
+    median = result.median[0, 0]
+    assert np.isfinite(median).all()
+    # CPU utilisation in percent: a trained model stays in the series' range
+    assert sample.min() - 10 < median.min() and median.max() < sample.max() + 10
+
+
+def test_ship_writes_float16_reference_layout(tmp_path):
+    config = TotoConfig(patch_size=8, stride=8, embed_dim=32, num_layers=2, num_heads=4, mlp_hidden_dim=64,
+                        dropout=0.0, spacewise_every_n_layers=2, k_components=3)  # fmt: skip
+    model = Toto(config, rngs=nnx.Rngs(1))
+    source = toto_jax.export_torch(model, tmp_path / "float32")
+    report = ship.ship(source, tmp_path / "shipped")
+    assert report["bytes"] < (source / "model.safetensors").stat().st_size * 0.55
+    assert report["max_relative_rounding"] < 1e-3
+    shipped = toto_jax.load(tmp_path / "shipped")
+    series = np.random.default_rng(0).normal(size=(1, 2, 64)).astype(np.float32)
+    expected, actual = model(series), shipped(series)
+    np.testing.assert_allclose(np.asarray(actual.distribution.mean), np.asarray(expected.distribution.mean),
+                               rtol=2e-2, atol=2e-2)  # fmt: skip
