@@ -75,6 +75,8 @@ def initialize(
         )
     else:
         source, kwargs = _detect()
+    if kwargs.get("num_processes") == 1:
+        source, kwargs = "single", {}  # nothing to join
     if source != "single":
         if "num_processes" in kwargs and not 0 <= kwargs["process_id"] < kwargs["num_processes"]:
             raise ValueError(f"process id {kwargs['process_id']} is outside 0..{kwargs['num_processes'] - 1}")

@@ -86,6 +86,10 @@ class DataConfig:
     read_buffer_size: int = 64  # records prefetched by those threads
     shard_index: int | None = None  # defaults to jax.process_index()
     shard_count: int | None = None  # defaults to jax.process_count()
+    # How hosts divide the work. "sources": each host reads its own shard of every source (scales).
+    # "batch": each host builds the whole global batch (batch_size x hosts) and keeps its rows, so
+    # batches do not depend on the host count (reproducible small multi-host runs; every host reads all).
+    host_split: str = "sources"
     num_epochs: int | None = None  # None: repeat sources forever
     include_provenance: bool = False  # add source_index / series_index [B, V]
     max_consecutive_skips: int = 10_000  # then a source is declared unusable
@@ -117,16 +121,24 @@ class DataConfig:
             raise DataError("set both data.shard_index and data.shard_count, or neither")
         if self.shard_count is not None and not 0 <= self.shard_index < self.shard_count:
             raise DataError(f"data.shard_index {self.shard_index} not in [0, {self.shard_count})")
+        if self.host_split not in ("sources", "batch"):
+            raise DataError(f"data.host_split must be 'sources' or 'batch', got {self.host_split!r}")
+        if self.host_split == "batch" and self.shard_count is not None:
+            raise DataError("data.host_split 'batch' reads unsharded sources; do not set data.shard_index/count")
         if self.num_epochs is not None and self.num_epochs <= 0:
             raise DataError("data.num_epochs must be positive or null")
 
     def resolved_shard(self) -> tuple[int, int]:
-        """(shard index, shard count): explicit values or this JAX process's."""
+        """(shard index, shard count) of the sources: explicit values or this JAX process's."""
         if self.shard_count is not None:
             return int(self.shard_index), int(self.shard_count)
-        import jax  # imported lazily: workers and the CLI do not need JAX
+        if self.host_split == "batch":
+            return 0, 1
+        return _process_index_and_count()
 
-        return jax.process_index(), jax.process_count()
+    def host_rows(self) -> tuple[int, int]:
+        """(this host's index, host count) for ``host_split: batch``; (0, 1) otherwise."""
+        return _process_index_and_count() if self.host_split == "batch" else (0, 1)
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> "DataConfig":
@@ -152,3 +164,9 @@ def _from_dict(cls, values: Mapping[str, Any], where: str):
     if unknown:
         raise DataError(f"unknown key(s) {unknown} in {where}; known keys: {sorted(known)}")
     return cls(**values)
+
+
+def _process_index_and_count() -> tuple[int, int]:
+    import jax  # imported lazily: workers and the CLI do not need JAX
+
+    return jax.process_index(), jax.process_count()

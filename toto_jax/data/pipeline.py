@@ -185,7 +185,10 @@ def build_dataset(config: DataConfig, source_objects=None) -> grain.IterDataset:
         include_provenance=config.include_provenance,
         max_consecutive_skips=config.max_consecutive_skips,
     )
-    dataset = dataset.batch(config.batch_size, drop_remainder=config.num_epochs is None)
+    host, hosts = config.host_rows()
+    dataset = dataset.batch(config.batch_size * hosts, drop_remainder=config.num_epochs is None)
+    if hosts > 1:
+        dataset = dataset.map(_HostRows(host, config.batch_size))
     if config.num_workers > 0:
         _ensure_absl_flags_parsed()
         dataset = dataset.mp_prefetch(
@@ -194,6 +197,16 @@ def build_dataset(config: DataConfig, source_objects=None) -> grain.IterDataset:
             )
         )
     return dataset
+
+
+class _HostRows:
+    """Keep this host's rows of a global batch (``host_split: batch``)."""
+
+    def __init__(self, host: int, rows: int):
+        self.start, self.stop = host * rows, (host + 1) * rows
+
+    def __call__(self, batch: dict) -> dict:
+        return {key: value[self.start : self.stop] for key, value in batch.items()}
 
 
 def _ensure_absl_flags_parsed() -> None:

@@ -26,9 +26,11 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..distributed import initialize
     from .config import load_config
     from .trainer import train
 
+    initialize()  # joins a multi-host cluster when launched as one (no-op for a single process)
     overrides = list(args.overrides)
     if args.steps is not None:
         overrides.append(f"steps={args.steps}")

@@ -1,0 +1,124 @@
+"""Multi-process training on this machine: 2 processes x 2 CPU devices against 1 process x 4 devices.
+
+Every run goes through ``launch/local.sh`` / the ``toto-jax`` CLI in subprocesses, as a user would.
+``data.host_split=batch`` makes the global batch independent of the host count, so the runs must agree.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+import toto_jax
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "experiments" / "configs" / "tiny.yaml"
+COMMON = ["data.host_split=batch", "logging.every=1", "checkpoint.keep_last=10", "checkpoint.async_save=false"]
+
+
+def _env(devices: int, cache: Path) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TOTO_")}
+    env.update(
+        JAX_PLATFORMS="cpu",
+        # Optimisation level 0 compiles faster; every run in this file uses it, so they stay comparable.
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} --xla_backend_optimization_level=0",
+        JAX_COMPILATION_CACHE_DIR=str(cache),
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+def _train_command(workdir: Path, steps: int, batch_per_host: int, *extra: str) -> list[str]:
+    return [
+        sys.executable, "-m", "toto_jax.cli", "train", "--config", str(TINY), "--workdir", str(workdir),
+        "--steps", str(steps), "--checkpoint-every", "2", *COMMON, f"data.batch_size={batch_per_host}", *extra,
+    ]  # fmt: skip
+
+
+def _two_process(workdir: Path, steps: int, cache: Path, timeout=300, **popen) -> subprocess.CompletedProcess:
+    command = ["bash", str(ROOT / "launch" / "local.sh"), "2", "--devices", "2", "--"]
+    command += _train_command(workdir, steps, 4)
+    return subprocess.run(command, env=_env(2, cache), capture_output=True, text=True, timeout=timeout, **popen)
+
+
+def _losses(workdir: Path) -> dict[int, float]:
+    rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    return {row["step"]: row["loss"] for row in rows if "loss" in row}
+
+
+def _params(workdir: Path) -> list[np.ndarray]:
+    from flax import nnx
+
+    return [np.asarray(x) for x in jax.tree.leaves(nnx.state(toto_jax.load(workdir), nnx.Param))]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    base = tmp_path_factory.mktemp("distributed")
+    cache = base / "xla_cache"
+    two = _two_process(base / "two_process", 4, cache)
+    assert two.returncode == 0, two.stdout[-3000:] + two.stderr[-3000:]
+    one = subprocess.run(
+        _train_command(base / "one_process", 4, 8), env=_env(4, cache), capture_output=True, text=True, timeout=300
+    )
+    assert one.returncode == 0, one.stdout[-3000:] + one.stderr[-3000:]
+    return base, cache
+
+
+def test_two_processes_match_one_process(runs):
+    base, _ = runs
+    two, one = _losses(base / "two_process"), _losses(base / "one_process")
+    assert sorted(two) == sorted(one) == [1, 2, 3, 4]
+    np.testing.assert_allclose([two[s] for s in sorted(two)], [one[s] for s in sorted(one)], rtol=1e-5)
+    for a, b in zip(_params(base / "two_process"), _params(base / "one_process")):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_only_process_zero_writes_metrics(runs):
+    base, _ = runs
+    rows = (base / "two_process" / "metrics.jsonl").read_text().splitlines()
+    assert len([r for r in rows if '"loss"' in r]) == 4  # one writer, not two
+
+
+def test_killed_process_fails_the_launch_and_one_process_resumes_on_another_mesh(runs):
+    """Kill a worker after the first checkpoint: local.sh stops the peer and exits non-zero in bounded time.
+    The next launch (one process, two devices, mesh (1, 2, 1)) restores the 2-process checkpoint and goes on."""
+    base, cache = runs
+    workdir = base / "killed"
+    command = ["bash", str(ROOT / "launch" / "local.sh"), "2", "--devices", "2", "--grace", "5", "--"]
+    command += _train_command(workdir, 200, 4)
+    launcher = subprocess.Popen(
+        command, env=_env(2, cache), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    pids, output = {}, []
+    killed_at = None
+    for line in launcher.stdout:
+        output.append(line)
+        match = re.search(r"process (\d) pid (\d+)", line)
+        if match:
+            pids[int(match.group(1))] = int(match.group(2))
+        if killed_at is None and (workdir / "checkpoints" / "2").exists():
+            os.kill(pids[1], 9)
+            killed_at = time.monotonic()
+    launcher.wait(timeout=60)
+    assert killed_at is not None, "".join(line for line in output if "INFO absl" not in line)[-6000:]
+    assert launcher.returncode != 0
+    assert time.monotonic() - killed_at < 60, "local.sh did not stop the surviving process in time"
+    saved = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+    assert saved and saved[-1] < 200
+
+    command = ["bash", str(ROOT / "launch" / "local.sh"), "1", "--devices", "2", "--"]
+    command += _train_command(workdir, saved[-1] + 2, 8, "mesh.shape=[1,2,1]")
+    resumed = subprocess.run(command, env=_env(2, cache), capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert f"resumed from step {saved[-1]}" in resumed.stdout + resumed.stderr
+    assert max(_losses(workdir)) == saved[-1] + 2
