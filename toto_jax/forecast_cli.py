@@ -17,14 +17,25 @@ def add_parser(subparsers) -> None:
         description="Forecast a wide table (timestamp column + one column per variate: one multivariate "
         "series) or a long table (unique_id, ds, y: one series per id). Output has the same layout.",
     )
-    parser.add_argument("--checkpoint", required=True, type=Path, help="model directory (model.safetensors + config.json)")
-    parser.add_argument("--input", required=True, type=Path, help="CSV or Parquet table")
+    parser.add_argument(
+        "--checkpoint",
+        default="default",
+        help="model: a reference checkpoint (model.safetensors + config.json), a native checkpoint, a training run "
+        "directory, or 'default' (the small model shipped with toto-jax; the default)",
+    )
+    parser.add_argument(
+        "--input",
+        required=True,
+        type=Path,
+        help="CSV or Parquet table, or a directory of them (then --output and --plot are directories, one file per "
+        "input, and several processes launched together split the files between them)",
+    )
     parser.add_argument("--horizon", required=True, type=int, help="steps to forecast")
     parser.add_argument("--samples", type=int, default=None, help="sample paths (default: the mean path only)")
     parser.add_argument(
         "--quantiles", default=None, help=f"comma-separated levels, with --samples (default {DEFAULT_QUANTILES})"
     )
-    parser.add_argument("--output", required=True, type=Path, help="CSV or Parquet file to write")
+    parser.add_argument("--output", required=True, type=Path, help="CSV or Parquet file (or directory) to write")
     parser.add_argument("--plot", type=Path, default=None, help="PNG of history, median and quantile bands")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--memory-budget-gb", type=float, default=4.0, help="working memory per compiled call")
@@ -41,10 +52,36 @@ def _parse_quantiles(text: str) -> list[float]:
     return levels
 
 
-def run(args: argparse.Namespace) -> int:
-    from . import tabular
-    from .forecast import forecast
+TABLE_SUFFIXES = (".csv", ".parquet")
 
+
+def run(args: argparse.Namespace) -> int:
+    from .distributed import host_shard, initialize
+
+    initialize()  # several processes launched together split a directory of inputs
+    _check_arguments(args)
+    if not args.input.is_dir():
+        _forecast_file(args, args.input, args.output, args.plot, model=None)
+        return 0
+    inputs = sorted(p for p in args.input.iterdir() if p.suffix.lower() in TABLE_SUFFIXES)
+    if not inputs:
+        raise FileNotFoundError(f"no .csv or .parquet files in {args.input}")
+    for name, path in (("--output", args.output), ("--plot", args.plot)):
+        if path is not None and path.exists() and not path.is_dir():
+            raise ValueError(f"with a directory of inputs, {name} must be a directory, got the file {path}")
+    mine = [inputs[i] for i in host_shard(len(inputs))]
+    args.output.mkdir(parents=True, exist_ok=True)
+    if args.plot is not None:
+        args.plot.mkdir(parents=True, exist_ok=True)
+    model = None
+    for path in mine:
+        plot = None if args.plot is None else args.plot / f"{path.stem}.png"
+        model = _forecast_file(args, path, args.output / path.name, plot, model)
+    print(f"forecast {len(mine)} of {len(inputs)} files into {args.output}")
+    return 0
+
+
+def _check_arguments(args: argparse.Namespace) -> None:
     # Everything that can be checked before the model runs is checked first; nothing is written on error.
     if args.horizon <= 0:
         raise ValueError(f"--horizon must be positive, got {args.horizon}")
@@ -52,18 +89,28 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--samples must be positive, got {args.samples}")
     if args.quantiles is not None and args.samples is None:
         raise ValueError("--quantiles need sample paths: add --samples N")
+    if args.quantiles is not None or args.samples:
+        _parse_quantiles(args.quantiles or DEFAULT_QUANTILES)
+
+
+def _forecast_file(args, input_path: Path, output: Path, plot: Path | None, model):
+    """Forecast one table; returns the model (loaded on first use) so a directory loads it once."""
+    from . import tabular
+    from .forecast import forecast
+
     levels = _parse_quantiles(args.quantiles or DEFAULT_QUANTILES) if args.samples else []
-    tabular.check_output_path(args.output)
-    if args.plot is not None:
-        if args.plot.suffix.lower() != ".png":
-            raise ValueError(f"--plot must name a .png file, got {args.plot}")
-        if not args.plot.parent.exists():
-            raise FileNotFoundError(f"plot directory does not exist: {args.plot.parent}")
-    table = tabular.parse_table(tabular.read_table(args.input))
+    tabular.check_output_path(output)
+    if plot is not None:
+        if plot.suffix.lower() != ".png":
+            raise ValueError(f"--plot must name a .png file, got {plot}")
+        if not plot.parent.exists():
+            raise FileNotFoundError(f"plot directory does not exist: {plot.parent}")
+    table = tabular.parse_table(tabular.read_table(input_path))
 
-    import toto_jax
+    if model is None:
+        import toto_jax
 
-    model = toto_jax.load(args.checkpoint)
+        model = toto_jax.load(args.checkpoint)
     result = forecast(
         model, table.values, args.horizon, num_samples=args.samples, seed=args.seed,
         memory_budget=int(args.memory_budget_gb * (1 << 30)),
@@ -76,13 +123,13 @@ def run(args: argparse.Namespace) -> int:
     frame = tabular.forecast_frame(table, args.horizon, columns)
 
     png = None
-    if args.plot is not None:
+    if plot is not None:
         png = _render(table, result, levels, args.horizon)
-    tabular.write_table(frame, args.output)
+    tabular.write_table(frame, output)
     if png is not None:
-        tabular.atomic_write(args.plot, lambda path: Path(path).write_bytes(png))
-    print(f"wrote {len(frame)} rows to {args.output}" + (f" and {args.plot}" if png is not None else ""))
-    return 0
+        tabular.atomic_write(plot, lambda path: Path(path).write_bytes(png))
+    print(f"wrote {len(frame)} rows to {output}" + (f" and {plot}" if png is not None else ""))
+    return model
 
 
 def _render(table, result, levels, horizon) -> bytes:

@@ -12,6 +12,10 @@ from .files import CheckpointError
 from .native import is_native_checkpoint, load_native, save_native
 from .torch_format import export_torch, is_torch_checkpoint, load_torch_checkpoint
 
+DEFAULT_MODEL = "default"
+# The small pretrained model shipped inside the package (see experiments/pretrain_small.md).
+DEFAULT_MODEL_DIRECTORY = Path(__file__).resolve().parent.parent / "assets" / "default_model"
+
 
 def save(model, directory: str | Path, *, overwrite: bool = False) -> Path:
     """Write ``model`` as a native checkpoint (orbax arrays + config.json), atomically.
@@ -25,9 +29,14 @@ def load(path: str | Path, *, dtype: str | None = None, mesh=None, rules=None):
     """Load a ``Toto`` from a native checkpoint, a PyTorch/Hugging Face checkpoint (``model.safetensors`` +
     ``config.json``, or the ``.safetensors`` file itself) or a training run directory.
 
-    ``dtype`` overrides the computation dtype (parameters stay float32). With ``mesh``, every parameter is
-    placed directly with the sharding its logical axes map to under ``rules`` (default rules if None).
+    ``"default"`` is the small model shipped with the package. ``dtype`` overrides the computation dtype
+    (parameters stay float32). With ``mesh``, every parameter is placed directly with the sharding its
+    logical axes map to under ``rules`` (default rules if None).
     """
+    if str(path) == DEFAULT_MODEL and not Path(path).exists():
+        if not DEFAULT_MODEL_DIRECTORY.exists():
+            raise CheckpointError(f"the bundled default model is missing from this installation ({DEFAULT_MODEL_DIRECTORY})")
+        path = DEFAULT_MODEL_DIRECTORY
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"checkpoint not found: {path}")

@@ -21,7 +21,7 @@ def abstract_model(config: TotoConfig) -> Toto:
 def flat_shardings(state: nnx.State, mesh=None, rules=None) -> dict[tuple, jax.sharding.Sharding]:
     """{parameter path: sharding}: from the logical axes under ``rules`` on ``mesh``, else the default device."""
     if mesh is None:
-        default = SingleDeviceSharding(jax.devices()[0])
+        default = SingleDeviceSharding(jax.local_devices()[0])  # this process's own device, also multi-host
         return {tuple(path): default for path, _ in nnx.to_flat_state(state)}
     shardings = state_shardings(state, mesh, DEFAULT_RULES if rules is None else rules)
     flat = {
