@@ -6,6 +6,7 @@ PYTHON ?= python3
 .PHONY: demo test clean
 
 demo: .venv-demo/.installed
+	mkdir -p out
 	.venv-demo/bin/toto-jax forecast --input toto_jax/assets/sample_nab_cpu.csv --horizon 96 --samples 64 \
 		--quantiles 0.1,0.5,0.9 --output out/forecast.csv --plot out/forecast.png
 
