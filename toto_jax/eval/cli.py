@@ -99,7 +99,7 @@ def _run_rolling(args) -> int:
     began = time.perf_counter()
     result = harness.evaluate(
         forecasters, series, args.terms, test_fraction=args.test_fraction, max_windows=args.max_windows,
-        stride=args.stride, keep_examples=args.plot_count if args.plot else 0,
+        stride=args.stride, keep_examples=args.plot_count if args.plot else 0, progress=True,
     )  # fmt: skip
     summary = harness.summarize(result.records)
     output = Path(args.output_dir)

@@ -14,6 +14,7 @@ import dataclasses
 import logging
 import math
 import os
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -201,6 +202,7 @@ def evaluate(
     min_history: int = 64,
     stride: int | None = None,
     keep_examples: int = 0,
+    progress: bool = False,
 ) -> EvalResult:
     """Metrics of every forecaster on every series and term; ``keep_examples`` series per term keep their
     last window's forecasts (for plots)."""
@@ -212,7 +214,7 @@ def evaluate(
     seconds = {name: 0.0 for name in forecasters}
     for term in terms:
         kept = 0
-        for item in series:
+        for position, item in enumerate(series, 1):
             horizon = prediction_length(item.freq, term)
             starts = window_starts(len(item.values), horizon, test_fraction=test_fraction, max_windows=max_windows,
                                    min_history=min_history, stride=stride)  # fmt: skip
@@ -221,6 +223,9 @@ def evaluate(
             if not starts:
                 log.info("%s: too short for the %s horizon (%d steps); skipped", item.name, term, horizon)
                 continue
+            if progress:
+                print(f"[{term}] {position}/{len(series)} {item.name}: {len(starts)} window(s) of {horizon}",
+                      file=sys.stderr, flush=True)  # fmt: skip
             histories = [item.values[:s] for s in starts]
             targets = [item.values[s : s + horizon] for s in starts]
             season = item.season
