@@ -173,7 +173,7 @@ def test_jax_model_exported_gives_reference_mean_forecast(jax_exported):
     from toto.data.util.dataset import MaskedTimeseries
     from toto.inference.forecaster import TotoForecaster
 
-    from toto_jax.forecast import forecast
+    from toto_jax.forecasting import forecast
 
     model, reference, _ = jax_exported
     series, padding_mask, id_mask = _inputs(batch=1)

@@ -11,7 +11,7 @@ import toto_jax
 from toto_jax.config import TotoConfig
 from toto_jax.eval import ship
 from toto_jax.eval.cli import DEFAULT_MODEL_DIR, load_model
-from toto_jax.forecast import forecast
+from toto_jax.forecasting import forecast
 from toto_jax.model import Toto
 
 

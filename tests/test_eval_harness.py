@@ -13,7 +13,7 @@ from toto_jax.cli import main
 from toto_jax.config import TotoConfig
 from toto_jax.eval import harness, lsf
 from toto_jax.eval.baselines import SeasonalNaive, WindowForecast
-from toto_jax.forecast import forecast
+from toto_jax.forecasting import forecast
 from toto_jax.model import Toto
 
 ETTH1 = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ett" / "ETT-small" / "ETTh1.csv"

@@ -15,7 +15,7 @@ from toto.data.util.dataset import MaskedTimeseries
 from toto.inference.forecaster import TotoForecaster
 
 import toto_jax
-from toto_jax.forecast import Forecast, ForecastError, compiled_program_count, forecast
+from toto_jax.forecasting import Forecast, ForecastError, compiled_program_count, forecast
 
 TOLERANCE = 1e-4
 
@@ -233,7 +233,7 @@ def test_varied_requests_reuse_one_compiled_program(pairs):
 def test_large_batches_are_split_by_memory_budget(pairs, capsys):
     """A memory budget for two series at a time splits a batch of five into three chunks (the last one
     padded), shows a progress bar, and gives the same forecasts as one call."""
-    from toto_jax.forecast import estimate_bytes_per_series
+    from toto_jax.forecasting import estimate_bytes_per_series
 
     _, model, _ = pairs["mixture3_causal_patch"]
     patch = model.config.patch_size
@@ -300,7 +300,7 @@ def test_quantiles_need_samples():
 def test_contexts_longer_than_max_context_keep_the_most_recent_part(pairs):
     """Input preparation (no compile): with ``max_context`` 36, a 100-step context becomes its last 36
     steps, left-padded to 40 (5 patches of 8) with padding mask False and the leftmost id repeated."""
-    from toto_jax.forecast import prepare_context
+    from toto_jax.forecasting import prepare_context
 
     _, model, _ = pairs["mixture3_causal_patch"]
     config = model.config.replace(max_context=36)

@@ -15,7 +15,7 @@ from reference import make_reference, reference_config, save_reference
 
 import toto_jax
 from toto_jax.cli import main
-from toto_jax.forecast import forecast
+from toto_jax.forecasting import forecast
 
 NAB = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "nab" / "data"
 DAILY = NAB / "artificialNoAnomaly" / "art_daily_small_noise.csv"  # 5-minute steps

@@ -16,8 +16,9 @@ _LAZY = {
     "save": "toto_jax.checkpoint",
     "export_torch": "toto_jax.checkpoint",
     "CheckpointError": "toto_jax.checkpoint",
-    "forecast": "toto_jax.forecast",
-    "Forecast": "toto_jax.forecast",
+    "forecast": "toto_jax.forecasting",
+    "Forecast": "toto_jax.forecasting",
+    "ForecastError": "toto_jax.forecasting",
 }
 
 
@@ -34,6 +35,7 @@ __all__ = [
     "CheckpointError",
     "ConfigError",
     "Forecast",
+    "ForecastError",
     "InputError",
     "KVCache",
     "Toto",

@@ -96,7 +96,7 @@ def _check_arguments(args: argparse.Namespace) -> None:
 def _forecast_file(args, input_path: Path, output: Path, plot: Path | None, model):
     """Forecast one table; returns the model (loaded on first use) so a directory loads it once."""
     from . import tabular
-    from .forecast import forecast
+    from .forecasting import forecast
 
     levels = _parse_quantiles(args.quantiles or DEFAULT_QUANTILES) if args.samples else []
     tabular.check_output_path(output)

@@ -30,7 +30,7 @@ class TotoPredictor:
     def _forecast_batch(self, entries: list[dict]) -> Iterator:
         from gluonts.model.forecast import SampleForecast
 
-        from toto_jax.forecast import forecast
+        from toto_jax.forecasting import forecast
 
         targets = [np.asarray(entry["target"], np.float32) for entry in entries]
         rows = [(t if t.ndim == 2 else t[None])[:, -self.context_length :] for t in targets]

@@ -136,7 +136,7 @@ class TotoForecaster:
         self.seed = seed
 
     def __call__(self, contexts, horizon: int, season: int) -> list[WindowForecast]:
-        from toto_jax.forecast import forecast
+        from toto_jax.forecasting import forecast
 
         rows = [np.asarray(c, np.float32)[None, -self.context_length :] for c in contexts]
         result = forecast(self.model, rows, horizon, num_samples=self.num_samples, seed=self.seed, progress=False)

@@ -74,7 +74,7 @@ def evaluate_lsf(forecast_fn, values: np.ndarray, horizons=LSF_HORIZONS, *, cont
 
 def toto_lsf_forecaster(model, num_samples: int | None = 64, seed: int = 0):
     """The median of ``num_samples`` sample paths (``None``: the mean path) with all variates forecast jointly."""
-    from toto_jax.forecast import forecast
+    from toto_jax.forecasting import forecast
 
     def forecast_fn(contexts: np.ndarray, horizon: int) -> np.ndarray:
         result = forecast(model, contexts.astype(np.float32), horizon, num_samples=num_samples, seed=seed,

@@ -160,7 +160,7 @@ def load_model_from_run(path: str | Path, dtype: str | None = None, mesh=None, r
 
     Tries steps from the newest down, skipping unreadable ones with a warning.
     """
-    path = Path(path)
+    path = Path(path).absolute()  # orbax needs absolute paths
     candidates = _step_directories(path) if path.is_dir() else []
     if not candidates:
         raise FileNotFoundError(f"no training checkpoint found in {path}")
@@ -176,7 +176,7 @@ def load_model_from_run(path: str | Path, dtype: str | None = None, mesh=None, r
 
 def read_run_config(path: str | Path) -> dict:
     """The training config (dict form) saved with the newest finished checkpoint under ``path``."""
-    candidates = _step_directories(Path(path))
+    candidates = _step_directories(Path(path).absolute())
     if not candidates:
         raise FileNotFoundError(f"no training checkpoint found in {path}")
     return ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(candidates[0] / "config")
@@ -196,7 +196,7 @@ def _load_step(step_dir: Path, dtype, mesh, rules) -> Toto:
         shardings = state_shardings(abstract_params, mesh, rules)
     target = _abstract(abstract_params, shardings)
     if mesh is None:  # place on the default device
-        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
         target = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=device) for k, v in target.items()}
     restored = ocp.StandardCheckpointer().restore(step_dir / "params", target)
     params = unflatten(abstract_params, restored)

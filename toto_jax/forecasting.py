@@ -22,8 +22,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import sys
-import types
 
 import jax
 import jax.numpy as jnp
@@ -451,13 +449,3 @@ def forecast(
 
 __all__ = ["Forecast", "ForecastError", "compiled_program_count", "forecast"]
 
-
-class _CallableModule(types.ModuleType):
-    """Once this module is imported, ``toto_jax.forecast`` names the module rather than the lazily exported
-    function; making the module callable keeps ``toto_jax.forecast(model, series, horizon)`` working."""
-
-    def __call__(self, *args, **kwargs) -> Forecast:
-        return forecast(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
