@@ -30,7 +30,7 @@ from flax import nnx
 
 from .model import KVCache, Toto, validate_inputs
 from .model.distribution import AffineTransformed
-from .model.rope import XPOS_SCALE_BASE
+from .model.rope import xpos_key_recentre
 
 DEFAULT_MEMORY_BUDGET = 4 << 30  # bytes of working memory one compiled call may use
 
@@ -236,12 +236,9 @@ def _recentre_context_keys(cache: KVCache, real_tokens, call_tokens: int, head_d
     ``base ** ((centre_real - centre_call) / 512)`` per feature. Within one call the centre cancels in q.k,
     so only keys kept for later decode steps need this.
     """
-    even = jnp.arange(0, head_dim, 2, dtype=jnp.float32)
-    base = (even + 0.4 * head_dim) / (1.4 * head_dim)
     centre_real = jnp.floor((real_tokens - 1).astype(jnp.float32) / 2.0)
     centre_call = float(math.floor((call_tokens - 1) / 2))
-    factor = base ** ((centre_real - centre_call) / XPOS_SCALE_BASE)
-    factor = jnp.concatenate([factor, factor])  # the reference tiles the scale as cat(scale, scale)
+    factor = xpos_key_recentre(centre_call, centre_real, head_dim)
     keys = tuple(None if k is None else (k * factor).astype(k.dtype) for k in cache.keys)
     return dataclasses.replace(cache, keys=keys)
 

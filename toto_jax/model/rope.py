@@ -24,6 +24,21 @@ class RotaryTables(NamedTuple):
     scale: jnp.ndarray  # xPos scale for queries; keys use its inverse
 
 
+def _xpos_base(head_dim: int):
+    even = jnp.arange(0, head_dim, 2, dtype=jnp.float32)
+    return (even + 0.4 * head_dim) / (1.4 * head_dim)
+
+
+def xpos_key_recentre(centre_from, centre_to, head_dim: int):
+    """Factor [head_dim] turning keys rotated under xPos centre ``centre_from`` into keys under ``centre_to``.
+
+    Keys are divided by ``base ** ((position - centre) / 512)``, so moving the centre is one constant
+    factor per feature (tiled like the scale itself).
+    """
+    factor = _xpos_base(head_dim) ** ((centre_to - centre_from) / XPOS_SCALE_BASE)
+    return jnp.concatenate([factor, factor])
+
+
 def rotary_tables(offset, length: int, head_dim: int) -> RotaryTables:
     """Tables for positions ``offset .. offset + length - 1`` (``offset`` may be traced)."""
     positions = jnp.asarray(offset, jnp.float32) + jnp.arange(length, dtype=jnp.float32)
@@ -32,8 +47,7 @@ def rotary_tables(offset, length: int, head_dim: int) -> RotaryTables:
     angles = jnp.repeat(positions[:, None] * inverse_frequency[None, :], 2, axis=-1)
     centre = jnp.floor(positions[-1] / 2.0)
     power = (positions - centre) / XPOS_SCALE_BASE
-    base = (even + 0.4 * head_dim) / (1.4 * head_dim)
-    scale = base[None, :] ** power[:, None]
+    scale = _xpos_base(head_dim)[None, :] ** power[:, None]
     scale = jnp.concatenate([scale, scale], axis=-1)
     return RotaryTables(jnp.cos(angles), jnp.sin(angles), scale)
 
