@@ -22,6 +22,7 @@ import warnings
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tests"))  # reference helpers
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -40,7 +41,6 @@ def reference_step_fn(config, batch):
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        from toto.data.util.dataset import CausalMaskedTimeseries
         from toto.model.lightning_module import TotoForFinetuning
         from toto.model.toto import Toto as ReferenceToto
 
@@ -48,17 +48,9 @@ def reference_step_fn(config, batch):
     module = TotoForFinetuning(pretrained_backbone=reference.model).train()
     module.log = lambda *args, **kwargs: None
     optimizer = module.configure_optimizers()["optimizer"]
-    patch = config.model.patch_size
-    context = batch["series"].shape[-1] - patch
-    inputs = CausalMaskedTimeseries(
-        series=torch.as_tensor(batch["series"]),
-        padding_mask=torch.as_tensor(batch["padding_mask"]),
-        id_mask=torch.as_tensor(batch["id_mask"], dtype=torch.int64),
-        timestamp_seconds=torch.zeros(batch["series"].shape, dtype=torch.int64),
-        time_interval_seconds=torch.ones(batch["series"].shape[:2], dtype=torch.int64),
-        input_slice=slice(0, context),
-        target_slice=slice(patch, context + patch),
-    )
+    from reference import reference_training_batch
+
+    inputs = reference_training_batch(batch, config.model.patch_size)
 
     def step():
         optimizer.zero_grad(set_to_none=True)

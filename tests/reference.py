@@ -99,3 +99,20 @@ def relative_error(actual, expected) -> float:
     assert actual.shape == expected.shape, (actual.shape, expected.shape)
     floor = max(1e-2 * float(np.max(np.abs(expected))), 1e-30)
     return float(np.max(np.abs(actual - expected) / np.maximum(np.abs(expected), floor)))
+
+
+def reference_training_batch(batch: dict, patch_size: int):
+    """A toto_jax training batch ({series, padding_mask, id_mask} [B, V, T + patch]) as the reference's
+    ``CausalMaskedTimeseries``: input the first T steps, target shifted by one patch."""
+    from toto.data.util.dataset import CausalMaskedTimeseries
+
+    context = batch["series"].shape[-1] - patch_size
+    return CausalMaskedTimeseries(
+        series=torch.as_tensor(batch["series"]),
+        padding_mask=torch.as_tensor(batch["padding_mask"]),
+        id_mask=torch.as_tensor(batch["id_mask"], dtype=torch.int64),
+        timestamp_seconds=torch.zeros(batch["series"].shape, dtype=torch.int64),
+        time_interval_seconds=torch.ones(batch["series"].shape[:2], dtype=torch.int64),
+        input_slice=slice(0, context),
+        target_slice=slice(patch_size, context + patch_size),
+    )

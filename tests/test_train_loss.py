@@ -11,7 +11,7 @@ import pytest
 import torch
 from flax import nnx
 
-from reference import make_reference, reference_config, relative_error, save_reference
+from reference import make_reference, reference_config, reference_training_batch, relative_error, save_reference
 from toto_jax.checkpoint import load
 from toto_jax.model.distribution import StudentTMixture
 from toto_jax.train.config import TrainConfig
@@ -23,7 +23,6 @@ from toto_jax.sharding import make_mesh
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     from gluonts.torch.distributions.studentT import StudentT as ReferenceStudentT
-    from toto.data.util.dataset import CausalMaskedTimeseries
     from toto.model.lightning_module import TotoForFinetuning
     from toto.model.losses import CombinedLoss, GeneralRobustLoss, NegativeLogLikelihood
     from toto.model.scheduler import WarmupStableDecayLR
@@ -149,16 +148,7 @@ def reference_and_ours(tmp_path_factory):
 def reference_training_loss(reference, data, patch):
     module = TotoForFinetuning(pretrained_backbone=reference.model)
     module.log = lambda *args, **kwargs: None  # no Lightning trainer attached
-    context = data["series"].shape[-1] - patch
-    batch = CausalMaskedTimeseries(
-        series=torch.as_tensor(data["series"]),
-        padding_mask=torch.as_tensor(data["padding_mask"]),
-        id_mask=torch.as_tensor(data["id_mask"], dtype=torch.int64),
-        timestamp_seconds=torch.zeros(data["series"].shape, dtype=torch.int64),
-        time_interval_seconds=torch.ones(data["series"].shape[:2], dtype=torch.int64),
-        input_slice=slice(0, context),
-        target_slice=slice(patch, context + patch),
-    )
+    batch = reference_training_batch(data, patch)
     module.zero_grad()
     loss = module._train_or_val_step(batch, is_train=True)
     loss.backward()
