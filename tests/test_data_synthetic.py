@@ -39,6 +39,31 @@ def test_synthetic_source_covers_both_families_multivariate_and_short_series():
     assert 0.1 < np.mean(np.array(lengths) < 256) < 0.3
 
 
+def test_periodic_family_share_and_exact_repetition():
+    source = SyntheticSource(num_series=300, length=2048, seed=1, periodic_fraction=0.3, short_fraction=0.0)
+    default = SyntheticSource(num_series=300, length=2048, seed=1, short_fraction=0.0)
+    kinds = [source.generate(index)[0] for index in range(300)]
+    assert 0.2 < kinds.count("periodic") / 300 < 0.4
+    assert "periodic" not in {default.generate(index)[0] for index in range(100)}  # off by default
+    with pytest.raises(Exception, match="periodic_fraction must lie in"):
+        SyntheticSource(periodic_fraction=1.5)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_periodic_group_repeats_its_season(seed):
+    rng = np.random.default_rng(seed)
+    group = synthetic.periodic_group(rng, 3000, 2)
+    assert group.shape == (2, 3000) and np.isfinite(group).all()
+    # Find the period as the best-correlating lag: one season back explains the series (noise is at
+    # most 10 % of the cycle's range, trends and level shifts are slow), half a season back does not.
+    lags = np.arange(8, 1441)
+    correlations = [autocorrelation(group[0], lag) for lag in lags]
+    best = lags[int(np.argmax(correlations))]
+    assert max(correlations) > 0.6
+    cycle = synthetic.periodic_template(np.random.default_rng(seed), best)
+    assert cycle.min() == 0.0 and cycle.max() == 1.0
+
+
 def test_kernelsynth_periodic_kernel_period_in_autocorrelation():
     period, length = 24, 2400
     rng = np.random.default_rng(0)

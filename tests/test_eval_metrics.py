@@ -164,6 +164,19 @@ def test_statsforecast_baselines():
         baselines.make_baseline("prophet")
 
 
+def test_auto_ets_fits_long_seasons_without_a_seasonal_component():
+    # R's forecast::ets (and statsforecast's port of its recursion) handle seasons up to 24 steps.
+    ets, arima = baselines.make_baseline("auto_ets"), baselines.make_baseline("auto_arima")
+    assert ets.season_length(24, 2048) == 24
+    assert ets.season_length(288, 2048) == 1
+    assert ets.season_length(12, 16) == 8  # at most half the context
+    assert arima.season_length(288, 2048) == 288
+    rng = np.random.default_rng(4)
+    series = 100 + np.sin(np.arange(2000) * 2 * np.pi / 288) + rng.normal(0, 0.1, 2000)
+    (window,) = ets([series], 48, 288)
+    assert ets.fallbacks == 0 and np.isfinite(window.quantiles).all()
+
+
 def test_missing_statsforecast_explains_how_to_install(monkeypatch):
     import sys
 

@@ -37,6 +37,7 @@ class SourceConfig:
     num_series: int = 1_000_000  # virtual size of one synthetic "epoch"
     seed: int | None = None  # defaults to DataConfig.seed
     kernelsynth_fraction: float = 0.5
+    periodic_fraction: float = 0.0  # strictly periodic series (checked before kernelsynth_fraction)
     short_fraction: float = 0.1
     # Shuffle: 0 = global shuffle; N > 0 = shuffle the order of blocks of N
     # consecutive rows and the rows inside each block (cache-friendly reads).

@@ -39,6 +39,7 @@ def build_source(source: SourceConfig, config: DataConfig, position: int):
             seed=derive_seed(config.seed, position) if source.seed is None else source.seed,
             max_variates=config.num_variates,
             kernelsynth_fraction=source.kernelsynth_fraction,
+            periodic_fraction=source.periodic_fraction,
             short_fraction=source.short_fraction,
             name=name,
         )

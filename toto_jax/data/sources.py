@@ -63,6 +63,7 @@ class SyntheticSource:
         seed: int = 0,
         max_variates: int = 8,
         kernelsynth_fraction: float = 0.5,
+        periodic_fraction: float = 0.0,
         short_fraction: float = 0.1,
         min_length: int = 16,
         name: str = "synthetic",
@@ -72,13 +73,16 @@ class SyntheticSource:
                 f"synthetic source needs positive num_series, length, max_variates; got "
                 f"{num_series}, {length}, {max_variates}"
             )
-        if not 0.0 <= kernelsynth_fraction <= 1.0 or not 0.0 <= short_fraction <= 1.0:
-            raise DataError("synthetic kernelsynth_fraction and short_fraction must lie in [0, 1]")
+        for field, value in (("kernelsynth_fraction", kernelsynth_fraction),
+                             ("periodic_fraction", periodic_fraction), ("short_fraction", short_fraction)):
+            if not 0.0 <= value <= 1.0:
+                raise DataError(f"synthetic {field} must lie in [0, 1], got {value}")
         self.num_series = int(num_series)
         self.length = int(length)
         self.seed = int(seed)
         self.max_variates = int(max_variates)
         self.kernelsynth_fraction = float(kernelsynth_fraction)
+        self.periodic_fraction = float(periodic_fraction)
         self.short_fraction = float(short_fraction)
         self.min_length = int(min(min_length, length))
         self.name = name
@@ -92,7 +96,9 @@ class SyntheticSource:
         length = self.length
         if rng.random() < self.short_fraction:
             length = int(rng.integers(self.min_length, self.length + 1))
-        return synthetic.synthetic_group(rng, length, self.max_variates, self.kernelsynth_fraction)
+        return synthetic.synthetic_group(
+            rng, length, self.max_variates, self.kernelsynth_fraction, self.periodic_fraction
+        )
 
     def __getitem__(self, index: int):
         _, target = self.generate(index)

@@ -282,14 +282,78 @@ def metric_from_driver(rng: np.random.Generator, kind: str, driver: np.ndarray, 
     raise ValueError(f"unknown observability metric kind {kind!r}")
 
 
+
+# --------------------------------------------------------------------------
+# Strictly periodic series (what seasonal naive forecasts well)
+# --------------------------------------------------------------------------
+
+# Season lengths of common sampling rates (hourly, 30/15/10/5/1-minute daily cycles, weekly) plus a
+# random period; all at most 1440 so a 2048-step context shows more than one cycle.
+PERIODIC_SEASONS = (24, 48, 96, 144, 168, 288, 336, 720, 1440)
+TEMPLATE_SHAPES = ("smooth", "square", "steps", "pulses", "ramp")
+
+
+def periodic_template(rng: np.random.Generator, period: int) -> np.ndarray:
+    """One cycle of a repeating pattern, scaled to unit range: a random Fourier series, a square
+    wave, piecewise-constant steps, short pulses, or a ramp (cron jobs, batch windows, backups)."""
+    phase = np.arange(period) / period
+    shape = _pick(rng, TEMPLATE_SHAPES)
+    if shape == "smooth":
+        harmonics = np.arange(1, int(rng.integers(1, 9)) + 1)[:, None]
+        weights = rng.normal(0, 1, (len(harmonics), 1)) / harmonics ** rng.uniform(0.5, 2.0)
+        cycle = (weights * np.cos(2 * np.pi * harmonics * phase - rng.uniform(0, 2 * np.pi, (len(harmonics), 1)))).sum(0)
+    elif shape == "square":
+        start, width = rng.uniform(0, 1), rng.uniform(0.1, 0.7)
+        cycle = (((phase - start) % 1.0) < width).astype(np.float64)
+    elif shape == "steps":
+        edges = np.sort(rng.integers(0, period, int(rng.integers(2, 9))))
+        cycle = rng.normal(0, 1, len(edges) + 1)[np.searchsorted(edges, np.arange(period), side="right")]
+    elif shape == "pulses":
+        cycle = np.zeros(period)
+        for start in rng.integers(0, period, int(rng.integers(1, 4))):
+            cycle[start : start + max(1, int(period * rng.uniform(0.005, 0.05)))] += rng.uniform(0.5, 1.0)
+    else:
+        cycle = (phase - rng.uniform(0, 1)) % 1.0
+    spread = cycle.max() - cycle.min()
+    return (cycle - cycle.min()) / (spread if spread > 0 else 1.0)
+
+
+def periodic_group(rng: np.random.Generator, length: int, num_variates: int) -> np.ndarray:
+    """Variates repeating one period each (shared by the group), with small noise, an optional slow
+    trend or level shift, at arbitrary offset and scale, [v, length]."""
+    period = _pick(rng, PERIODIC_SEASONS) if rng.random() < 0.8 else int(rng.integers(8, 1441))
+    start = int(rng.integers(0, period))
+    positions = start + np.arange(length)
+    group = []
+    for _ in range(num_variates):
+        cycle = periodic_template(rng, period)
+        if rng.random() < 0.5:  # a second, smooth component on top of a sharp one
+            cycle = cycle + rng.uniform(0, 0.5) * periodic_template(rng, period)
+        values = cycle[positions % period]
+        values = values + rng.uniform(0.0, 0.1) * rng.standard_normal(length)
+        if rng.random() < 0.3:
+            values = values + rng.normal(0, 0.5) * np.arange(length) / length
+        if rng.random() < 0.2:
+            values = values + level_shifts(rng, length, rate=2.0 / length, scale=0.5)
+        scale, offset = math.exp(rng.normal(0, 2)), rng.normal(0, 3) * math.exp(rng.normal(0, 2))
+        group.append(values * scale + offset)
+    return np.stack(group)
+
+
 def synthetic_group(
     rng: np.random.Generator,
     length: int,
     max_variates: int,
     kernelsynth_fraction: float = 0.5,
+    periodic_fraction: float = 0.0,
 ) -> tuple[str, np.ndarray]:
-    """One synthetic (multivariate) series: returns (kind, float32 [v, length])."""
+    """One synthetic (multivariate) series: returns (kind, float32 [v, length]). A ``periodic_fraction``
+    of series are strictly periodic; the rest split into KernelSynth (``kernelsynth_fraction``) and
+    observability shapes."""
     num_variates = 1 if rng.random() < 0.5 else int(rng.integers(1, max_variates + 1))
+    # Drawn only when enabled, so the default stream of series is unchanged.
+    if periodic_fraction > 0 and rng.random() < periodic_fraction:
+        return "periodic", periodic_group(rng, length, num_variates).astype(np.float32)
     if rng.random() < kernelsynth_fraction:
         if num_variates == 1:
             return "kernelsynth", kernelsynth_series(rng, length)[None].astype(np.float32)

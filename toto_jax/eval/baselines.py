@@ -7,7 +7,10 @@ of 1-D float arrays (one per evaluation window, NaN = missing), ``season`` the s
   shorter than one season). Its predictive distribution is a point mass, so all its quantiles equal the
   point forecast: the GIFT-Eval convention for the normalising baseline.
 - ``StatsForecastModel``: AutoETS / AutoARIMA of Nixtla's ``statsforecast`` (an optional dependency, the
-  ``eval`` extra), with quantiles from its prediction intervals.
+  ``eval`` extra), with quantiles from its prediction intervals. AutoETS fits seasonal models only for
+  seasons of at most 24 steps, like R's ``forecast::ets`` (whose state recursion statsforecast ports
+  with the same limit): longer seasons (5-minute or 1-minute data with a daily cycle) are fit without a
+  seasonal component instead of failing after minutes of optimisation.
 """
 
 from __future__ import annotations
@@ -94,6 +97,15 @@ class StatsForecastModel:
     ``fallbacks``."""
 
     KINDS = {"auto_ets": "AutoETS", "auto_arima": "AutoARIMA"}
+    MAX_ETS_SEASON = 24
+
+    def season_length(self, season: int, context_length: int) -> int:
+        """The season the model is fit with: at most half the context; 1 (non-seasonal) for AutoETS
+        when the season exceeds ``MAX_ETS_SEASON``."""
+        season = max(1, min(season, context_length // 2))
+        if self.name == "auto_ets" and season > self.MAX_ETS_SEASON:
+            return 1
+        return season
 
     def __init__(self, kind: str, max_context: int = 1024):
         if kind not in self.KINDS:
@@ -110,7 +122,7 @@ class StatsForecastModel:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                model = self._model_class(season_length=max(1, min(season, len(context) // 2)))
+                model = self._model_class(season_length=self.season_length(season, len(context)))
                 result = model.forecast(y=context, h=horizon, level=levels)
         except Exception as error:  # noqa: BLE001 - any numerical failure of a fit
             log.warning("%s failed (%s: %s); using seasonal naive for this window", self.name,

@@ -35,7 +35,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                              "auto_ets); AutoETS/AutoARIMA need statsforecast (pip install 'toto-jax[eval]')")  # fmt: skip
     parser.add_argument("--num-samples", type=int, default=100, help="sample paths per forecast (default 100)")
     parser.add_argument("--context-length", type=int, default=None,
-                        help="model context in steps (default 1024 rolling, 2048 lsf)")  # fmt: skip
+                        help="model context in steps (default 2048)")  # fmt: skip
     parser.add_argument("--baseline-context", type=int, default=2048,
                         help="history given to AutoETS/AutoARIMA (default 2048 steps)")  # fmt: skip
     parser.add_argument("--max-windows", type=int, default=20, help="windows per series and term (default 20)")
@@ -92,7 +92,7 @@ def _run_rolling(args) -> int:
     forecasters = {name: make_baseline(name, max_context=args.baseline_context) for name in baselines}
     series = harness.read_series(args.data)
     model = load_model(args.checkpoint)
-    context = args.context_length or 1024
+    context = args.context_length or 2048
     forecasters = {"toto": harness.TotoForecaster(model, context_length=context, num_samples=args.num_samples,
                                                   seed=args.seed), **forecasters}  # fmt: skip
     print(f"evaluating {len(series)} series, terms {args.terms}, forecasters {list(forecasters)}", file=sys.stderr)

@@ -16,7 +16,7 @@ import numpy as np
 
 
 class TotoPredictor:
-    def __init__(self, model, prediction_length: int, *, num_samples: int = 100, context_length: int = 1024,
+    def __init__(self, model, prediction_length: int, *, num_samples: int = 100, context_length: int = 2048,
                  batch_size: int = 32, seed: int = 0):  # fmt: skip
         if prediction_length <= 0:
             raise ValueError(f"prediction_length must be positive, got {prediction_length}")

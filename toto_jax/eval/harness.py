@@ -129,7 +129,7 @@ class TotoForecaster:
 
     name = "toto"
 
-    def __init__(self, model, *, context_length: int = 1024, num_samples: int = 100, seed: int = 0):
+    def __init__(self, model, *, context_length: int = 2048, num_samples: int = 100, seed: int = 0):
         self.model = model
         self.context_length = context_length
         self.num_samples = num_samples
