@@ -49,6 +49,23 @@ def test_periodic_family_share_and_exact_repetition():
         SyntheticSource(periodic_fraction=1.5)
 
 
+def test_outlier_augmentation_adds_isolated_extremes():
+    rng = np.random.default_rng(0)
+    clean = rng.normal(0, 1, (2, 4000))
+    spiked = synthetic.add_outliers(np.random.default_rng(1), clean)
+    changed = spiked != clean
+    assert 1 <= changed.sum(axis=1).min() and changed.sum(axis=1).max() <= 9  # 1-3 runs of 1-3 steps
+    assert np.abs(spiked - clean)[changed].min() > 5 * clean.std() * 0.9
+    def share_extreme(source):  # series with a point > 50 interquartile ranges from the median
+        rows = (source[i]["target"][0] for i in range(300))
+        return np.mean([np.nanmax(np.abs(t - np.nanmedian(t))) > 50 * (np.subtract(*np.nanpercentile(t, [75, 25])) + 1e-9)
+                        for t in rows])  # fmt: skip
+
+    with_outliers = share_extreme(SyntheticSource(300, length=512, seed=2, outlier_fraction=0.5, short_fraction=0))
+    without = share_extreme(SyntheticSource(300, length=512, seed=2, short_fraction=0))
+    assert with_outliers > without + 0.25
+
+
 @pytest.mark.parametrize("seed", range(6))
 def test_periodic_group_repeats_its_season(seed):
     rng = np.random.default_rng(seed)

@@ -38,6 +38,7 @@ class SourceConfig:
     seed: int | None = None  # defaults to DataConfig.seed
     kernelsynth_fraction: float = 0.5
     periodic_fraction: float = 0.0  # strictly periodic series (checked before kernelsynth_fraction)
+    outlier_fraction: float = 0.0  # series given isolated extreme outliers
     short_fraction: float = 0.1
     # Shuffle: 0 = global shuffle; N > 0 = shuffle the order of blocks of N
     # consecutive rows and the rows inside each block (cache-friendly reads).

@@ -40,6 +40,7 @@ def build_source(source: SourceConfig, config: DataConfig, position: int):
             max_variates=config.num_variates,
             kernelsynth_fraction=source.kernelsynth_fraction,
             periodic_fraction=source.periodic_fraction,
+            outlier_fraction=source.outlier_fraction,
             short_fraction=source.short_fraction,
             name=name,
         )

@@ -64,6 +64,7 @@ class SyntheticSource:
         max_variates: int = 8,
         kernelsynth_fraction: float = 0.5,
         periodic_fraction: float = 0.0,
+        outlier_fraction: float = 0.0,
         short_fraction: float = 0.1,
         min_length: int = 16,
         name: str = "synthetic",
@@ -74,7 +75,8 @@ class SyntheticSource:
                 f"{num_series}, {length}, {max_variates}"
             )
         for field, value in (("kernelsynth_fraction", kernelsynth_fraction),
-                             ("periodic_fraction", periodic_fraction), ("short_fraction", short_fraction)):
+                             ("periodic_fraction", periodic_fraction), ("outlier_fraction", outlier_fraction),
+                             ("short_fraction", short_fraction)):
             if not 0.0 <= value <= 1.0:
                 raise DataError(f"synthetic {field} must lie in [0, 1], got {value}")
         self.num_series = int(num_series)
@@ -83,6 +85,7 @@ class SyntheticSource:
         self.max_variates = int(max_variates)
         self.kernelsynth_fraction = float(kernelsynth_fraction)
         self.periodic_fraction = float(periodic_fraction)
+        self.outlier_fraction = float(outlier_fraction)
         self.short_fraction = float(short_fraction)
         self.min_length = int(min(min_length, length))
         self.name = name
@@ -97,7 +100,7 @@ class SyntheticSource:
         if rng.random() < self.short_fraction:
             length = int(rng.integers(self.min_length, self.length + 1))
         return synthetic.synthetic_group(
-            rng, length, self.max_variates, self.kernelsynth_fraction, self.periodic_fraction
+            rng, length, self.max_variates, self.kernelsynth_fraction, self.periodic_fraction, self.outlier_fraction
         )
 
     def __getitem__(self, index: int):

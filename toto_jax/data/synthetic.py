@@ -340,18 +340,37 @@ def periodic_group(rng: np.random.Generator, length: int, num_variates: int) -> 
     return np.stack(group)
 
 
+def add_outliers(rng: np.random.Generator, group: np.ndarray) -> np.ndarray:
+    """1-3 isolated outliers (runs of 1-3 steps) per variate, 5-1000 standard deviations away, mostly
+    upward: a single huge spike (a counter glitch, a retry storm) inflates a causal scale for the rest
+    of a window, and the model must keep forecasting the now nearly-flat normal behaviour."""
+    group = group.copy()
+    length = group.shape[1]
+    for row in group:
+        spread = float(np.nanstd(row)) if np.isfinite(row).any() else 0.0
+        spread = spread if spread > 0 else 1.0
+        for start in rng.integers(0, length, int(rng.integers(1, 4))):
+            sign = 1.0 if rng.random() < 0.8 else -1.0
+            row[start : start + int(rng.integers(1, 4))] += sign * spread * 10 ** rng.uniform(0.7, 3.0)
+    return group
+
+
 def synthetic_group(
     rng: np.random.Generator,
     length: int,
     max_variates: int,
     kernelsynth_fraction: float = 0.5,
     periodic_fraction: float = 0.0,
+    outlier_fraction: float = 0.0,
 ) -> tuple[str, np.ndarray]:
     """One synthetic (multivariate) series: returns (kind, float32 [v, length]). A ``periodic_fraction``
     of series are strictly periodic; the rest split into KernelSynth (``kernelsynth_fraction``) and
-    observability shapes."""
-    num_variates = 1 if rng.random() < 0.5 else int(rng.integers(1, max_variates + 1))
+    observability shapes. An ``outlier_fraction`` of all series gets isolated extreme outliers."""
     # Drawn only when enabled, so the default stream of series is unchanged.
+    if outlier_fraction > 0 and rng.random() < outlier_fraction:
+        kind, group = synthetic_group(rng, length, max_variates, kernelsynth_fraction, periodic_fraction)
+        return kind, add_outliers(rng, group).astype(np.float32)
+    num_variates = 1 if rng.random() < 0.5 else int(rng.integers(1, max_variates + 1))
     if periodic_fraction > 0 and rng.random() < periodic_fraction:
         return "periodic", periodic_group(rng, length, num_variates).astype(np.float32)
     if rng.random() < kernelsynth_fraction:
