@@ -207,7 +207,7 @@ def test_gluonts_predictor(tiny_model):
     assert forecasts[0].start_date == start + 200 and forecasts[1].start_date == start + 150
     # "a" went alone into its forecast call (the only univariate entry of the first batch): same paths
     direct = forecast(tiny_model, [dataset[0]["target"][None, -96:].astype(np.float32)], 16, num_samples=6,
-                      progress=False)  # fmt: skip
+                      progress=False, standardize=True)  # fmt: skip
     np.testing.assert_allclose(forecasts[0].samples, direct.samples[0, 0].T)
     assert np.isfinite(forecasts[2].samples).all()
     # gluonts' own evaluator consumes the forecasts

@@ -312,3 +312,46 @@ def test_contexts_longer_than_max_context_keep_the_most_recent_part(pairs):
     np.testing.assert_array_equal(values[..., 4:], series[..., -36:])
     assert not valid[..., :4].any() and valid[..., 4:].all()
     assert (values[..., :4] == 0).all() and (ids[:, 2] == 4).all() and (ids[:, :2] == 0).all()
+
+
+def test_standardize_makes_forecasts_equivariant_to_units(pairs):
+    """Toto's causal scaler floors the variance (sqrt(var + 0.1)), so raw forecasts of a series and of the
+    same series in other units differ; with ``standardize=True`` they are the same forecast, mapped back
+    (same seed, same draws), also with missing values, large offsets and a constant variate."""
+    _, model, _ = pairs["mixture3_causal_patch"]
+    series, padding_mask, id_mask = make_inputs(model.config.patch_size, level=5.0)
+    series[1, 0, 7] = np.nan
+    series[1, 1] = 3.0  # constant: unit scale, shifted only
+    offset, factor = np.float32(100.0), np.float32(1e-2)  # exactly representable shapes in float32
+    kwargs = dict(padding_mask=padding_mask, id_mask=id_mask, num_samples=4, seed=3, progress=False)
+    base = forecast(model, series, 12, standardize=True, **kwargs)
+    rescaled = forecast(model, series * factor + offset, 12, standardize=True, **kwargs)
+    mapped_back = (rescaled.samples - offset) / factor
+    varying = np.ones(series.shape[:2], bool)
+    varying[1, 1] = False
+    np.testing.assert_allclose(mapped_back[varying], base.samples[varying], rtol=0,
+                               atol=2e-3 * np.abs(base.samples).max())  # fmt: skip
+    # a constant variate has no scale to follow: it is forecast in unit steps around its value
+    assert np.isfinite(base.samples).all() and abs(np.median(base.samples[1, 1]) - 3.0) < 3.0
+    # without standardizing, the units change the forecast (the variance floor)
+    raw_small = forecast(model, series * factor, 12, **kwargs).samples / factor
+    raw = forecast(model, series, 12, **kwargs).samples
+    assert np.abs(raw_small - raw).max() > 0.1 * np.abs(raw).max()
+    # the mean path is standardized the same way
+    mean_base = forecast(model, series, 12, padding_mask=padding_mask, id_mask=id_mask, standardize=True).mean
+    mean_rescaled = forecast(model, series * factor, 12, padding_mask=padding_mask, id_mask=id_mask,
+                             standardize=True).mean  # fmt: skip
+    np.testing.assert_allclose((mean_rescaled / factor)[varying], mean_base[varying], rtol=0,
+                               atol=1e-3 * np.abs(mean_base).max())  # fmt: skip
+
+
+def test_standardize_context_statistics():
+    from toto_jax.forecasting import standardize_context
+
+    values = np.array([[[1e9 + 64, 1e9 - 64, 0.0, 1e9 + 64]]], np.float32)  # float32 spacing at 1e9 is 64
+    valid = np.array([[[True, True, False, True]]])
+    standardized, shift, unit = standardize_context(values, valid)
+    observed = values[valid].astype(np.float64)
+    np.testing.assert_allclose(shift[..., 0], observed.mean())
+    np.testing.assert_allclose(unit[..., 0], observed.std())
+    assert standardized[0, 0, 2] == 0.0 and abs(standardized[valid].mean()) < 1e-6

@@ -46,7 +46,8 @@ def test_wide_csv_round_trip_with_plot(checkpoint, tmp_path):
     expected_times = pd.date_range(last + pd.Timedelta(minutes=5), periods=12, freq="5min")
     assert (pd.DatetimeIndex(result["timestamp"]) == expected_times).all()
     direct = forecast(
-        toto_jax.load(checkpoint), [history["value"].to_numpy(np.float32)[None]], 12, num_samples=16, seed=3
+        toto_jax.load(checkpoint), [history["value"].to_numpy(np.float32)[None]], 12, num_samples=16, seed=3,
+        standardize=True,  # the CLI's default
     )
     np.testing.assert_allclose(result["value_mean"], direct.mean[0, 0], rtol=1e-5)
     np.testing.assert_allclose(result["value_q0.9"], direct.quantile(0.9)[0, 0], rtol=1e-5)

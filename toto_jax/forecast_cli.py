@@ -38,6 +38,9 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--output", required=True, type=Path, help="CSV or Parquet file (or directory) to write")
     parser.add_argument("--plot", type=Path, default=None, help="PNG of history, median and quantile bands")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--standardize", action=argparse.BooleanOptionalAction, default=True,
+                        help="forecast each variate in units of its own context (mean 0, std 1) and map back, so "
+                             "the forecast does not depend on the units (default; see toto_jax.forecast)")  # fmt: skip
     parser.add_argument("--memory-budget-gb", type=float, default=4.0, help="working memory per compiled call")
     parser.set_defaults(func=run)
 
@@ -113,7 +116,7 @@ def _forecast_file(args, input_path: Path, output: Path, plot: Path | None, mode
         model = toto_jax.load(args.checkpoint)
     result = forecast(
         model, table.values, args.horizon, num_samples=args.samples, seed=args.seed,
-        memory_budget=int(args.memory_budget_gb * (1 << 30)),
+        memory_budget=int(args.memory_budget_gb * (1 << 30)), standardize=args.standardize,
     )  # fmt: skip
     columns = {"mean": result.mean}
     if result.samples is not None:

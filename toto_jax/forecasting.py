@@ -173,6 +173,19 @@ def prepare_context(config, series, padding_mask=None, id_mask=None):
     return values, valid, groups
 
 
+def standardize_context(values, valid):
+    """Per-variate (values - mean) / std over the observed context points, computed in float64 (exact
+    for large offsets); returns (standardized float32 values, mean, std), the last two [batch, variate,
+    1]. A constant variate keeps unit scale."""
+    weights = valid.astype(np.float64)
+    count = weights.sum(-1, keepdims=True)
+    shift = (values * weights).sum(-1, keepdims=True) / count
+    unit = np.sqrt((((values - shift) * weights) ** 2).sum(-1, keepdims=True) / count)
+    unit = np.where(unit > 0, unit, 1.0)
+    standardized = np.where(valid, (values - shift) / unit, 0.0).astype(np.float32)
+    return standardized, shift, unit
+
+
 def _layout_buffers(values, valid, groups, context_bucket: int, horizon_steps: int, patch: int):
     """Right-pad contexts to ``context_bucket`` and append room for the generated patches.
 
@@ -371,6 +384,7 @@ def forecast(
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
     progress: bool | None = None,
     bucket: bool = True,
+    standardize: bool = False,
 ) -> Forecast:
     """Forecast ``horizon`` steps after each series.
 
@@ -380,6 +394,13 @@ def forecast(
     ``num_samples=None`` gives the deterministic mean path (the reference's ``generate_mean``); otherwise
     ``num_samples`` sample paths per series. Batches beyond ``memory_budget`` bytes are split into chunks
     (with a progress bar when ``progress`` is true, or by default when there is more than one chunk).
+
+    ``standardize=True`` forecasts each variate in units of its context: mean removed and divided by its
+    standard deviation (in float64), forecasts mapped back. Toto's causal scaler floors the variance by
+    adding 0.1 (``sqrt(var + 0.1)``), so a series whose standard deviation is far below ~0.3 in its own
+    units (error rates, fractions) looks nearly flat to the model and its forecast depends on the units;
+    standardizing makes forecasts equivariant to shift and scale. Off by default: the reference
+    forecasts raw values.
     """
     config = model.config
     if isinstance(horizon, bool) or not isinstance(horizon, (int, np.integer)) or horizon <= 0:
@@ -394,6 +415,8 @@ def forecast(
             f"forecasting needs stride == patch_size (got stride {config.stride}, patch_size {config.patch_size})"
         )
     values, valid, groups = prepare_context(config, series, padding_mask, id_mask)
+    if standardize:
+        values, shift, unit = standardize_context(values, valid)
     batch, variates, context = values.shape
     patch = config.patch_size
     steps = -(-int(horizon) // patch)
@@ -436,6 +459,8 @@ def forecast(
         predicted = np.asarray(predicted).reshape(size, paths, padded_variates, -1)
         outputs.append(predicted[: stop - start, :, :variates, :horizon])
     paths_array = np.concatenate(outputs, axis=0)  # [batch, paths, variate, horizon]
+    if standardize:
+        paths_array = (paths_array * unit[:, None] + shift[:, None]).astype(np.float32)
     if num_samples is None:
         result = Forecast(mean=paths_array[:, 0])
     else:
@@ -444,5 +469,5 @@ def forecast(
     return result
 
 
-__all__ = ["Forecast", "ForecastError", "compiled_program_count", "forecast"]
+__all__ = ["Forecast", "ForecastError", "compiled_program_count", "forecast", "standardize_context"]
 

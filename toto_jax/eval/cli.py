@@ -47,6 +47,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--plot", action="store_true", help="write example forecast figures to OUTPUT_DIR/plots")
     parser.add_argument("--plot-count", type=int, default=4, help="series plotted per term (default 4)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--standardize", action=argparse.BooleanOptionalAction, default=True,
+                        help="standardize each context before the model forecasts it (default; see "
+                             "toto_jax.forecast)")  # fmt: skip
     parser.set_defaults(func=run_eval)
     return parser
 
@@ -94,7 +97,8 @@ def _run_rolling(args) -> int:
     model = load_model(args.checkpoint)
     context = args.context_length or 2048
     forecasters = {"toto": harness.TotoForecaster(model, context_length=context, num_samples=args.num_samples,
-                                                  seed=args.seed), **forecasters}  # fmt: skip
+                                                  seed=args.seed, standardize=args.standardize),
+                   **forecasters}  # fmt: skip
     print(f"evaluating {len(series)} series, terms {args.terms}, forecasters {list(forecasters)}", file=sys.stderr)
     began = time.perf_counter()
     result = harness.evaluate(
@@ -128,7 +132,8 @@ def _run_lsf(args) -> int:
     model = load_model(args.checkpoint)
     context = args.context_length or 2048
     stride = args.stride or 96
-    forecast_fn = lsf.toto_lsf_forecaster(model, num_samples=args.num_samples, seed=args.seed)
+    forecast_fn = lsf.toto_lsf_forecaster(model, num_samples=args.num_samples, seed=args.seed,
+                                          standardize=args.standardize)
     rows = []
     for path in args.data:
         values, _ = lsf.read_ett(path)

@@ -17,7 +17,7 @@ import numpy as np
 
 class TotoPredictor:
     def __init__(self, model, prediction_length: int, *, num_samples: int = 100, context_length: int = 2048,
-                 batch_size: int = 32, seed: int = 0):  # fmt: skip
+                 batch_size: int = 32, seed: int = 0, standardize: bool = True):  # fmt: skip
         if prediction_length <= 0:
             raise ValueError(f"prediction_length must be positive, got {prediction_length}")
         self.model = model
@@ -26,6 +26,7 @@ class TotoPredictor:
         self.context_length = int(context_length)
         self.batch_size = int(batch_size)
         self.seed = seed
+        self.standardize = standardize
 
     def _forecast_batch(self, entries: list[dict]) -> Iterator:
         from gluonts.model.forecast import SampleForecast
@@ -40,7 +41,8 @@ class TotoPredictor:
         samples: dict[int, np.ndarray] = {}
         for indices in by_variates.values():
             result = forecast(self.model, [rows[i] for i in indices], self.prediction_length,
-                              num_samples=self.num_samples, seed=self.seed, progress=False)  # fmt: skip
+                              num_samples=self.num_samples, seed=self.seed, progress=False,
+                              standardize=self.standardize)  # fmt: skip
             for position, index in enumerate(indices):
                 samples[index] = result.samples[position]  # [variate, horizon, sample]
         for index, (entry, target) in enumerate(zip(entries, targets)):

@@ -125,12 +125,15 @@ Forecaster = Callable[[Sequence[np.ndarray], int, int], list[WindowForecast]]
 
 class TotoForecaster:
     """A Toto model as a forecaster: the last ``context_length`` steps of each context, ``num_samples``
-    sample paths."""
+    sample paths, each context standardized first (``forecast(standardize=True)``) unless
+    ``standardize`` is false."""
 
     name = "toto"
 
-    def __init__(self, model, *, context_length: int = 2048, num_samples: int = 100, seed: int = 0):
+    def __init__(self, model, *, context_length: int = 2048, num_samples: int = 100, seed: int = 0,
+                 standardize: bool = True):  # fmt: skip
         self.model = model
+        self.standardize = standardize
         self.context_length = context_length
         self.num_samples = num_samples
         self.seed = seed
@@ -139,7 +142,8 @@ class TotoForecaster:
         from toto_jax.forecasting import forecast
 
         rows = [np.asarray(c, np.float32)[None, -self.context_length :] for c in contexts]
-        result = forecast(self.model, rows, horizon, num_samples=self.num_samples, seed=self.seed, progress=False)
+        result = forecast(self.model, rows, horizon, num_samples=self.num_samples, seed=self.seed, progress=False,
+                          standardize=self.standardize)  # fmt: skip
         return [WindowForecast.from_samples(result.samples[i, 0]) for i in range(len(rows))]
 
 
