@@ -6,6 +6,8 @@ these tests also cover the checkpoint key table. Tolerance: 1e-4 relative (``ref
 
 from __future__ import annotations
 
+import zlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -62,7 +64,8 @@ def make_inputs(batch=2, variates=4, time=64, seed=0):
 def pair(request, tmp_path_factory):
     config = reference_config(**CONFIGS[request.param])
     variate_labels = request.param == "causal_std_mean_exponent2"
-    reference = make_reference(config, seed=hash(request.param) % 1000, variate_labels=variate_labels)
+    # zlib.crc32, not hash(): str hashes are salted per process, which made the weights differ per run
+    reference = make_reference(config, seed=zlib.crc32(request.param.encode()) % 1000, variate_labels=variate_labels)
     directory = save_reference(reference, config, tmp_path_factory.mktemp(request.param))
     return reference, toto_jax.load(directory), request.param
 
