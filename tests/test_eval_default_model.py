@@ -10,7 +10,7 @@ from flax import nnx
 import toto_jax
 from toto_jax.config import TotoConfig
 from toto_jax.eval import ship
-from toto_jax.eval.cli import DEFAULT_MODEL_DIR, load_model
+from toto_jax.checkpoint import DEFAULT_MODEL_DIRECTORY as DEFAULT_MODEL_DIR
 from toto_jax.forecasting import forecast
 from toto_jax.model import Toto
 
@@ -26,7 +26,7 @@ def test_bundled_model_is_small_and_in_reference_layout():
 
 
 def test_bundled_model_forecasts_the_sample_series():
-    model = load_model("default")
+    model = toto_jax.load("default")
     assert model.config.patch_size == 64
     sample = pd.read_csv(DEFAULT_MODEL_DIR.parent / "sample_nab_cpu.csv")["cpu_utilization"].to_numpy(np.float32)
     result = forecast(model, sample[None, -1024:], 96, num_samples=16, progress=False)

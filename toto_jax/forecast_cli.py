@@ -62,9 +62,9 @@ def run(args: argparse.Namespace) -> int:
     from .distributed import host_shard, initialize
 
     initialize()  # several processes launched together split a directory of inputs
-    _check_arguments(args)
+    levels = _check_arguments(args)
     if not args.input.is_dir():
-        _forecast_file(args, args.input, args.output, args.plot, model=None)
+        _forecast_file(args, levels, args.input, args.output, args.plot, model=None)
         return 0
     inputs = sorted(p for p in args.input.iterdir() if p.suffix.lower() in TABLE_SUFFIXES)
     if not inputs:
@@ -79,12 +79,13 @@ def run(args: argparse.Namespace) -> int:
     model = None
     for path in mine:
         plot = None if args.plot is None else args.plot / f"{path.stem}.png"
-        model = _forecast_file(args, path, args.output / path.name, plot, model)
+        model = _forecast_file(args, levels, path, args.output / path.name, plot, model)
     print(f"forecast {len(mine)} of {len(inputs)} files into {args.output}")
     return 0
 
 
-def _check_arguments(args: argparse.Namespace) -> None:
+def _check_arguments(args: argparse.Namespace) -> list[float]:
+    """Validate the arguments; returns the quantile levels to write (none for the mean path)."""
     # Everything that can be checked before the model runs is checked first; nothing is written on error.
     if args.horizon <= 0:
         raise ValueError(f"--horizon must be positive, got {args.horizon}")
@@ -92,16 +93,14 @@ def _check_arguments(args: argparse.Namespace) -> None:
         raise ValueError(f"--samples must be positive, got {args.samples}")
     if args.quantiles is not None and args.samples is None:
         raise ValueError("--quantiles need sample paths: add --samples N")
-    if args.quantiles is not None or args.samples:
-        _parse_quantiles(args.quantiles or DEFAULT_QUANTILES)
+    return _parse_quantiles(args.quantiles or DEFAULT_QUANTILES) if args.samples else []
 
 
-def _forecast_file(args, input_path: Path, output: Path, plot: Path | None, model):
+def _forecast_file(args, levels: list[float], input_path: Path, output: Path, plot: Path | None, model):
     """Forecast one table; returns the model (loaded on first use) so a directory loads it once."""
     from . import tabular
     from .forecasting import forecast
 
-    levels = _parse_quantiles(args.quantiles or DEFAULT_QUANTILES) if args.samples else []
     tabular.check_output_path(output)
     if plot is not None:
         if plot.suffix.lower() != ".png":

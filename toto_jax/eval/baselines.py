@@ -99,14 +99,6 @@ class StatsForecastModel:
     KINDS = {"auto_ets": "AutoETS", "auto_arima": "AutoARIMA"}
     MAX_ETS_SEASON = 24
 
-    def season_length(self, season: int, context_length: int) -> int:
-        """The season the model is fit with: at most half the context; 1 (non-seasonal) for AutoETS
-        when the season exceeds ``MAX_ETS_SEASON``."""
-        season = max(1, min(season, context_length // 2))
-        if self.name == "auto_ets" and season > self.MAX_ETS_SEASON:
-            return 1
-        return season
-
     def __init__(self, kind: str, max_context: int = 1024):
         if kind not in self.KINDS:
             raise ValueError(f"unknown statsforecast model {kind!r}; expected one of {sorted(self.KINDS)}")
@@ -114,6 +106,14 @@ class StatsForecastModel:
         self.max_context = max_context
         self.fallbacks = 0
         self._model_class = getattr(require_statsforecast(), self.KINDS[kind])
+
+    def season_length(self, season: int, context_length: int) -> int:
+        """The season the model is fit with: at most half the context; 1 (non-seasonal) for AutoETS
+        when the season exceeds ``MAX_ETS_SEASON``."""
+        season = max(1, min(season, context_length // 2))
+        if self.name == "auto_ets" and season > self.MAX_ETS_SEASON:
+            return 1
+        return season
 
     def _one(self, context: np.ndarray, horizon: int, season: int) -> WindowForecast:
         context = fill_missing(context)[-self.max_context :]

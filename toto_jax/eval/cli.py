@@ -7,9 +7,6 @@ import sys
 import time
 from pathlib import Path
 
-DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "assets" / "default_model"
-
-
 def _csv_list(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
@@ -34,8 +31,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         help="comma-separated from seasonal_naive, auto_ets, auto_arima (default: seasonal_naive,"
                              "auto_ets); AutoETS/AutoARIMA need statsforecast (pip install 'toto-jax[eval]')")  # fmt: skip
     parser.add_argument("--num-samples", type=int, default=100, help="sample paths per forecast (default 100)")
-    parser.add_argument("--context-length", type=int, default=None,
-                        help="model context in steps (default 2048)")  # fmt: skip
+    parser.add_argument("--context-length", type=int, default=2048, help="model context in steps (default 2048)")
     parser.add_argument("--baseline-context", type=int, default=2048,
                         help="history given to AutoETS/AutoARIMA (default 2048 steps)")  # fmt: skip
     parser.add_argument("--max-windows", type=int, default=20, help="windows per series and term (default 20)")
@@ -54,21 +50,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return parser
 
 
-def load_model(checkpoint: str):
-    """``toto_jax.load`` of ``checkpoint``; ``default`` is the small model bundled with the package."""
-    import toto_jax
-
-    if checkpoint == "default" and not Path(checkpoint).exists():
-        checkpoint = str(DEFAULT_MODEL_DIR)
-        if not DEFAULT_MODEL_DIR.is_dir():
-            raise FileNotFoundError(f"the bundled default model is missing from {DEFAULT_MODEL_DIR}")
-    return toto_jax.load(checkpoint)
-
-
 def run_eval(args: argparse.Namespace) -> int:
     from .baselines import STATSFORECAST_HINT
 
-    for name in ("num_samples", "max_windows", "plot_count", "baseline_context"):
+    for name in ("num_samples", "max_windows", "plot_count", "baseline_context", "context_length"):
         if getattr(args, name) <= 0:
             raise ValueError(f"--{name.replace('_', '-')} must be positive")
     if not 0 < args.test_fraction <= 1:
@@ -85,6 +70,8 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def _run_rolling(args) -> int:
+    import toto_jax
+
     from . import harness
     from .baselines import make_baseline
 
@@ -94,8 +81,8 @@ def _run_rolling(args) -> int:
     baselines = list(dict.fromkeys(["seasonal_naive", *args.baselines]))
     forecasters = {name: make_baseline(name, max_context=args.baseline_context) for name in baselines}
     series = harness.read_series(args.data)
-    model = load_model(args.checkpoint)
-    context = args.context_length or 2048
+    model = toto_jax.load(args.checkpoint)  # "default": the model bundled with the package
+    context = args.context_length
     forecasters = {"toto": harness.TotoForecaster(model, context_length=context, num_samples=args.num_samples,
                                                   seed=args.seed, standardize=args.standardize),
                    **forecasters}  # fmt: skip
@@ -127,10 +114,12 @@ def _run_rolling(args) -> int:
 def _run_lsf(args) -> int:
     import pandas as pd
 
+    import toto_jax
+
     from . import lsf
 
-    model = load_model(args.checkpoint)
-    context = args.context_length or 2048
+    model = toto_jax.load(args.checkpoint)  # "default": the model bundled with the package
+    context = args.context_length
     stride = args.stride or 96
     forecast_fn = lsf.toto_lsf_forecaster(model, num_samples=args.num_samples, seed=args.seed,
                                           standardize=args.standardize)
