@@ -16,6 +16,7 @@ from toto.inference.forecaster import TotoForecaster
 
 import toto_jax
 from toto_jax.forecasting import Forecast, ForecastError, compiled_program_count, forecast
+from toto_jax.preprocessing import clip_context_outliers
 
 TOLERANCE = 1e-4
 
@@ -345,13 +346,21 @@ def test_standardize_makes_forecasts_equivariant_to_units(pairs):
                                atol=1e-3 * np.abs(mean_base).max())  # fmt: skip
 
 
-def test_standardize_context_statistics():
-    from toto_jax.forecasting import standardize_context
-
-    values = np.array([[[1e9 + 64, 1e9 - 64, 0.0, 1e9 + 64]]], np.float32)  # float32 spacing at 1e9 is 64
-    valid = np.array([[[True, True, False, True]]])
-    standardized, shift, unit = standardize_context(values, valid)
-    observed = values[valid].astype(np.float64)
-    np.testing.assert_allclose(shift[..., 0], observed.mean())
-    np.testing.assert_allclose(unit[..., 0], observed.std())
-    assert standardized[0, 0, 2] == 0.0 and abs(standardized[valid].mean()) < 1e-6
+def test_clip_outliers_forecasts_the_clipped_context(pairs):
+    """``clip_outliers=k`` is exactly a forecast of the context clipped beyond k central ranges; one
+    glitch 1e5 central ranges high otherwise inflates the causal scale and changes the forecast."""
+    _, model, _ = pairs["mixture3_causal_patch"]
+    series, padding_mask, id_mask = make_inputs(model.config.patch_size, level=5.0)
+    spiked = series.copy()
+    spiked[0, 0, 20] += 1e5 * np.ptp(np.nan_to_num(series[0, 0]))
+    kwargs = dict(padding_mask=padding_mask, id_mask=id_mask, num_samples=4, seed=3, progress=False)
+    clipped = forecast(model, spiked, 12, clip_outliers=10.0, **kwargs)
+    by_hand = clip_context_outliers(spiked, padding_mask.astype(bool) & ~np.isnan(spiked), 10.0)
+    assert by_hand[0, 0, 20] < spiked[0, 0, 20] / 100 and (by_hand[1] == np.nan_to_num(spiked[1])).all()
+    np.testing.assert_array_equal(clipped.samples, forecast(model, by_hand, 12, **kwargs).samples)
+    raw = forecast(model, spiked, 12, **kwargs)
+    assert np.abs(raw.samples[0, 0] - clipped.samples[0, 0]).max() > 0.1 * np.abs(clipped.samples[0, 0]).max()
+    np.testing.assert_array_equal(raw.samples[1], clipped.samples[1])  # an untouched series: same forecast
+    for bad in (0, -3.0, float("nan"), "100", True):
+        with pytest.raises(ForecastError, match="clip_outliers must be a positive number of central ranges"):
+            forecast(model, spiked, 12, clip_outliers=bad)

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .preprocessing import add_clip_outliers_argument
+
 DEFAULT_QUANTILES = "0.1,0.5,0.9"
 
 
@@ -41,6 +43,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--standardize", action=argparse.BooleanOptionalAction, default=True,
                         help="forecast each variate in units of its own context (mean 0, std 1) and map back, so "
                              "the forecast does not depend on the units (default; see toto_jax.forecast)")  # fmt: skip
+    add_clip_outliers_argument(parser)
     parser.add_argument("--memory-budget-gb", type=float, default=4.0, help="working memory per compiled call")
     parser.set_defaults(func=run)
 
@@ -116,6 +119,7 @@ def _forecast_file(args, levels: list[float], input_path: Path, output: Path, pl
     result = forecast(
         model, table.values, args.horizon, num_samples=args.samples, seed=args.seed,
         memory_budget=int(args.memory_budget_gb * (1 << 30)), standardize=args.standardize,
+        clip_outliers=args.clip_outliers,
     )  # fmt: skip
     columns = {"mean": result.mean}
     if result.samples is not None:

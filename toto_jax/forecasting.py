@@ -31,6 +31,7 @@ from flax import nnx
 from .model import KVCache, Toto, validate_inputs
 from .model.distribution import AffineTransformed
 from .model.rope import xpos_key_recentre
+from .preprocessing import clip_context_outliers, standardize_context
 
 DEFAULT_MEMORY_BUDGET = 4 << 30  # bytes of working memory one compiled call may use
 
@@ -171,19 +172,6 @@ def prepare_context(config, series, padding_mask=None, id_mask=None):
     except ValueError as error:
         raise ForecastError(str(error)) from None
     return values, valid, groups
-
-
-def standardize_context(values, valid):
-    """Per-variate (values - mean) / std over the observed context points, computed in float64 (exact
-    for large offsets); returns (standardized float32 values, mean, std), the last two [batch, variate,
-    1]. A constant variate keeps unit scale."""
-    weights = valid.astype(np.float64)
-    count = weights.sum(-1, keepdims=True)
-    shift = (values * weights).sum(-1, keepdims=True) / count
-    unit = np.sqrt((((values - shift) * weights) ** 2).sum(-1, keepdims=True) / count)
-    unit = np.where(unit > 0, unit, 1.0)
-    standardized = np.where(valid, (values - shift) / unit, 0.0).astype(np.float32)
-    return standardized, shift, unit
 
 
 def _layout_buffers(values, valid, groups, context_bucket: int, horizon_steps: int, patch: int):
@@ -385,6 +373,7 @@ def forecast(
     progress: bool | None = None,
     bucket: bool = True,
     standardize: bool = False,
+    clip_outliers: float | None = None,
 ) -> Forecast:
     """Forecast ``horizon`` steps after each series.
 
@@ -401,6 +390,12 @@ def forecast(
     units (error rates, fractions) looks nearly flat to the model and its forecast depends on the units;
     standardizing makes forecasts equivariant to shift and scale. Off by default: the reference
     forecasts raw values.
+
+    ``clip_outliers=k`` first clips each variate's context to [q01 - k r, q99 + k r], r = q99 - q01 its
+    central range (``toto_jax.preprocessing``). One glitch thousands of deviations high (a counter reset,
+    a logging burst) otherwise inflates the causal scaler's running variance for the rest of the context,
+    the normal behaviour then looks flat, and the forecast collapses to the running mean. Off by default
+    (reference parity); 10 in the CLI and evaluation tools.
     """
     config = model.config
     if isinstance(horizon, bool) or not isinstance(horizon, (int, np.integer)) or horizon <= 0:
@@ -410,11 +405,19 @@ def forecast(
     ):
         raise ForecastError(f"num_samples must be a positive integer or None, got {num_samples!r}")
     num_samples = None if num_samples is None else int(num_samples)
+    if clip_outliers is not None and (
+        isinstance(clip_outliers, bool) or not isinstance(clip_outliers, (int, float, np.number)) or not clip_outliers > 0
+    ):
+        raise ForecastError(
+            f"clip_outliers must be a positive number of central ranges or None, got {clip_outliers!r}"
+        )
     if config.stride != config.patch_size:
         raise ForecastError(
             f"forecasting needs stride == patch_size (got stride {config.stride}, patch_size {config.patch_size})"
         )
     values, valid, groups = prepare_context(config, series, padding_mask, id_mask)
+    if clip_outliers is not None:
+        values = clip_context_outliers(values, valid, clip_outliers)
     if standardize:
         values, shift, unit = standardize_context(values, valid)
     batch, variates, context = values.shape
@@ -469,5 +472,5 @@ def forecast(
     return result
 
 
-__all__ = ["Forecast", "ForecastError", "compiled_program_count", "forecast", "standardize_context"]
+__all__ = ["Forecast", "ForecastError", "compiled_program_count", "forecast"]
 

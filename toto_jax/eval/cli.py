@@ -7,6 +7,8 @@ import sys
 import time
 from pathlib import Path
 
+from ..preprocessing import add_clip_outliers_argument
+
 def _csv_list(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
@@ -46,6 +48,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--standardize", action=argparse.BooleanOptionalAction, default=True,
                         help="standardize each context before the model forecasts it (default; see "
                              "toto_jax.forecast)")  # fmt: skip
+    add_clip_outliers_argument(parser)
     parser.set_defaults(func=run_eval)
     return parser
 
@@ -84,7 +87,8 @@ def _run_rolling(args) -> int:
     model = toto_jax.load(args.checkpoint)  # "default": the model bundled with the package
     context = args.context_length
     forecasters = {"toto": harness.TotoForecaster(model, context_length=context, num_samples=args.num_samples,
-                                                  seed=args.seed, standardize=args.standardize),
+                                                  seed=args.seed, standardize=args.standardize,
+                                                  clip_outliers=args.clip_outliers),
                    **forecasters}  # fmt: skip
     print(f"evaluating {len(series)} series, terms {args.terms}, forecasters {list(forecasters)}", file=sys.stderr)
     began = time.perf_counter()
@@ -122,7 +126,7 @@ def _run_lsf(args) -> int:
     context = args.context_length
     stride = args.stride or 96
     forecast_fn = lsf.toto_lsf_forecaster(model, num_samples=args.num_samples, seed=args.seed,
-                                          standardize=args.standardize)
+                                          standardize=args.standardize, clip_outliers=args.clip_outliers)
     rows = []
     for path in args.data:
         values, _ = lsf.read_ett(path)

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..preprocessing import DEFAULT_CLIP_OUTLIERS
+
 from . import metrics
 from .baselines import QUANTILE_LEVELS, WindowForecast
 
@@ -126,14 +128,15 @@ Forecaster = Callable[[Sequence[np.ndarray], int, int], list[WindowForecast]]
 class TotoForecaster:
     """A Toto model as a forecaster: the last ``context_length`` steps of each context, ``num_samples``
     sample paths, each context standardized first (``forecast(standardize=True)``) unless
-    ``standardize`` is false."""
+    ``standardize`` is false, and with isolated extremes clipped (``forecast(clip_outliers=...)``; None: not)."""
 
     name = "toto"
 
     def __init__(self, model, *, context_length: int = 2048, num_samples: int = 100, seed: int = 0,
-                 standardize: bool = True):  # fmt: skip
+                 standardize: bool = True, clip_outliers: float | None = DEFAULT_CLIP_OUTLIERS):  # fmt: skip
         self.model = model
         self.standardize = standardize
+        self.clip_outliers = clip_outliers
         self.context_length = context_length
         self.num_samples = num_samples
         self.seed = seed
@@ -143,7 +146,7 @@ class TotoForecaster:
 
         rows = [np.asarray(c, np.float32)[None, -self.context_length :] for c in contexts]
         result = forecast(self.model, rows, horizon, num_samples=self.num_samples, seed=self.seed, progress=False,
-                          standardize=self.standardize)  # fmt: skip
+                          standardize=self.standardize, clip_outliers=self.clip_outliers)  # fmt: skip
         return [WindowForecast.from_samples(result.samples[i, 0]) for i in range(len(rows))]
 
 

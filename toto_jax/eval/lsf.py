@@ -14,6 +14,8 @@ import os
 
 import numpy as np
 
+from ..preprocessing import DEFAULT_CLIP_OUTLIERS
+
 TRAIN_STEPS = 12 * 30 * 24
 VALIDATION_STEPS = 4 * 30 * 24
 TEST_STEPS = 4 * 30 * 24
@@ -72,13 +74,14 @@ def evaluate_lsf(forecast_fn, values: np.ndarray, horizons=LSF_HORIZONS, *, cont
     return results
 
 
-def toto_lsf_forecaster(model, num_samples: int | None = 64, seed: int = 0, standardize: bool = True):
+def toto_lsf_forecaster(model, num_samples: int | None = 64, seed: int = 0, standardize: bool = True,
+                        clip_outliers: float | None = DEFAULT_CLIP_OUTLIERS):  # fmt: skip
     """The median of ``num_samples`` sample paths (``None``: the mean path) with all variates forecast jointly."""
     from toto_jax.forecasting import forecast
 
     def forecast_fn(contexts: np.ndarray, horizon: int) -> np.ndarray:
         result = forecast(model, contexts.astype(np.float32), horizon, num_samples=num_samples, seed=seed,
-                          progress=False, standardize=standardize)  # fmt: skip
+                          progress=False, standardize=standardize, clip_outliers=clip_outliers)  # fmt: skip
         return result.mean if num_samples is None else result.median
 
     return forecast_fn
