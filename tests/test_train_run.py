@@ -195,3 +195,14 @@ def test_config_overrides_and_errors(tmp_path):
         env=environment(), capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert result.returncode == 2 and "nosuchsection" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "experiments" / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_experiment_config_loads(path):
+    """Every shipped recipe parses and validates (an unknown key or a bad schedule fails here, not hours
+    into a run); the three pretrain_small stages share one architecture, so they can continue each other."""
+    config = load_config(path)
+    config.validate()
+    if path.name.startswith("pretrain_small"):
+        assert config.model == load_config(ROOT / "experiments" / "configs" / "pretrain_small.yaml").model
+        assert config.optimizer.warmup_steps + config.optimizer.stable_steps + config.optimizer.decay_steps == config.steps
