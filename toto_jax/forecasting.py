@@ -31,7 +31,7 @@ from flax import nnx
 from .model import KVCache, Toto, validate_inputs
 from .model.distribution import AffineTransformed
 from .model.rope import xpos_key_recentre
-from .preprocessing import clip_context_outliers, standardize_context
+from .preprocessing import check_clip_limit, clip_context_outliers, standardize_context
 
 DEFAULT_MEMORY_BUDGET = 4 << 30  # bytes of working memory one compiled call may use
 
@@ -405,12 +405,11 @@ def forecast(
     ):
         raise ForecastError(f"num_samples must be a positive integer or None, got {num_samples!r}")
     num_samples = None if num_samples is None else int(num_samples)
-    if clip_outliers is not None and (
-        isinstance(clip_outliers, bool) or not isinstance(clip_outliers, (int, float, np.number)) or not clip_outliers > 0
-    ):
-        raise ForecastError(
-            f"clip_outliers must be a positive number of central ranges or None, got {clip_outliers!r}"
-        )
+    if clip_outliers is not None:
+        try:
+            check_clip_limit(clip_outliers)
+        except ValueError as error:
+            raise ForecastError(f"{error} (or None: no clipping)") from None
     if config.stride != config.patch_size:
         raise ForecastError(
             f"forecasting needs stride == patch_size (got stride {config.stride}, patch_size {config.patch_size})"

@@ -15,14 +15,18 @@ import numpy as np
 DEFAULT_CLIP_OUTLIERS = 10.0
 
 
+def check_clip_limit(limit) -> None:
+    if isinstance(limit, bool) or not isinstance(limit, (int, float, np.number)) or not limit > 0:
+        raise ValueError(f"clip_outliers must be a positive number of central ranges, got {limit!r}")
+
+
 def clip_context_outliers(values, valid, limit: float):
     """Clip each variate's observed context [..., time] to [q01 - limit * r, q99 + limit * r], where q01
     and q99 are its 1st and 99th percentiles (order statistics that exclude at least the smallest and the
     largest value) and r = q99 - q01, in float64. Only isolated extremes are affected: anything that fills
     more than 1 % of the context is inside the central range.
     A variate whose central range is 0 (constant, or a sparse count) is left unchanged."""
-    if isinstance(limit, bool) or not isinstance(limit, (int, float, np.number)) or not limit > 0:
-        raise ValueError(f"clip_outliers must be a positive number of central ranges, got {limit!r}")
+    check_clip_limit(limit)
     observed = np.where(valid, np.asarray(values, np.float64), np.nan)
     # Order statistics, not interpolations, so a single glitch never leaks into a short context's range.
     low = np.nanquantile(observed, 0.01, axis=-1, keepdims=True, method="higher")
