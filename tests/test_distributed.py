@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 import toto_jax
+from toto_jax.preprocessing import DEFAULT_CLIP_OUTLIERS
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "experiments" / "configs" / "tiny.yaml"
@@ -149,6 +150,6 @@ def test_forecast_directory_is_split_between_processes(tmp_path):
     for name in names:
         written = pd.read_csv(tmp_path / "out" / f"{name}.csv")
         history = pd.read_csv(inputs / f"{name}.csv")["value"].to_numpy(np.float32)
-        expected = toto_jax.forecast(model, history[None], 8, standardize=True, clip_outliers=10.0)  # CLI defaults
-        expected = expected.mean[0, 0]
+        expected = toto_jax.forecast(model, history[None], 8, standardize=True,
+                                     clip_outliers=DEFAULT_CLIP_OUTLIERS).mean[0, 0]  # the CLI defaults
         np.testing.assert_allclose(written["value_mean"], expected, rtol=1e-5)

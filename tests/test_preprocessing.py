@@ -8,8 +8,12 @@ import argparse
 import numpy as np
 import pytest
 
-from toto_jax.preprocessing import DEFAULT_CLIP_OUTLIERS, add_clip_outliers_argument, clip_context_outliers
-from toto_jax.preprocessing import standardize_context
+from toto_jax.preprocessing import (
+    DEFAULT_CLIP_OUTLIERS,
+    add_clip_outliers_argument,
+    clip_context_outliers,
+    standardize_context,
+)
 
 
 def test_clip_context_outliers_hand_computed():
@@ -23,9 +27,9 @@ def test_clip_context_outliers_hand_computed():
     assert clipped[0, 0, 101] == 99.0 + 10 * 98.0
     values[0, 0, 101] = -10000.0  # low glitch: q01 = 0, q99 = 98 (order statistics 1 and 99 of 0..100)
     assert clip_context_outliers(values, valid, 10.0)[0, 0, 101] == -10 * 98.0
-    # a short context: the single largest and smallest values never set the range
+    # a short context: the single largest and smallest values never set the range (sorted: 1 2 3 5 1e6)
     short = np.array([[[5.0, 1.0, 2.0, 3.0, 1e6]]], np.float32)
-    assert clip_context_outliers(short, np.ones(short.shape, bool), 1.0)[0, 0, -1] == 5.0 + (5.0 - 2.0)  # sorted 1 2 3 5 1e6
+    assert clip_context_outliers(short, np.ones(short.shape, bool), 1.0)[0, 0, -1] == 5.0 + (5.0 - 2.0)
 
 
 def test_clip_context_outliers_keeps_normal_shapes_and_large_offsets():

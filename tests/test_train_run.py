@@ -205,4 +205,5 @@ def test_every_experiment_config_loads(path):
     config.validate()
     if path.name.startswith("pretrain_small"):
         assert config.model == load_config(ROOT / "experiments" / "configs" / "pretrain_small.yaml").model
-        assert config.optimizer.warmup_steps + config.optimizer.stable_steps + config.optimizer.decay_steps == config.steps
+        schedule = config.optimizer
+        assert schedule.warmup_steps + schedule.stable_steps + schedule.decay_steps == config.steps

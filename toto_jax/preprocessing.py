@@ -6,6 +6,8 @@ can name its defaults without loading the model stack."""
 
 from __future__ import annotations
 
+import argparse
+
 import numpy as np
 
 # Clip bound, in multiples of the range of the central 98 % of a context beyond that range. On the 99
@@ -57,17 +59,14 @@ def add_clip_outliers_argument(parser) -> None:
             return None
         try:
             value = float(text)
+            check_clip_limit(value)
         except ValueError:
-            value = float("nan")
-        if not value > 0:
-            import argparse
-
             raise argparse.ArgumentTypeError(
                 f"expected a positive number of central ranges or 'none', got {text!r}"
-            )
+            ) from None
         return value
 
     parser.add_argument("--clip-outliers", type=parse, default=DEFAULT_CLIP_OUTLIERS, metavar="K",
                         help="clip each context to K times its central (1-99 %%) range beyond that range before "
-                             f"forecasting, so one extreme glitch does not flatten the forecast (default {DEFAULT_CLIP_OUTLIERS:g}; "
-                             "'none': off; see toto_jax.forecast)")  # fmt: skip
+                             "forecasting, so one extreme glitch does not flatten the forecast "
+                             f"(default {DEFAULT_CLIP_OUTLIERS:g}; 'none': off; see toto_jax.forecast)")  # fmt: skip

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ..preprocessing import add_clip_outliers_argument
 
+
 def _csv_list(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 

@@ -22,7 +22,6 @@ from pathlib import Path
 import numpy as np
 
 from ..preprocessing import DEFAULT_CLIP_OUTLIERS
-
 from . import metrics
 from .baselines import QUANTILE_LEVELS, WindowForecast
 
