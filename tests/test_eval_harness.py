@@ -16,6 +16,7 @@ from toto_jax.eval.baselines import SeasonalNaive, WindowForecast
 from toto_jax.forecasting import forecast
 from toto_jax.model import Toto
 from toto_jax.preprocessing import DEFAULT_CLIP_OUTLIERS
+from toto_jax.sampling import DEFAULT_SAMPLING
 
 ETTH1 = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ett" / "ETT-small" / "ETTh1.csv"
 
@@ -209,7 +210,8 @@ def test_gluonts_predictor(tiny_model):
     assert forecasts[0].start_date == start + 200 and forecasts[1].start_date == start + 150
     # "a" went alone into its forecast call (the only univariate entry of the first batch): same paths
     direct = forecast(tiny_model, [dataset[0]["target"][None, -96:].astype(np.float32)], 16, num_samples=6,
-                      progress=False, standardize=True, clip_outliers=DEFAULT_CLIP_OUTLIERS)  # fmt: skip
+                      progress=False, standardize=True, clip_outliers=DEFAULT_CLIP_OUTLIERS,
+                      sampling=DEFAULT_SAMPLING)  # fmt: skip
     np.testing.assert_allclose(forecasts[0].samples, direct.samples[0, 0].T)
     assert np.isfinite(forecasts[2].samples).all()
     # gluonts' own evaluator consumes the forecasts

@@ -195,6 +195,41 @@ def test_sample_quantiles_match_reference(pairs, cached_samples):
     assert np.allclose(actual.median, actual.quantile(0.5))
 
 
+def test_comonotone_sampling_draws_one_level_per_patch_with_the_same_marginals(pairs, cached_samples):
+    """``sampling="comonotone"``: within each decoded patch every step orders the paths the same way (one
+    quantile level per path and patch), while independent draws do not; the first patch's per-step
+    quantiles (same conditional distribution) agree with independent sampling's, which matches the reference."""
+    _, model, _ = pairs["mixture3_causal_patch"]
+    patch = model.config.patch_size
+    series = sampling_inputs(patch)
+    comonotone = forecast(model, series, 3 * patch, num_samples=NUM_PATHS, seed=7, sampling="comonotone")
+    assert comonotone.samples.shape == cached_samples.samples.shape
+    assert np.isfinite(comonotone.samples).all()
+    def rank_correlation_with_first_step(block):  # block [variate, step, path] -> [variate, step]
+        ranks = np.argsort(np.argsort(block, axis=-1), axis=-1) - (block.shape[-1] - 1) / 2
+        return (ranks * ranks[:, :1]).sum(-1) / (ranks[:, :1] ** 2).sum(-1)
+
+    # The first patch: all paths share one conditional distribution per step, so they keep one order
+    # (up to near-ties of close levels). Later patches: each path takes a level of its own distributions
+    # (paths differ in history), so the order across paths is only mostly kept.
+    for start, bound in ((0, 0.999), (patch, 0.8), (2 * patch, 0.8)):
+        block = comonotone.samples[0, :, start : start + patch]
+        assert rank_correlation_with_first_step(block).min() > bound, start
+        block = cached_samples.samples[0, :, start : start + patch]
+        assert np.abs(rank_correlation_with_first_step(block)[:, 1:]).max() < 0.2, start
+    levels = np.array([0.1, 0.5, 0.9])
+    first, reference_like = comonotone.samples[..., :patch, :], cached_samples.samples[..., :patch, :]
+    pooled = np.concatenate([first, reference_like], axis=-1)
+    width = (np.quantile(pooled, levels + 0.05, axis=-1) - np.quantile(pooled, levels - 0.05, axis=-1)) / 0.1
+    sigma = np.sqrt(2 * levels * (1 - levels) / NUM_PATHS)[:, None, None, None] * width
+    z = (np.quantile(first, levels, axis=-1) - np.quantile(reference_like, levels, axis=-1)) / sigma
+    assert np.abs(z).max() < 5.0 and np.abs(z).mean() < 1.1
+    again = forecast(model, series, 3 * patch, num_samples=NUM_PATHS, seed=7, sampling="comonotone")
+    np.testing.assert_array_equal(again.samples, comonotone.samples)
+    with pytest.raises(ForecastError, match="sampling must be one of 'independent', 'comonotone', got 'smooth'"):
+        forecast(model, series, patch, num_samples=4, sampling="smooth")
+
+
 # ---- shape buckets, chunking, list input ------------------------------------------------------
 def test_varied_requests_reuse_one_compiled_program(pairs):
     """Requests with different context lengths (6-8 patches), horizons (9-16 steps) and list input of

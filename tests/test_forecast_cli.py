@@ -17,6 +17,7 @@ import toto_jax
 from toto_jax.cli import main
 from toto_jax.forecasting import forecast
 from toto_jax.preprocessing import DEFAULT_CLIP_OUTLIERS
+from toto_jax.sampling import DEFAULT_SAMPLING
 
 NAB = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "nab" / "data"
 DAILY = NAB / "artificialNoAnomaly" / "art_daily_small_noise.csv"  # 5-minute steps
@@ -49,13 +50,29 @@ def test_wide_csv_round_trip_with_plot(checkpoint, tmp_path):
     assert (pd.DatetimeIndex(result["timestamp"]) == expected_times).all()
     direct = forecast(
         toto_jax.load(checkpoint), [history["value"].to_numpy(np.float32)[None]], 12, num_samples=16, seed=3,
-        standardize=True, clip_outliers=DEFAULT_CLIP_OUTLIERS,  # the CLI's defaults
+        standardize=True, clip_outliers=DEFAULT_CLIP_OUTLIERS, sampling=DEFAULT_SAMPLING,  # the CLI's defaults
     )
     np.testing.assert_allclose(result["value_mean"], direct.mean[0, 0], rtol=1e-5)
     np.testing.assert_allclose(result["value_q0.9"], direct.quantile(0.9)[0, 0], rtol=1e-5)
     assert (result["value_q0.1"] <= result["value_median"]).all()
     assert (result["value_median"] <= result["value_q0.9"]).all()
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot.stat().st_size > 10_000
+
+
+def test_sampling_option(checkpoint, tmp_path, capsys):
+    """``--sampling independent`` gives the API's reference sampling; an unknown mode is refused by name."""
+    history = pd.read_csv(DAILY).tail(45)
+    source, output = tmp_path / "daily.csv", tmp_path / "forecast.csv"
+    history.to_csv(source, index=False)
+    arguments = ["forecast", "--checkpoint", str(checkpoint), "--input", str(source), "--horizon", "8",
+                 "--samples", "8", "--quantiles", "0.5", "--output", str(output), "--seed", "2"]  # fmt: skip
+    assert main(arguments + ["--sampling", "independent"]) == 0
+    direct = forecast(toto_jax.load(checkpoint), [history["value"].to_numpy(np.float32)[None]], 8, num_samples=8,
+                      seed=2, standardize=True, clip_outliers=DEFAULT_CLIP_OUTLIERS, sampling="independent")  # fmt: skip
+    np.testing.assert_allclose(pd.read_csv(output)["value_q0.5"], direct.quantile(0.5)[0, 0], rtol=1e-5)
+    with pytest.raises(SystemExit):
+        main(arguments + ["--sampling", "smooth"])
+    assert "invalid choice: 'smooth' (choose from 'independent', 'comonotone')" in capsys.readouterr().err
 
 
 def test_long_parquet_round_trip(checkpoint, tmp_path):

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from .preprocessing import add_clip_outliers_argument
+from .sampling import add_sampling_argument
 
 DEFAULT_QUANTILES = "0.1,0.5,0.9"
 
@@ -44,6 +45,7 @@ def add_parser(subparsers) -> None:
                         help="forecast each variate in units of its own context (mean 0, std 1) and map back, so "
                              "the forecast does not depend on the units (default; see toto_jax.forecast)")  # fmt: skip
     add_clip_outliers_argument(parser)
+    add_sampling_argument(parser)
     parser.add_argument("--memory-budget-gb", type=float, default=4.0, help="working memory per compiled call")
     parser.set_defaults(func=run)
 
@@ -119,7 +121,7 @@ def _forecast_file(args, levels: list[float], input_path: Path, output: Path, pl
     result = forecast(
         model, table.values, args.horizon, num_samples=args.samples, seed=args.seed,
         memory_budget=int(args.memory_budget_gb * (1 << 30)), standardize=args.standardize,
-        clip_outliers=args.clip_outliers,
+        clip_outliers=args.clip_outliers, sampling=args.sampling,
     )  # fmt: skip
     columns = {"mean": result.mean}
     if result.samples is not None:

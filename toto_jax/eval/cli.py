@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from ..preprocessing import add_clip_outliers_argument
+from ..sampling import add_sampling_argument
 
 
 def _csv_list(text: str) -> list[str]:
@@ -50,6 +51,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         help="standardize each context before the model forecasts it (default; see "
                              "toto_jax.forecast)")  # fmt: skip
     add_clip_outliers_argument(parser)
+    add_sampling_argument(parser)
     parser.set_defaults(func=run_eval)
     return parser
 
@@ -89,7 +91,7 @@ def _run_rolling(args) -> int:
     context = args.context_length
     forecasters = {"toto": harness.TotoForecaster(model, context_length=context, num_samples=args.num_samples,
                                                   seed=args.seed, standardize=args.standardize,
-                                                  clip_outliers=args.clip_outliers),
+                                                  clip_outliers=args.clip_outliers, sampling=args.sampling),
                    **forecasters}  # fmt: skip
     print(f"evaluating {len(series)} series, terms {args.terms}, forecasters {list(forecasters)}", file=sys.stderr)
     began = time.perf_counter()
@@ -127,7 +129,8 @@ def _run_lsf(args) -> int:
     context = args.context_length
     stride = args.stride or 96
     forecast_fn = lsf.toto_lsf_forecaster(model, num_samples=args.num_samples, seed=args.seed,
-                                          standardize=args.standardize, clip_outliers=args.clip_outliers)
+                                          standardize=args.standardize, clip_outliers=args.clip_outliers,
+                                          sampling=args.sampling)
     rows = []
     for path in args.data:
         values, _ = lsf.read_ett(path)

@@ -15,12 +15,13 @@ from collections.abc import Iterable, Iterator
 import numpy as np
 
 from ..preprocessing import DEFAULT_CLIP_OUTLIERS
+from ..sampling import DEFAULT_SAMPLING
 
 
 class TotoPredictor:
     def __init__(self, model, prediction_length: int, *, num_samples: int = 100, context_length: int = 2048,
                  batch_size: int = 32, seed: int = 0, standardize: bool = True,
-                 clip_outliers: float | None = DEFAULT_CLIP_OUTLIERS):  # fmt: skip
+                 clip_outliers: float | None = DEFAULT_CLIP_OUTLIERS, sampling: str = DEFAULT_SAMPLING):  # fmt: skip
         if prediction_length <= 0:
             raise ValueError(f"prediction_length must be positive, got {prediction_length}")
         self.model = model
@@ -31,6 +32,7 @@ class TotoPredictor:
         self.seed = seed
         self.standardize = standardize
         self.clip_outliers = clip_outliers
+        self.sampling = sampling
 
     def _forecast_batch(self, entries: list[dict]) -> Iterator:
         from gluonts.model.forecast import SampleForecast
@@ -46,7 +48,8 @@ class TotoPredictor:
         for indices in by_variates.values():
             result = forecast(self.model, [rows[i] for i in indices], self.prediction_length,
                               num_samples=self.num_samples, seed=self.seed, progress=False,
-                              standardize=self.standardize, clip_outliers=self.clip_outliers)  # fmt: skip
+                              standardize=self.standardize, clip_outliers=self.clip_outliers,
+                              sampling=self.sampling)  # fmt: skip
             for position, index in enumerate(indices):
                 samples[index] = result.samples[position]  # [variate, horizon, sample]
         for index, (entry, target) in enumerate(zip(entries, targets)):

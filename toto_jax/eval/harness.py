@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ..preprocessing import DEFAULT_CLIP_OUTLIERS
+from ..sampling import DEFAULT_SAMPLING
 from . import metrics
 from .baselines import QUANTILE_LEVELS, WindowForecast
 
@@ -127,13 +128,16 @@ Forecaster = Callable[[Sequence[np.ndarray], int, int], list[WindowForecast]]
 class TotoForecaster:
     """A Toto model as a forecaster: the last ``context_length`` steps of each context, ``num_samples``
     sample paths, each context standardized first (``forecast(standardize=True)``) unless
-    ``standardize`` is false, and with isolated extremes clipped (``forecast(clip_outliers=...)``; None: not)."""
+    ``standardize`` is false, with isolated extremes clipped (``forecast(clip_outliers=...)``; None: not),
+    and patches drawn as ``sampling`` says (``forecast(sampling=...)``)."""
 
     name = "toto"
 
     def __init__(self, model, *, context_length: int = 2048, num_samples: int = 100, seed: int = 0,
-                 standardize: bool = True, clip_outliers: float | None = DEFAULT_CLIP_OUTLIERS):  # fmt: skip
+                 standardize: bool = True, clip_outliers: float | None = DEFAULT_CLIP_OUTLIERS,
+                 sampling: str = DEFAULT_SAMPLING):  # fmt: skip
         self.model = model
+        self.sampling = sampling
         self.standardize = standardize
         self.clip_outliers = clip_outliers
         self.context_length = context_length
@@ -145,7 +149,8 @@ class TotoForecaster:
 
         rows = [np.asarray(c, np.float32)[None, -self.context_length :] for c in contexts]
         result = forecast(self.model, rows, horizon, num_samples=self.num_samples, seed=self.seed, progress=False,
-                          standardize=self.standardize, clip_outliers=self.clip_outliers)  # fmt: skip
+                          standardize=self.standardize, clip_outliers=self.clip_outliers,
+                          sampling=self.sampling)  # fmt: skip
         return [WindowForecast.from_samples(result.samples[i, 0]) for i in range(len(rows))]
 
 

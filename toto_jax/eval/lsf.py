@@ -15,6 +15,7 @@ import os
 import numpy as np
 
 from ..preprocessing import DEFAULT_CLIP_OUTLIERS
+from ..sampling import DEFAULT_SAMPLING
 
 TRAIN_STEPS = 12 * 30 * 24
 VALIDATION_STEPS = 4 * 30 * 24
@@ -75,13 +76,15 @@ def evaluate_lsf(forecast_fn, values: np.ndarray, horizons=LSF_HORIZONS, *, cont
 
 
 def toto_lsf_forecaster(model, num_samples: int | None = 64, seed: int = 0, standardize: bool = True,
-                        clip_outliers: float | None = DEFAULT_CLIP_OUTLIERS):  # fmt: skip
+                        clip_outliers: float | None = DEFAULT_CLIP_OUTLIERS,
+                        sampling: str = DEFAULT_SAMPLING):  # fmt: skip
     """The median of ``num_samples`` sample paths (``None``: the mean path) with all variates forecast jointly."""
     from toto_jax.forecasting import forecast
 
     def forecast_fn(contexts: np.ndarray, horizon: int) -> np.ndarray:
         result = forecast(model, contexts.astype(np.float32), horizon, num_samples=num_samples, seed=seed,
-                          progress=False, standardize=standardize, clip_outliers=clip_outliers)  # fmt: skip
+                          progress=False, standardize=standardize, clip_outliers=clip_outliers,
+                          sampling=sampling)  # fmt: skip
         return result.mean if num_samples is None else result.median
 
     return forecast_fn
