@@ -79,8 +79,9 @@ class StudentTMixture:
         quantile of the heavier-tailed df = 2 Student-T; the mixture's quantile lies between its
         components', which brackets it. Halvings shrink the bracket (Newton steps stall on peaked
         mixtures; bisection cannot), and the CDF values kept at its ends place the final point by linear
-        interpolation. Each CDF evaluation costs ``components`` incomplete beta functions, the cost of
-        the whole decode step, hence few of them.
+        interpolation. A CDF evaluation costs one incomplete beta function per component, more than a
+        decode step's forward pass, so 12 halvings (14 evaluations) rather than the ~24 that bisection
+        alone needs for float32 resolution.
         """
         level = jnp.clip(level, 1e-6, 1.0 - 1e-6)
         reach = (jnp.abs(2.0 * level - 1.0) / jnp.sqrt(2.0 * level * (1.0 - level)))[..., None]
