@@ -3,7 +3,8 @@
     python benchmarks/forecast.py [--repeats 3] [--reference-repeats 2] [--samples 64]
 
 Shape: Toto-Open-Base-1.0 (151M parameters), 7 variates, context 512, horizon 96, (a) the mean path,
-(b) ``--samples`` sample paths. A random reference model is saved as a checkpoint and each side runs in
+(b) ``--samples`` sample paths, (c) the same with ``sampling="comonotone"`` (the reference has only
+independent draws, so (c) is compared with its (b)). A random reference model is saved as a checkpoint and each side runs in
 its own subprocess (so peak memory is per side) on the same checkpoint: the reference through
 ``TotoForecaster.forecast`` with its KV cache and all samples in one batch (its fastest setting), this
 project through ``toto_jax.forecast``. Prints warm median times, compile time (first call minus the warm
@@ -75,11 +76,13 @@ def run_jax(checkpoint: Path, samples: int, repeats: int) -> dict:
     series = inputs()
     base = peak_rss_mib()
     out = {}
-    for mode, num_samples in (("mean", None), ("samples", samples)):
+    modes = (("mean", None, "independent"), ("samples", samples, "independent"), ("comonotone", samples, "comonotone"))
+    for mode, num_samples, sampling in modes:
         result = {}
 
         def call():
-            result["forecast"] = toto_jax.forecast(model, series, HORIZON, num_samples=num_samples, seed=0)
+            result["forecast"] = toto_jax.forecast(model, series, HORIZON, num_samples=num_samples, seed=0,
+                                                   sampling=sampling)  # fmt: skip
 
         out[mode] = timed(call, repeats)
         assert np.all(np.isfinite(result["forecast"].mean))
@@ -161,8 +164,11 @@ def main() -> None:
     print(f"Toto-Open-Base-1.0 shape (random weights), {VARIATES} variates, context {CONTEXT}, horizon {HORIZON}, "
           f"CPU ({os.cpu_count()} cores)")  # fmt: skip
     print(f"{'mode':<16}{'reference s':>12}{'toto-jax s':>12}{'jax compile s':>15}{'speed-up':>10}")
-    for mode, label in (("mean", "mean path"), ("samples", f"{args.samples} samples")):
-        reference, jax_side = results["reference"][mode], results["jax"][mode]
+    # The reference has only independent draws; comonotone sampling is compared with them.
+    labels = (("mean", "mean", "mean path"), ("samples", "samples", f"{args.samples} samples"),
+              ("samples", "comonotone", f"{args.samples} comonotone"))  # fmt: skip
+    for reference_mode, mode, label in labels:
+        reference, jax_side = results["reference"][reference_mode], results["jax"][mode]
         ratio = reference["warm_s"] / jax_side["warm_s"]
         print(f"{label:<16}{reference['warm_s']:>12.3f}{jax_side['warm_s']:>12.3f}{jax_side['compile_s']:>15.2f}"
               f"{ratio:>9.1f}x")  # fmt: skip

@@ -29,11 +29,55 @@ def student_t_log_prob(x, df, loc, scale):
     return -0.5 * (df + 1.0) * jnp.log1p(y**2 / df) - normaliser
 
 
-def student_t_cdf(x, df, loc, scale):
-    """P(X <= x) of a Student-T, through the regularised incomplete beta function."""
-    y = (x - loc) / scale
-    tail = 0.5 * jax.scipy.special.betainc(0.5 * df, 0.5, df / (df + y**2))  # P(|T| >= |y|) / 2
+_CONTINUED_FRACTION_TERMS = 12
+_TINY = 1e-30
+
+
+def _log_beta_half(df):
+    """log B(df/2, 1/2), stable for large df (where the difference of two log-gammas cancels)."""
+    a = 0.5 * df
+    direct = jax.scipy.special.gammaln(a) - jax.scipy.special.gammaln(a + 0.5)
+    inverse = 1.0 / jnp.maximum(a, 1.0)
+    asymptotic = -0.5 * jnp.log(jnp.maximum(a, 1.0)) + inverse / 8 - inverse**3 / 192 + inverse**5 / 640
+    return 0.5 * math.log(math.pi) + jnp.where(a > 8.0, asymptotic, direct)
+
+
+def _student_t_standard_cdf(y, df, log_beta):
+    """P(T <= y) for T ~ Student-T(df), ``log_beta = _log_beta_half(df)``.
+
+    The tail is I_z(df/2, 1/2) / 2 with z = df / (df + y^2): a continued fraction (modified Lentz) in
+    whichever of I_z(df/2, 1/2) and 1 - I_w(1/2, df/2), w = y^2 / (df + y^2), converges fast, with w
+    computed directly rather than as 1 - z. Twelve terms stay within 3e-6 of scipy for df in [2, 1000]
+    (XLA's float32 betainc, through 1 - z: 1e-4 to 2e-3), at a fifteenth of its cost.
+    """
+    y2 = y * y
+    z, w = df / (df + y2), y2 / (df + y2)
+    a = 0.5 * df
+    rapid = z < (a + 1.0) / (a + 2.5)
+    p, q, x = jnp.where(rapid, a, 0.5), jnp.where(rapid, 0.5, a), jnp.where(rapid, z, w)
+    guard = lambda v: jnp.where(jnp.abs(v) < _TINY, _TINY, v)  # noqa: E731
+
+    def term(m, state):
+        c, d, h = state
+        m = m.astype(x.dtype)
+        for numerator in (m * (q - m) * x / ((p - 1.0 + 2.0 * m) * (p + 2.0 * m)),
+                          -(p + m) * (p + q + m) * x / ((p + 2.0 * m) * (p + 1.0 + 2.0 * m))):  # fmt: skip
+            d = 1.0 / guard(1.0 + numerator * d)
+            c = guard(1.0 + numerator / c)
+            h = h * d * c
+        return c, d, h
+
+    d = 1.0 / guard(1.0 - (p + q) * x / (p + 1.0))
+    _, _, fraction = jax.lax.fori_loop(1, _CONTINUED_FRACTION_TERMS + 1, term, (jnp.ones_like(x), d, d))
+    front = jnp.exp(-a * jnp.log1p(y2 / df) + 0.5 * (jnp.log(y2) - jnp.log(df + y2)) - log_beta)  # z^a w^(1/2) / B
+    regularised = front * fraction / p
+    tail = 0.5 * jnp.where(rapid, regularised, 1.0 - regularised)  # P(|T| >= |y|) / 2
     return jnp.where(y > 0, 1.0 - tail, tail)
+
+
+def student_t_cdf(x, df, loc, scale):
+    """P(X <= x) of a Student-T."""
+    return _student_t_standard_cdf((x - loc) / scale, df, _log_beta_half(df))
 
 
 def mixture_log_weights(logits):
@@ -70,30 +114,40 @@ class StudentTMixture:
         return jax.nn.logsumexp(component + mixture_log_weights(self.logits), axis=-1)
 
     def cdf(self, x):
-        return jnp.sum(self.weights * student_t_cdf(x[..., None], self.df, self.loc, self.scale), axis=-1)
+        return self._cdf_function()(x)
 
-    def quantile(self, level, halvings: int = 12):
+    def _cdf_function(self):
+        """The mixture CDF with the parts that do not depend on x computed once (for the bisection)."""
+        weights, log_beta = self.weights, _log_beta_half(self.df)
+
+        def cdf(x):
+            y = (x[..., None] - self.loc) / self.scale
+            return jnp.sum(weights * _student_t_standard_cdf(y, self.df, log_beta), axis=-1)
+
+        return cdf
+
+    def quantile(self, level, halvings: int = 16):
         """Inverse CDF at ``level`` (broadcast against the batch shape): bisection, then one secant step.
 
         Every component has df > 2, so its quantile lies within loc -/+ scale * |q2|, q2 the closed-form
         quantile of the heavier-tailed df = 2 Student-T; the mixture's quantile lies between its
         components', which brackets it. Halvings shrink the bracket (Newton steps stall on peaked
         mixtures; bisection cannot), and the CDF values kept at its ends place the final point by linear
-        interpolation. A CDF evaluation costs one incomplete beta function per component, more than a
-        decode step's forward pass, so 12 halvings (14 evaluations) rather than the ~24 that bisection
-        alone needs for float32 resolution.
+        interpolation: 18 CDF evaluations reach float32 resolution (about 1e-6 in level), where bisection
+        alone needs ~24.
         """
         level = jnp.clip(level, 1e-6, 1.0 - 1e-6)
         reach = (jnp.abs(2.0 * level - 1.0) / jnp.sqrt(2.0 * level * (1.0 - level)))[..., None]
         low = jnp.min(self.loc - self.scale * reach, axis=-1)
         high = jnp.max(self.loc + self.scale * reach, axis=-1)
         low, high, level = jnp.broadcast_arrays(low, high, level)
-        cdf_low, cdf_high = self.cdf(low), self.cdf(high)
+        cdf = self._cdf_function()
+        cdf_low, cdf_high = cdf(low), cdf(high)
 
         def halve(_, bracket):
             low, high, cdf_low, cdf_high = bracket
             middle = 0.5 * (low + high)
-            cdf_middle = self.cdf(middle)
+            cdf_middle = cdf(middle)
             below = cdf_middle < level
             return (jnp.where(below, middle, low), jnp.where(below, high, middle),
                     jnp.where(below, cdf_middle, cdf_low), jnp.where(below, cdf_high, cdf_middle))  # fmt: skip
