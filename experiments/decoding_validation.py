@@ -12,7 +12,7 @@ Validation series (read from ../shared/data, not part of the repository):
 from __future__ import annotations
 
 import argparse
-import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -54,6 +54,7 @@ def main() -> None:
     for variant in args.variants.split(","):
         forecasters[variant] = harness.TotoForecaster(model, num_samples=args.num_samples, sampling=variant)
     result = harness.evaluate(forecasters, validation_series(), args.terms.split(","), progress=True)
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     result.records.to_csv(args.output, index=False)
     print(harness.format_table(harness.summarize(result.records)))
 
