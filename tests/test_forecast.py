@@ -152,7 +152,9 @@ def test_sample_paths_with_and_without_cache_share_draws(pairs, cached_samples):
     floor(5/2) = 2 equals the context call's floor(4/2): the cached keys carry exactly the scaling an
     uncached call gives them, so the first two patches agree to float rounding (<= 1e-4). From the third
     patch on, the centres differ (the xPos quirk shared with the reference) and paths drift apart by
-    less than 1e-2 relative (measured ~1e-3). A different seed gives entirely different paths.
+    ~1e-3 relative; a draw that sits at a mixture-component boundary may then pick the other component,
+    so a handful of the 256,000 third-patch values differ by more (measured: 8). A different seed gives
+    entirely different paths.
     """
     _, model, _ = pairs["mixture3_causal_patch"]
     patch = model.config.patch_size
@@ -161,7 +163,9 @@ def test_sample_paths_with_and_without_cache_share_draws(pairs, cached_samples):
     cached = cached_samples
     assert cached.samples.shape == uncached.samples.shape == (1, 2, 3 * patch, NUM_PATHS)
     assert relative_error(cached.samples[:, :, : 2 * patch], uncached.samples[:, :, : 2 * patch]) <= TOLERANCE
-    assert relative_error(cached.samples, uncached.samples) <= 1e-2
+    floor = 1e-2 * np.abs(uncached.samples).max()
+    drift = np.abs(cached.samples - uncached.samples) / np.maximum(np.abs(uncached.samples), floor)
+    assert np.median(drift[:, :, 2 * patch :]) <= 1e-3 and np.mean(drift > 1e-2) < 1e-4
     assert np.allclose(cached.mean, cached.samples.mean(-1))
     other_seed = forecast(model, series, 3 * patch, num_samples=NUM_PATHS, seed=8)
     assert relative_error(other_seed.samples[:, :, :patch], cached.samples[:, :, :patch]) > 0.5
@@ -268,7 +272,8 @@ def test_varied_requests_reuse_one_compiled_program(pairs):
 
 def test_large_batches_are_split_by_memory_budget(pairs, capsys):
     """A memory budget for two series at a time splits a batch of five into three chunks (the last one
-    padded), shows a progress bar, and gives the same forecasts as one call."""
+    padded), shows a progress bar, and gives the same forecasts as one call: the mean path, and sample
+    paths too (each series draws from keys of its position in the request, not of its chunk)."""
     from toto_jax.forecasting import estimate_bytes_per_series
 
     _, model, _ = pairs["mixture3_causal_patch"]
@@ -281,6 +286,14 @@ def test_large_batches_are_split_by_memory_budget(pairs, capsys):
     assert "forecast" in capsys.readouterr().err  # tqdm writes to stderr
     whole = forecast(model, batch, 2 * patch, progress=False)
     np.testing.assert_allclose(chunked.mean, whole.mean, rtol=1e-5)
+    per_series = estimate_bytes_per_series(model.config, 3, 8, 2, 3, True)
+    for sampling in ("independent", "comonotone"):
+        kwargs = dict(num_samples=3, seed=4, progress=False, sampling=sampling)
+        chunked = forecast(model, batch, 2 * patch, memory_budget=2 * per_series + 1, **kwargs)
+        whole = forecast(model, batch, 2 * patch, **kwargs)
+        np.testing.assert_allclose(chunked.samples, whole.samples, rtol=1e-4, atol=1e-4)
+        # the last series repeats the first one's input at another position: different draws
+        assert np.abs(whole.samples[4] - whole.samples[0]).max() > 1e-2
 
 
 # ---- input errors -------------------------------------------------------------------------------

@@ -258,9 +258,13 @@ def _repeat_cache(cache: KVCache, times: int) -> KVCache:
 @functools.partial(
     jax.jit, static_argnums=(0,), static_argnames=("context_bucket", "steps", "num_samples", "use_kv_cache", "sampling")
 )
-def _generate(graphdef, state, buffer, context_mask, ids, context_length, key, *, context_bucket, steps,
-              num_samples, use_kv_cache, sampling="independent"):  # fmt: skip
-    """Predicted patches [batch * paths, variate, steps * patch] (paths = num_samples or 1, batch-major)."""
+def _generate(graphdef, state, buffer, context_mask, ids, context_length, key, first_series, *, context_bucket,
+              steps, num_samples, use_kv_cache, sampling="independent"):  # fmt: skip
+    """Predicted patches [batch * paths, variate, steps * patch] (paths = num_samples or 1, batch-major).
+
+    Path p of the series at position ``first_series + i`` of the whole request draws from its own key
+    (``key``, step, series, path), so the draws do not depend on how the request was split into chunks.
+    """
     model: Toto = nnx.merge(graphdef, state)
     patch = model.config.patch_size
     paths = num_samples or 1
@@ -270,15 +274,19 @@ def _generate(graphdef, state, buffer, context_mask, ids, context_length, key, *
         # Context validity as given; generated steps become valid as they are produced.
         return jnp.where(positions < context_length, mask, positions < context_length + generated_patches * patch)
 
+    rows = buffer.shape[0] * paths
+    row_ids = (first_series * paths + jnp.arange(rows)).astype(jnp.uint32)  # batch-major: series, then path
+
     def predict(distribution, loc, scale, step):
         data = AffineTransformed(distribution, loc, scale)
         if num_samples is None:
-            value = data.mean
-        elif sampling == "independent":
-            value = data.sample(jax.random.fold_in(key, step))
+            return replace_extreme_values(data.mean)
+        keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(jax.random.fold_in(key, step), row_ids)
+        if sampling == "independent":
+            value = jax.vmap(lambda row, k: row.sample(k))(data, keys)
         else:  # comonotone: one level per path, variate and patch
-            level = jax.random.uniform(jax.random.fold_in(key, step), data.loc.shape[:-1] + (1,))
-            value = data.quantile(level)
+            levels = jax.vmap(lambda k: jax.random.uniform(k, data.loc.shape[1:-1] + (1,)))(keys)
+            value = data.quantile(levels)
         return replace_extreme_values(value)
 
     def write(buffer, values, step):
@@ -469,7 +477,7 @@ def forecast(
         # Padding rows are empty series; their outputs are dropped.
         rows = [_pad_axis(a, size, 0, fill) for a, fill in zip(rows, (0.0, False, 0))]
         predicted = _generate(
-            graphdef, state, *(jnp.asarray(a) for a in rows), context_length, jax.random.fold_in(key, start),
+            graphdef, state, *(jnp.asarray(a) for a in rows), context_length, key, jnp.int32(start),
             context_bucket=context_bucket, steps=steps_bucket, num_samples=num_samples, use_kv_cache=use_kv_cache,
             sampling=sampling,
         )  # fmt: skip
