@@ -138,6 +138,17 @@ def sampling_inputs(patch):
     return (3 * np.sin(t / 4)[None, None] + rng.normal(0, 0.5, (1, 2, t.size))).astype(np.float32)
 
 
+def quantile_z_scores(actual, expected, levels=(0.1, 0.5, 0.9)):
+    """z-scores of the differences of sample quantiles of two independent path sets [..., path] (equal
+    counts): the standard error is sqrt(2 q (1 - q) / n) / f(x_q), the density f estimated from the
+    pooled paths as 0.1 / (x_{q+0.05} - x_{q-0.05}). Shape [level, ...]."""
+    levels = np.asarray(levels)
+    pooled = np.concatenate([actual, expected], axis=-1)
+    width = (np.quantile(pooled, levels + 0.05, axis=-1) - np.quantile(pooled, levels - 0.05, axis=-1)) / 0.1
+    sigma = np.sqrt(2 * levels * (1 - levels) / actual.shape[-1]).reshape((-1,) + (1,) * (actual.ndim - 1)) * width
+    return (np.quantile(actual, levels, axis=-1) - np.quantile(expected, levels, axis=-1)) / sigma
+
+
 @pytest.fixture(scope="module")
 def cached_samples(pairs):
     _, model, _ = pairs["mixture3_causal_patch"]
@@ -189,11 +200,7 @@ def test_sample_quantiles_match_reference(pairs, cached_samples):
         num_samples=NUM_PATHS,
     ).samples.numpy()  # fmt: skip
     actual = cached_samples
-    levels = np.array([0.1, 0.5, 0.9])
-    pooled = np.concatenate([actual.samples, expected], axis=-1)
-    width = (np.quantile(pooled, levels + 0.05, axis=-1) - np.quantile(pooled, levels - 0.05, axis=-1)) / 0.1
-    sigma = np.sqrt(2 * levels * (1 - levels) / NUM_PATHS)[:, None, None, None] * width
-    z = (actual.quantile(levels) - np.quantile(expected, levels, axis=-1)) / sigma
+    z = quantile_z_scores(actual.samples, expected)
     assert np.abs(z).max() < 5.0
     assert np.abs(z).mean() < 1.1
     assert np.allclose(actual.median, actual.quantile(0.5))
@@ -221,12 +228,7 @@ def test_comonotone_sampling_draws_one_level_per_patch_with_the_same_marginals(p
         assert rank_correlation_with_first_step(block).min() > bound, start
         block = cached_samples.samples[0, :, start : start + patch]
         assert np.abs(rank_correlation_with_first_step(block)[:, 1:]).max() < 0.2, start
-    levels = np.array([0.1, 0.5, 0.9])
-    first, reference_like = comonotone.samples[..., :patch, :], cached_samples.samples[..., :patch, :]
-    pooled = np.concatenate([first, reference_like], axis=-1)
-    width = (np.quantile(pooled, levels + 0.05, axis=-1) - np.quantile(pooled, levels - 0.05, axis=-1)) / 0.1
-    sigma = np.sqrt(2 * levels * (1 - levels) / NUM_PATHS)[:, None, None, None] * width
-    z = (np.quantile(first, levels, axis=-1) - np.quantile(reference_like, levels, axis=-1)) / sigma
+    z = quantile_z_scores(comonotone.samples[..., :patch, :], cached_samples.samples[..., :patch, :])
     assert np.abs(z).max() < 5.0 and np.abs(z).mean() < 1.1
     again = forecast(model, series, 3 * patch, num_samples=NUM_PATHS, seed=7, sampling="comonotone")
     np.testing.assert_array_equal(again.samples, comonotone.samples)

@@ -12,15 +12,13 @@
 
 from __future__ import annotations
 
-
 SAMPLING_MODES = ("independent", "comonotone")
 DEFAULT_SAMPLING = "comonotone"  # of the CLI and evaluation tools; the API default is the reference's
 
 
-def check_sampling(mode) -> str:
+def check_sampling(mode) -> None:
     if mode not in SAMPLING_MODES:
         raise ValueError(f"sampling must be one of {', '.join(map(repr, SAMPLING_MODES))}, got {mode!r}")
-    return mode
 
 
 def add_sampling_argument(parser) -> None:

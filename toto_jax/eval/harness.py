@@ -137,9 +137,9 @@ class TotoForecaster:
                  standardize: bool = True, clip_outliers: float | None = DEFAULT_CLIP_OUTLIERS,
                  sampling: str = DEFAULT_SAMPLING):  # fmt: skip
         self.model = model
-        self.sampling = sampling
         self.standardize = standardize
         self.clip_outliers = clip_outliers
+        self.sampling = sampling
         self.context_length = context_length
         self.num_samples = num_samples
         self.seed = seed
