@@ -16,9 +16,10 @@ _LAZY = {
     "save": "toto_jax.checkpoint",
     "export_torch": "toto_jax.checkpoint",
     "CheckpointError": "toto_jax.checkpoint",
-    "forecast": "toto_jax.forecasting",
-    "Forecast": "toto_jax.forecasting",
-    "ForecastError": "toto_jax.forecasting",
+    "forecast": "toto_jax.forecasting.api",
+    "Forecast": "toto_jax.forecasting.api",
+    "ForecastError": "toto_jax.forecasting.api",
+    "ForecastOptions": "toto_jax.forecasting.options",
 }
 
 
@@ -36,6 +37,7 @@ __all__ = [
     "ConfigError",
     "Forecast",
     "ForecastError",
+    "ForecastOptions",
     "InputError",
     "KVCache",
     "Toto",
