@@ -1,14 +1,19 @@
-"""``toto-jax forecast``: forecast every series of a CSV/Parquet table and write the forecasts in its layout."""
+"""``toto-jax forecast``: forecast every series of a CSV/Parquet table and write the forecasts in its layout.
+
+How the forecast is made is ``ForecastOptions`` (flags from ``add_options_arguments``, the same defaults
+as ``toto_jax.forecast``). The input is never overwritten; an existing output or plot is replaced only
+with ``--overwrite``; every path is checked before the model loads, and nothing is written on error.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 import numpy as np
 
-from .preprocessing import add_clip_outliers_argument
-from .sampling import add_sampling_argument
+from .options import add_options_arguments, options_from_args
 
 DEFAULT_QUANTILES = "0.1,0.5,0.9"
 
@@ -40,13 +45,10 @@ def add_parser(subparsers) -> None:
     )
     parser.add_argument("--output", required=True, type=Path, help="CSV or Parquet file (or directory) to write")
     parser.add_argument("--plot", type=Path, default=None, help="PNG of history, median and quantile bands")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--standardize", action=argparse.BooleanOptionalAction, default=True,
-                        help="forecast each variate in units of its own context (mean 0, std 1) and map back, so "
-                             "the forecast does not depend on the units (default; see toto_jax.forecast)")  # fmt: skip
-    add_clip_outliers_argument(parser)
-    add_sampling_argument(parser)
-    parser.add_argument("--memory-budget-gb", type=float, default=4.0, help="working memory per compiled call")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing --output / --plot (the input is never overwritten)")  # fmt: skip
+    parser.add_argument("--seed", type=int, default=0, help="seed of the sample paths")
+    add_options_arguments(parser)
     parser.set_defaults(func=run)
 
 
@@ -64,33 +66,51 @@ TABLE_SUFFIXES = (".csv", ".parquet")
 
 
 def run(args: argparse.Namespace) -> int:
-    from .distributed import host_shard, initialize
+    from ..distributed import host_shard, initialize
 
     initialize()  # several processes launched together split a directory of inputs
-    levels = _check_arguments(args)
+    levels, options = _check_arguments(args)
     if not args.input.is_dir():
-        _forecast_file(args, levels, args.input, args.output, args.plot, model=None)
-        return 0
-    inputs = sorted(p for p in args.input.iterdir() if p.suffix.lower() in TABLE_SUFFIXES)
+        jobs, total = [(args.input, args.output, args.plot)], 1
+    else:
+        jobs, total = _directory_jobs(args, host_shard)
+        args.output.mkdir(parents=True, exist_ok=True)
+        if args.plot is not None:
+            args.plot.mkdir(parents=True, exist_ok=True)
+    for job in jobs:  # every path is checked before the model loads and anything is written
+        _check_paths(*job, overwrite=args.overwrite)
+    model = None
+    for input_path, output, plot in jobs:
+        model = _forecast_file(args, levels, options, input_path, output, plot, model)
+    if args.input.is_dir():
+        print(f"forecast {len(jobs)} of {total} files into {args.output}")
+    return 0
+
+
+def _directory_jobs(args: argparse.Namespace, host_shard) -> tuple[list[tuple[Path, Path, Path | None]], int]:
+    """(input, output, plot) for this process's share of a directory of tables, and the number of tables."""
+    inputs = sorted(p for p in args.input.iterdir() if p.is_file() and p.suffix.lower() in TABLE_SUFFIXES)
     if not inputs:
         raise FileNotFoundError(f"no .csv or .parquet files in {args.input}")
     for name, path in (("--output", args.output), ("--plot", args.plot)):
         if path is not None and path.exists() and not path.is_dir():
             raise ValueError(f"with a directory of inputs, {name} must be a directory, got the file {path}")
+    if args.output.exists() and os.path.samefile(args.output, args.input):
+        raise ValueError(f"--output {args.output} is the input directory; the inputs are never overwritten: "
+                         "name another directory")  # fmt: skip
+    stems = [p.stem for p in inputs]
+    if args.plot is not None and len(set(stems)) < len(stems):
+        twice = sorted({stem for stem in stems if stems.count(stem) > 1})
+        raise ValueError(f"--plot: several inputs would write {args.plot / (twice[0] + '.png')} ({twice}); "
+                         "give the tables different names")  # fmt: skip
     mine = [inputs[i] for i in host_shard(len(inputs))]
-    args.output.mkdir(parents=True, exist_ok=True)
-    if args.plot is not None:
-        args.plot.mkdir(parents=True, exist_ok=True)
-    model = None
-    for path in mine:
-        plot = None if args.plot is None else args.plot / f"{path.stem}.png"
-        model = _forecast_file(args, levels, path, args.output / path.name, plot, model)
-    print(f"forecast {len(mine)} of {len(inputs)} files into {args.output}")
-    return 0
+    plots = [None if args.plot is None else args.plot / f"{path.stem}.png" for path in mine]
+    return [(path, args.output / path.name, plot) for path, plot in zip(mine, plots)], len(inputs)
 
 
-def _check_arguments(args: argparse.Namespace) -> list[float]:
-    """Validate the arguments; returns the quantile levels to write (none for the mean path)."""
+def _check_arguments(args: argparse.Namespace):
+    """Validate the arguments; returns the quantile levels to write (none for the mean path) and the
+    forecast options."""
     # Everything that can be checked before the model runs is checked first; nothing is written on error.
     if args.horizon <= 0:
         raise ValueError(f"--horizon must be positive, got {args.horizon}")
@@ -98,13 +118,14 @@ def _check_arguments(args: argparse.Namespace) -> list[float]:
         raise ValueError(f"--samples must be positive, got {args.samples}")
     if args.quantiles is not None and args.samples is None:
         raise ValueError("--quantiles need sample paths: add --samples N")
-    return _parse_quantiles(args.quantiles or DEFAULT_QUANTILES) if args.samples else []
+    options = options_from_args(args)
+    levels = _parse_quantiles(args.quantiles or DEFAULT_QUANTILES) if args.samples else []
+    return levels, options
 
 
-def _forecast_file(args, levels: list[float], input_path: Path, output: Path, plot: Path | None, model):
-    """Forecast one table; returns the model (loaded on first use) so a directory loads it once."""
+def _check_paths(input_path: Path, output: Path, plot: Path | None, overwrite: bool) -> None:
+    """The input is never written; an existing output or plot needs ``--overwrite``."""
     from . import tabular
-    from .forecasting import forecast
 
     tabular.check_output_path(output)
     if plot is not None:
@@ -112,17 +133,31 @@ def _forecast_file(args, levels: list[float], input_path: Path, output: Path, pl
             raise ValueError(f"--plot must name a .png file, got {plot}")
         if not plot.parent.exists():
             raise FileNotFoundError(f"plot directory does not exist: {plot.parent}")
+    for name, path in (("--output", output), ("--plot", plot)):
+        if path is None or not os.path.lexists(path):
+            continue
+        if input_path.exists() and path.exists() and os.path.samefile(path, input_path):
+            raise ValueError(f"{name} {path} is the input file {input_path}; the input is never overwritten "
+                             "(not even with --overwrite): name another file")  # fmt: skip
+        if path.is_dir():
+            raise ValueError(f"{name} {path} is a directory; name a file")
+        if not overwrite:
+            raise FileExistsError(f"{name} {path} already exists; pass --overwrite to replace it")
+
+
+def _forecast_file(args, levels: list[float], options, input_path: Path, output: Path, plot: Path | None, model):
+    """Forecast one table; returns the model (loaded on first use) so a directory loads it once."""
+    from . import tabular
+    from .api import forecast
+
     table = tabular.parse_table(tabular.read_table(input_path))
 
     if model is None:
         import toto_jax
 
         model = toto_jax.load(args.checkpoint)
-    result = forecast(
-        model, table.values, args.horizon, num_samples=args.samples, seed=args.seed,
-        memory_budget=int(args.memory_budget_gb * (1 << 30)), standardize=args.standardize,
-        clip_outliers=args.clip_outliers, sampling=args.sampling,
-    )  # fmt: skip
+    # The values stay float64: the options normalize them in float64 before the model's float32.
+    result = forecast(model, table.values, args.horizon, num_samples=args.samples, seed=args.seed, options=options)
     columns = {"mean": result.mean}
     if result.samples is not None:
         columns["median"] = result.median
@@ -132,15 +167,15 @@ def _forecast_file(args, levels: list[float], input_path: Path, output: Path, pl
 
     png = None
     if plot is not None:
-        png = _render(table, result, levels, args.horizon)
-    tabular.write_table(frame, output)
+        png = _render(table, result, levels, args.horizon, title=f"{input_path.name}: {args.horizon}-step forecast")
+    tabular.write_table(frame, output, overwrite=args.overwrite)
     if png is not None:
-        tabular.atomic_write(plot, lambda path: Path(path).write_bytes(png))
+        tabular.atomic_write(plot, lambda path: Path(path).write_bytes(png), overwrite=args.overwrite)
     print(f"wrote {len(frame)} rows to {output}" + (f" and {plot}" if png is not None else ""))
     return model
 
 
-def _render(table, result, levels, horizon) -> bytes:
+def _render(table, result, levels, horizon, title: str | None = None) -> bytes:
     from .plotting import render_forecast_png
 
     future = table.future_timestamps(horizon)
@@ -150,11 +185,11 @@ def _render(table, result, levels, horizon) -> bytes:
     for b, (values, stamps) in enumerate(zip(table.values, table.timestamps)):
         for v in range(values.shape[0]):
             name = table.names[v] if table.layout == "wide" else table.names[b]
-            history.append((name, np.asarray(stamps), values[v]))
-            future_times.append(np.asarray(future[b]))
+            history.append((name, stamps, values[v]))
+            future_times.append(future[b])
             centres.append(centre[b, v])
             for i, q in enumerate(levels):
                 band_rows[q].append(quantiles[i, b, v])
     bands = {q: np.array(rows) for q, rows in band_rows.items()}
     label = "median" if result.samples is not None else "mean"
-    return render_forecast_png(history, future_times, np.array(centres), bands, centre_label=label)
+    return render_forecast_png(history, future_times, np.array(centres), bands, centre_label=label, title=title)

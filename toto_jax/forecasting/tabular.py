@@ -5,14 +5,20 @@
   series per ``unique_id``, lengths may differ.
 
 Every problem is reported as a ``TableError`` naming the file, column or series; writes are atomic
-(temporary file + rename), so a failed run leaves nothing half written.
+(temporary file + rename), so a failed run leaves nothing half written, and written files get the usual
+permissions (0666 less the umask). Values stay float64 (large counters keep their last digits).
+
+Timestamps may come in any datetime unit (pandas 3 parses to microseconds, Parquet keeps what was
+stored, pandas 2 uses nanoseconds) and with or without a time zone: every computation works with
+timestamp differences and ``pd.date_range``, never with the integer representation of a unit.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-import tempfile
+import secrets
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -37,10 +43,23 @@ class SeriesTable:
     timestamp_column: str = "ds"
 
     def future_timestamps(self, horizon: int) -> list[pd.DatetimeIndex]:
-        return [
-            pd.date_range(start=stamps[-1], periods=horizon + 1, freq=freq)[1:]
-            for stamps, freq in zip(self.timestamps, self.frequency)
-        ]
+        return [future_timestamps(stamps[-1], freq, horizon) for stamps, freq in zip(self.timestamps, self.frequency)]
+
+
+def future_timestamps(last, frequency, horizon: int) -> pd.DatetimeIndex:
+    """The ``horizon`` timestamps after ``last`` on the grid of ``frequency`` (a ``pd.Timedelta``, a
+    ``pd.DateOffset`` such as month ends or business days, or a string like ``"5min"``), in ``last``'s
+    time zone. Independent of the datetime unit of ``last``."""
+    if isinstance(horizon, bool) or not isinstance(horizon, (int, np.integer)) or horizon < 0:
+        raise ValueError(f"horizon must be a non-negative integer, got {horizon!r}")
+    last = pd.Timestamp(last)
+    if isinstance(frequency, str):
+        frequency = pd.tseries.frequencies.to_offset(frequency)
+    elif isinstance(frequency, (np.timedelta64, pd.Timedelta)):
+        frequency = pd.Timedelta(frequency)
+        if frequency <= pd.Timedelta(0):
+            raise ValueError(f"frequency must be a positive time step, got {frequency}")
+    return pd.date_range(start=last, periods=int(horizon) + 1, freq=frequency)[1:]
 
 
 def _check_suffix(path: Path) -> str:
@@ -61,35 +80,52 @@ def read_table(path: str | Path) -> pd.DataFrame:
         raise TableError(f"{path}: cannot read {kind}: {error}") from None
 
 
-def infer_frequency(stamps: pd.DatetimeIndex, series: str):
+def infer_frequency(stamps: pd.DatetimeIndex, series_name: str):
     """A regular step: a calendar offset where pandas can name one (months, business days), else the
-    constant time delta. Duplicate or irregular timestamps are errors naming the series."""
+    constant time delta. Duplicate or irregular timestamps are errors naming the series. Any datetime
+    unit, with or without a time zone (steps are measured in absolute time)."""
+    stamps = pd.DatetimeIndex(stamps)
     if len(stamps) < 2:
-        raise TableError(f"series {series!r}: need at least two timestamps to infer a frequency")
+        raise TableError(f"series {series_name!r}: need at least two timestamps to infer a frequency")
+    if stamps.hasnans:
+        missing = int(np.flatnonzero(stamps.isna())[0])
+        raise TableError(f"series {series_name!r}: missing timestamp at position {missing}")
     if stamps.has_duplicates:
         duplicate = stamps[stamps.duplicated()][0]
-        raise TableError(f"series {series!r}: duplicate timestamp {duplicate}")
+        raise TableError(f"series {series_name!r}: duplicate timestamp {duplicate}")
     if not stamps.is_monotonic_increasing:
-        raise TableError(f"series {series!r}: timestamps are not in increasing order")
+        raise TableError(f"series {series_name!r}: timestamps are not in increasing order")
     if len(stamps) >= 3:
-        named = pd.infer_freq(stamps)
+        with warnings.catch_warnings():  # pandas 3 announces that infer_freq will return an offset
+            warnings.filterwarnings("ignore", message=".*will return a BaseOffset object")
+            named = pd.infer_freq(stamps)
         if named is not None:
             return pd.tseries.frequencies.to_offset(named)
-    steps = np.diff(stamps.asi8)
-    if np.all(steps == steps[0]):
-        return pd.Timedelta(int(steps[0]), unit="ns")
+    steps = pd.TimedeltaIndex(stamps[1:] - stamps[:-1])  # in the stamps' own unit, absolute time
+    if (steps == steps[0]).all():
+        return pd.Timedelta(steps[0])
     where = int(np.flatnonzero(steps != steps[0])[0]) + 1
     raise TableError(
-        f"series {series!r}: irregular timestamps (step {pd.Timedelta(int(steps[0]))} until {stamps[where - 1]}, "
-        f"then {pd.Timedelta(int(steps[where - 1]))}); resample to a regular frequency first"
+        f"series {series_name!r}: irregular timestamps (step {steps[0]} until {stamps[where - 1]}, "
+        f"then {steps[where - 1]}); resample to a regular frequency first"
     )
 
 
 def _parse_timestamps(column: pd.Series, what: str) -> pd.DatetimeIndex:
     try:
-        stamps = pd.DatetimeIndex(pd.to_datetime(column))
+        with warnings.catch_warnings():  # pandas 2 warns about mixed time zones before returning objects
+            warnings.filterwarnings("ignore", message=".*mixed time zones", category=FutureWarning)
+            parsed = pd.to_datetime(column)
+        if not pd.api.types.is_datetime64_any_dtype(parsed):
+            raise ValueError("mixed time zones")
     except (ValueError, TypeError) as error:
-        raise TableError(f"{what}: cannot parse timestamps: {error}") from None
+        # Offsets that change within the column (a local time across a daylight-saving change, written as
+        # +01:00 then +02:00): the instants are well defined, so read them in UTC.
+        try:
+            parsed = pd.to_datetime(column, utc=True)
+        except (ValueError, TypeError):
+            raise TableError(f"{what}: cannot parse timestamps: {error}") from None
+    stamps = pd.DatetimeIndex(parsed)
     if stamps.hasnans:
         raise TableError(f"{what}: missing timestamp at row {int(np.flatnonzero(stamps.isna())[0])}")
     return stamps
@@ -103,7 +139,7 @@ def _numeric(column: pd.Series, what: str) -> np.ndarray:
             row = int(np.flatnonzero(bad.to_numpy())[0])
             raise TableError(f"{what} is not numeric (row {row}: {column.iloc[row]!r})")
         column = converted
-    return column.to_numpy(np.float64).astype(np.float32)
+    return column.to_numpy(np.float64, na_value=np.nan)
 
 
 def _timestamp_column(frame: pd.DataFrame) -> str:
@@ -187,23 +223,52 @@ def check_output_path(path: str | Path) -> None:
         raise FileNotFoundError(f"output directory does not exist: {path.parent}")
 
 
-def atomic_write(path: str | Path, write) -> None:
-    """Call ``write(temporary_path)``, then rename onto ``path``; on any failure nothing is left behind."""
+def _create_temporary(path: Path) -> Path:
+    """An empty new file beside ``path`` with mode 0666 less the umask (``tempfile.mkstemp`` gives 0600)."""
+    for _ in range(100):
+        temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}{path.suffix}")
+        try:
+            os.close(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:
+            continue
+        return temporary
+    raise FileExistsError(f"cannot create a temporary file beside {path}")
+
+
+def atomic_write(path: str | Path, write, overwrite: bool = True) -> None:
+    """Call ``write(temporary_path)``, then rename onto ``path``; on any failure nothing is left behind.
+    The file gets the usual permissions of a new file (0666 less the umask). With ``overwrite=False`` an
+    existing ``path`` (even one created while ``write`` ran) is a ``FileExistsError`` and is left as is."""
     path = Path(path)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(handle)
+    temporary = _create_temporary(path)
     try:
         write(temporary)
-        os.replace(temporary, path)
+        if overwrite:
+            os.replace(temporary, path)
+        else:
+            _rename_without_overwriting(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
 
 
-def write_table(frame: pd.DataFrame, path: str | Path) -> None:
+def _rename_without_overwriting(temporary: Path, path: Path) -> None:
+    try:
+        os.link(temporary, path)  # fails atomically if ``path`` exists
+    except FileExistsError:
+        raise FileExistsError(f"{path} already exists; pass --overwrite to replace it") from None
+    except OSError:  # a file system without hard links: check, then rename
+        if os.path.lexists(path):
+            raise FileExistsError(f"{path} already exists; pass --overwrite to replace it") from None
+        os.replace(temporary, path)
+        return
+    os.unlink(temporary)
+
+
+def write_table(frame: pd.DataFrame, path: str | Path, overwrite: bool = True) -> None:
     path = Path(path)
     kind = _check_suffix(path)
     if kind == "csv":
-        atomic_write(path, lambda p: frame.to_csv(p, index=False))
+        atomic_write(path, lambda p: frame.to_csv(p, index=False), overwrite)
     else:
-        atomic_write(path, lambda p: frame.to_parquet(p, index=False))
+        atomic_write(path, lambda p: frame.to_parquet(p, index=False), overwrite)
