@@ -8,9 +8,9 @@ PYTHON ?= python3
 demo: .venv-demo/.installed
 	mkdir -p out
 	.venv-demo/bin/toto-jax forecast --input toto_jax/assets/sample_nab_cpu.csv --horizon 96 --samples 64 \
-		--quantiles 0.1,0.5,0.9 --output out/forecast.csv --plot out/forecast.png
+		--quantiles 0.1,0.5,0.9 --output out/forecast.csv --plot out/forecast.png --overwrite
 
-test: .venv-test/.installed
+test: .venv-test/.installed .venv-test/pandas3/.installed
 	.venv-test/bin/python -m pytest -q
 
 .venv-demo/.installed: pyproject.toml
@@ -27,6 +27,13 @@ test: .venv-test/.installed
 	.venv-test/bin/pip install -q torch==2.13.0
 	.venv-test/bin/pip install -q -e '.[test]'
 	.venv-test/bin/pip install -q --no-deps toto-ts==0.2.0
+	touch $@
+
+# The test extra pins pandas 2 (gluonts, statsforecast); pandas 3 goes beside it, without dependencies, for
+# tests/test_tabular.py's pandas-3 subprocess (PYTHONPATH=.venv-test/pandas3). Rebuilt with the venv.
+.venv-test/pandas3/.installed: .venv-test/.installed
+	rm -rf .venv-test/pandas3
+	.venv-test/bin/pip install -q --no-deps --target .venv-test/pandas3 'pandas>=3,<4'
 	touch $@
 
 clean:
