@@ -259,6 +259,26 @@ def test_existing_output_needs_overwrite_and_files_get_usual_permissions(checkpo
     assert sorted(p.name for p in tmp_path.iterdir()) == ["daily.csv", "forecast.csv", "forecast.png"]
 
 
+def test_directory_of_inputs_is_checked_before_anything_is_forecast(tmp_path, capsys):
+    """With a directory of inputs, one existing output (without --overwrite) or two inputs that would
+    write the same plot stop the run before the model loads (the checkpoint does not exist) and before
+    any output is written."""
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir()
+    out.mkdir()
+    for name in ("a.csv", "b.csv"):
+        pd.read_csv(DAILY).tail(30).to_csv(inputs / name, index=False)
+    (out / "b.csv").write_text("keep me\n")
+    missing = tmp_path / "no-such-checkpoint"
+    assert _forecast_cli(missing, inputs, out, "--horizon", "4") == 2
+    assert f"--output {out / 'b.csv'} already exists; pass --overwrite" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["b.csv"] and (out / "b.csv").read_text() == "keep me\n"
+    pd.read_csv(DAILY).tail(30).to_parquet(inputs / "a.parquet")
+    assert _forecast_cli(missing, inputs, out, "--horizon", "4", "--overwrite", "--plot", str(tmp_path / "png")) == 2
+    assert f"--plot: several inputs would write {tmp_path / 'png' / 'a.png'} (['a'])" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["b.csv"]
+
+
 @pytest.mark.parametrize("how", ["same_path", "other_spelling", "symlink", "hard_link", "directory"])
 def test_input_is_never_overwritten(checkpoint, tmp_path, capsys, how):
     """--output naming the input (the same path, another spelling of it, a symbolic or hard link to it,
