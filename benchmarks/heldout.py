@@ -5,8 +5,9 @@
 Reads ``../shared/data`` (NAB, cloud monitoring; ETT with ``--lsf``), writes only to a temporary directory:
 
 1. the held-out evaluation: links the 19 held-out series (``toto_jax.eval.heldout``), runs
-   ``toto-jax eval`` with its defaults (bundled model, seasonal naive + AutoETS) and prints its table and,
-   per horizon, whether the MASE and CRPS ratios to seasonal naive are below 1 (about 3 minutes);
+   ``toto-jax eval`` with its defaults (bundled model, ``ForecastOptions()``, seasonal naive + AutoETS) and
+   prints its table and, per horizon, whether the MASE and CRPS ratios to seasonal naive are below 1
+   (about 3 minutes);
 2. the README's main command: times ``toto-jax forecast`` on the bundled sample series with the
    arguments ``make demo`` uses (CSV + PNG), against its 120-second target (environment already built);
 3. with ``--lsf``: the ETTh1/ETTh2 LSF protocol as in experiments/pretrain_small.md (about 5 minutes).

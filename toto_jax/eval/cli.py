@@ -7,8 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from ..preprocessing import add_clip_outliers_argument
-from ..sampling import add_sampling_argument
+from ..forecasting.options import add_options_arguments, options_from_args
 
 
 def _csv_list(text: str) -> list[str]:
@@ -23,7 +22,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
             "Rolling-window evaluation (GIFT-Eval conventions): short/medium/long horizons (1x/10x/15x the "
             "frequency's base prediction length), metrics pooled per series, reported as geometric means of "
             "ratios to seasonal naive (< 1 beats it). --protocol lsf runs the Toto paper's ETTh1/ETTh2 "
-            "protocol instead (train-split z-normalisation, horizons 96/192/336/720, MAE/MSE of the median)."
+            "protocol instead (train-split z-normalisation, horizons 96/192/336/720, MAE/MSE of the median). "
+            "The model forecasts with toto_jax.ForecastOptions() (the defaults of the API and toto-jax forecast), "
+            "changed by the forecast option flags below."
         ),
     )
     parser.add_argument("data", nargs="+", help="CSV/Parquet files or directories of them (ETT CSV files for lsf)")
@@ -35,7 +36,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         help="comma-separated from seasonal_naive, auto_ets, auto_arima (default: seasonal_naive,"
                              "auto_ets); AutoETS/AutoARIMA need statsforecast (pip install 'toto-jax[eval]')")  # fmt: skip
     parser.add_argument("--num-samples", type=int, default=100, help="sample paths per forecast (default 100)")
-    parser.add_argument("--context-length", type=int, default=2048, help="model context in steps (default 2048)")
     parser.add_argument("--baseline-context", type=int, default=2048,
                         help="history given to AutoETS/AutoARIMA (default 2048 steps)")  # fmt: skip
     parser.add_argument("--max-windows", type=int, default=20, help="windows per series and term (default 20)")
@@ -47,11 +47,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--plot", action="store_true", help="write example forecast figures to OUTPUT_DIR/plots")
     parser.add_argument("--plot-count", type=int, default=4, help="series plotted per term (default 4)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--standardize", action=argparse.BooleanOptionalAction, default=True,
-                        help="standardize each context before the model forecasts it (default; see "
-                             "toto_jax.forecast)")  # fmt: skip
-    add_clip_outliers_argument(parser)
-    add_sampling_argument(parser)
+    add_options_arguments(parser)  # --context-length, --clip-outliers, --sampling, --reference-options, ...
     parser.set_defaults(func=run_eval)
     return parser
 
@@ -59,15 +55,17 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run_eval(args: argparse.Namespace) -> int:
     from .baselines import STATSFORECAST_HINT
 
-    for name in ("num_samples", "max_windows", "plot_count", "baseline_context", "context_length"):
+    for name in ("num_samples", "max_windows", "plot_count", "baseline_context"):
         if getattr(args, name) <= 0:
             raise ValueError(f"--{name.replace('_', '-')} must be positive")
     if not 0 < args.test_fraction <= 1:
         raise ValueError("--test-fraction must be in (0, 1]")
+    # The harness reports its own progress per series; the options' bars would interleave with it.
+    options = options_from_args(args).replace(progress=False)
     try:
         if args.protocol == "lsf":
-            return _run_lsf(args)
-        return _run_rolling(args)
+            return _run_lsf(args, options)
+        return _run_rolling(args, options)
     except ImportError as error:
         if "statsforecast" in str(error):
             print(f"toto-jax eval: error: {STATSFORECAST_HINT}", file=sys.stderr)
@@ -75,7 +73,7 @@ def run_eval(args: argparse.Namespace) -> int:
         raise
 
 
-def _run_rolling(args) -> int:
+def _run_rolling(args, options) -> int:
     import toto_jax
 
     from . import harness
@@ -88,11 +86,8 @@ def _run_rolling(args) -> int:
     forecasters = {name: make_baseline(name, max_context=args.baseline_context) for name in baselines}
     series = harness.read_series(args.data)
     model = toto_jax.load(args.checkpoint)  # "default": the model bundled with the package
-    context = args.context_length
-    forecasters = {"toto": harness.TotoForecaster(model, context_length=context, num_samples=args.num_samples,
-                                                  seed=args.seed, standardize=args.standardize,
-                                                  clip_outliers=args.clip_outliers, sampling=args.sampling),
-                   **forecasters}  # fmt: skip
+    toto = harness.TotoForecaster(model, num_samples=args.num_samples, seed=args.seed, options=options)
+    forecasters = {"toto": toto, **forecasters}
     print(f"evaluating {len(series)} series, terms {args.terms}, forecasters {list(forecasters)}", file=sys.stderr)
     began = time.perf_counter()
     result = harness.evaluate(
@@ -118,7 +113,7 @@ def _run_rolling(args) -> int:
     return 0
 
 
-def _run_lsf(args) -> int:
+def _run_lsf(args, options) -> int:
     import pandas as pd
 
     import toto_jax
@@ -126,15 +121,13 @@ def _run_lsf(args) -> int:
     from . import lsf
 
     model = toto_jax.load(args.checkpoint)  # "default": the model bundled with the package
-    context = args.context_length
     stride = args.stride or 96
-    forecast_fn = lsf.toto_lsf_forecaster(model, num_samples=args.num_samples, seed=args.seed,
-                                          standardize=args.standardize, clip_outliers=args.clip_outliers,
-                                          sampling=args.sampling)
+    forecast_fn = lsf.toto_lsf_forecaster(model, num_samples=args.num_samples, seed=args.seed, options=options)
+    context = forecast_fn.context_length  # --context-length, else the model's max_context
     rows = []
     for path in args.data:
         values, _ = lsf.read_ett(path)
-        for result in lsf.evaluate_lsf(forecast_fn, values, args.lsf_horizons, context_length=context, stride=stride):
+        for result in lsf.evaluate_lsf(forecast_fn, values, args.lsf_horizons, stride=stride):
             rows.append({"dataset": Path(path).stem, "context": context, "stride": stride, **result})
     table = pd.DataFrame(rows)
     output = Path(args.output_dir)

@@ -2,10 +2,11 @@
 
 For each series and each horizon term (short / medium / long = 1x / 10x / 15x the frequency's base
 prediction length, as GIFT-Eval), the last ``test_fraction`` of the series is cut into consecutive
-windows of ``horizon`` steps (at most ``max_windows``, the latest ones). Every forecaster sees the history
-before each window (Toto its last ``context_length`` steps; classical models their own cap) and forecasts
-the window. Per series, metrics are pooled over its windows; the summary divides each forecaster's metric
-by the seasonal-naive baseline's on the same series and takes the geometric mean over series.
+windows of ``horizon`` steps (at most ``max_windows``, the latest ones). Every forecaster is given the whole
+history before each window (``toto_jax.forecast`` keeps the last ``ForecastOptions.context_length`` steps;
+classical models their own cap) and forecasts the window. Per series, metrics are pooled over its windows;
+the summary divides each forecaster's metric by the seasonal-naive baseline's on the same series and takes
+the geometric mean over series.
 """
 
 from __future__ import annotations
@@ -21,8 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..preprocessing import DEFAULT_CLIP_OUTLIERS
-from ..sampling import DEFAULT_SAMPLING
+from ..forecasting.options import ForecastOptions
 from . import metrics
 from .baselines import QUANTILE_LEVELS, WindowForecast
 
@@ -126,31 +126,25 @@ Forecaster = Callable[[Sequence[np.ndarray], int, int], list[WindowForecast]]
 
 
 class TotoForecaster:
-    """A Toto model as a forecaster: the last ``context_length`` steps of each context, ``num_samples``
-    sample paths, each context standardized first (``forecast(standardize=True)``) unless
-    ``standardize`` is false, with isolated extremes clipped (``forecast(clip_outliers=...)``; None: not),
-    and patches drawn as ``sampling`` says (``forecast(sampling=...)``)."""
+    """A Toto model as a forecaster: ``toto_jax.forecast`` of each window's whole history with
+    ``num_samples`` sample paths, made as ``options`` says (None: ``ForecastOptions()``, the defaults of
+    the API and every tool). ``forecast`` keeps the last ``options.context_length`` steps (None: the
+    model's ``config.max_context``) and does all preprocessing; values reach it in float64."""
 
     name = "toto"
 
-    def __init__(self, model, *, context_length: int = 2048, num_samples: int = 100, seed: int = 0,
-                 standardize: bool = True, clip_outliers: float | None = DEFAULT_CLIP_OUTLIERS,
-                 sampling: str = DEFAULT_SAMPLING):  # fmt: skip
+    def __init__(self, model, *, num_samples: int = 100, seed: int = 0, options: ForecastOptions | None = None):
         self.model = model
-        self.standardize = standardize
-        self.clip_outliers = clip_outliers
-        self.sampling = sampling
-        self.context_length = context_length
         self.num_samples = num_samples
         self.seed = seed
+        self.options = ForecastOptions() if options is None else options
 
     def __call__(self, contexts, horizon: int, season: int) -> list[WindowForecast]:
         from toto_jax.forecasting import forecast
 
-        rows = [np.asarray(c, np.float32)[None, -self.context_length :] for c in contexts]
-        result = forecast(self.model, rows, horizon, num_samples=self.num_samples, seed=self.seed, progress=False,
-                          standardize=self.standardize, clip_outliers=self.clip_outliers,
-                          sampling=self.sampling)  # fmt: skip
+        rows = [np.asarray(c)[None] for c in contexts]
+        result = forecast(self.model, rows, horizon, num_samples=self.num_samples, seed=self.seed,
+                          options=self.options)  # fmt: skip
         return [WindowForecast.from_samples(result.samples[i, 0]) for i in range(len(rows))]
 
 

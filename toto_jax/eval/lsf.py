@@ -4,7 +4,9 @@ Splits follow the standard ETT-hour setup: 12 months train, 4 months validation,
 months of 24 hourly steps). Every column is z-normalised with the mean and standard deviation of the
 train split. Test windows start at every ``stride``-th step of the test split; each sees the
 ``context_length`` steps before it (reaching back into validation/train, as the standard loaders do)
-and forecasts ``horizon`` steps of all variates jointly. Scores: MAE and MSE of the median forecast in
+and forecasts ``horizon`` steps of all variates jointly. For Toto the context length is the one its
+forecast keeps: ``ForecastOptions.context_length``, else the model's ``config.max_context``
+(``TotoLSFForecaster.context_length``, the only place it is decided). Scores: MAE and MSE of the median forecast in
 the normalised space, averaged over windows, variates and steps.
 """
 
@@ -14,8 +16,7 @@ import os
 
 import numpy as np
 
-from ..preprocessing import DEFAULT_CLIP_OUTLIERS
-from ..sampling import DEFAULT_SAMPLING
+from ..forecasting.options import ForecastOptions
 
 TRAIN_STEPS = 12 * 30 * 24
 VALIDATION_STEPS = 4 * 30 * 24
@@ -49,11 +50,23 @@ def lsf_window_starts(horizon: int, stride: int) -> list[int]:
     return list(range(test_start, last + 1, stride))
 
 
-def evaluate_lsf(forecast_fn, values: np.ndarray, horizons=LSF_HORIZONS, *, context_length: int = 2048,
+def evaluate_lsf(forecast_fn, values: np.ndarray, horizons=LSF_HORIZONS, *, context_length: int | None = None,
                  stride: int = 1, batch_size: int = 16) -> list[dict]:  # fmt: skip
-    """``forecast_fn(contexts [batch, variate, time], horizon) -> median [batch, variate, horizon]``.
+    """``forecast_fn(contexts [batch, variate, time], horizon) -> median [batch, variate, horizon]``; each
+    context is the ``context_length`` steps before its window (None: ``forecast_fn.context_length``, which
+    ``toto_lsf_forecaster`` sets).
 
     Returns one dict per horizon: horizon, windows, MAE, MSE (normalised space)."""
+    if context_length is None:
+        context_length = getattr(forecast_fn, "context_length", None)
+        if context_length is None:
+            raise ValueError("evaluate_lsf needs a context_length (or a forecast_fn with a context_length attribute)")
+    first_window = TRAIN_STEPS + VALIDATION_STEPS
+    if isinstance(context_length, bool) or not isinstance(context_length, (int, np.integer)) or not (
+        0 < context_length <= first_window
+    ):
+        raise ValueError(f"the LSF context length must be a positive integer of at most {first_window} steps (the "
+                         f"history before the first test window), got {context_length!r}")  # fmt: skip
     data = normalise(values)
     results = []
     for horizon in horizons:
@@ -75,16 +88,28 @@ def evaluate_lsf(forecast_fn, values: np.ndarray, horizons=LSF_HORIZONS, *, cont
     return results
 
 
-def toto_lsf_forecaster(model, num_samples: int | None = 64, seed: int = 0, standardize: bool = True,
-                        clip_outliers: float | None = DEFAULT_CLIP_OUTLIERS,
-                        sampling: str = DEFAULT_SAMPLING):  # fmt: skip
-    """The median of ``num_samples`` sample paths (``None``: the mean path) with all variates forecast jointly."""
-    from toto_jax.forecasting import forecast
+class TotoLSFForecaster:
+    """The median of ``num_samples`` sample paths (``None``: the mean path) of ``toto_jax.forecast`` with all
+    variates forecast jointly, made as ``options`` says (None: ``ForecastOptions()``). ``context_length``:
+    the steps the forecast keeps, ``options.context_length`` or else the model's ``config.max_context``;
+    ``evaluate_lsf`` cuts its windows' contexts to it."""
 
-    def forecast_fn(contexts: np.ndarray, horizon: int) -> np.ndarray:
-        result = forecast(model, contexts.astype(np.float32), horizon, num_samples=num_samples, seed=seed,
-                          progress=False, standardize=standardize, clip_outliers=clip_outliers,
-                          sampling=sampling)  # fmt: skip
-        return result.mean if num_samples is None else result.median
+    def __init__(self, model, num_samples: int | None = 64, seed: int = 0, options: ForecastOptions | None = None):
+        self.model = model
+        self.num_samples = num_samples
+        self.seed = seed
+        self.options = ForecastOptions() if options is None else options
+        self.context_length = int(self.options.context_length or model.config.max_context)
 
-    return forecast_fn
+    def __call__(self, contexts: np.ndarray, horizon: int) -> np.ndarray:
+        from toto_jax.forecasting import forecast
+
+        result = forecast(self.model, contexts, horizon, num_samples=self.num_samples, seed=self.seed,
+                          options=self.options)  # fmt: skip
+        return result.mean if self.num_samples is None else result.median
+
+
+def toto_lsf_forecaster(model, num_samples: int | None = 64, seed: int = 0,
+                        options: ForecastOptions | None = None) -> TotoLSFForecaster:  # fmt: skip
+    """``TotoLSFForecaster(model, num_samples, seed, options)``: the forecast function of ``evaluate_lsf``."""
+    return TotoLSFForecaster(model, num_samples, seed, options)
