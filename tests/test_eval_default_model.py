@@ -28,8 +28,10 @@ def test_bundled_model_is_small_and_in_reference_layout():
 def test_bundled_model_forecasts_the_sample_series():
     model = toto_jax.load("default")
     assert model.config.patch_size == 64
+    # the context it was trained for, and what ForecastOptions(context_length=None) gives every tool
+    assert model.config.max_context == 2048
     sample = pd.read_csv(DEFAULT_MODEL_DIR.parent / "sample_nab_cpu.csv")["cpu_utilization"].to_numpy(np.float32)
-    result = forecast(model, sample[None, -1024:], 96, num_samples=16, progress=False)
+    result = forecast(model, sample[None, -1024:], 96, num_samples=16)
     assert result.samples.shape == (1, 1, 96, 16)
     median = result.median[0, 0]
     assert np.isfinite(median).all()

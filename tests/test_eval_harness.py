@@ -1,5 +1,9 @@
 """Rolling-window harness, ``toto-jax eval``, the LSF protocol and the GluonTS adapter, with a tiny random
-model. ``test_lsf_*`` read ETTh1 from ../shared/data (CC BY-ND, read unmodified)."""
+model. ``test_lsf_*`` read ETTh1 from ../shared/data (CC BY-ND, read unmodified).
+
+Every tool forecasts with ``ForecastOptions`` (one set of defaults): the tests compare each tool's numbers
+with ``forecast(..., options=...)`` on inputs with a glitch, which the default options clip and the
+reference options do not."""
 
 from pathlib import Path
 
@@ -14,9 +18,8 @@ from toto_jax.config import TotoConfig
 from toto_jax.eval import harness, lsf
 from toto_jax.eval.baselines import SeasonalNaive, WindowForecast
 from toto_jax.forecasting import forecast
+from toto_jax.forecasting.options import ForecastOptions
 from toto_jax.model import Toto
-from toto_jax.preprocessing import DEFAULT_CLIP_OUTLIERS
-from toto_jax.sampling import DEFAULT_SAMPLING
 
 ETTH1 = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ett" / "ETT-small" / "ETTh1.csv"
 
@@ -100,8 +103,8 @@ def test_evaluate_ratios(tiny_model, series_dir):
             out.append(WindowForecast.point_mass(full[len(context) : len(context) + horizon]))
         return out
 
-    forecasters = {"toto": harness.TotoForecaster(tiny_model, context_length=64, num_samples=8),
-                   "seasonal_naive": SeasonalNaive(), "oracle": oracle}  # fmt: skip
+    toto = harness.TotoForecaster(tiny_model, num_samples=8, options=ForecastOptions(context_length=64))
+    forecasters = {"toto": toto, "seasonal_naive": SeasonalNaive(), "oracle": oracle}
     result = harness.evaluate(forecasters, series, ["short"], test_fraction=0.25, max_windows=2, keep_examples=1)
     records = result.records
     assert sorted(records.series.unique()) == ["api.csv", "nab/cpu.csv", "p0"]  # the short series is skipped
@@ -126,6 +129,62 @@ def test_evaluate_ratios(tiny_model, series_dir):
     assert naive.MASE.item() == pytest.approx(expected_mase)
     assert set(result.examples) == {("short", "api.csv")}
     assert "seasonal_naive" in harness.format_table(harness.summarize(records))
+
+
+def _glitched(length, period, seed, at):
+    values = _seasonal(length, period, seed)
+    values[at] = 1e6  # one glitch: the default options clip it, the reference options feed it to the model
+    return values
+
+
+def test_toto_forecaster_forecasts_whole_histories_with_its_options(tiny_model):
+    """Each window's whole history (float64, lengths differ) goes to ``forecast`` with the forecaster's
+    options; ``forecast`` keeps the last ``options.context_length`` steps, so the result equals a forecast of
+    the histories' last 64 steps. Options None are ``ForecastOptions()``."""
+    histories = [_glitched(300, 24, 0, 280), _glitched(250, 24, 1, 240)]
+    options = ForecastOptions(context_length=64)
+    forecaster = harness.TotoForecaster(tiny_model, num_samples=8, seed=3, options=options)
+    got = forecaster(histories, 16, 24)
+    cut = forecast(tiny_model, [h[None, -64:] for h in histories], 16, num_samples=8, seed=3, options=options)
+    for i, window in enumerate(got):
+        np.testing.assert_allclose(window.samples, cut.samples[i, 0], rtol=1e-6)
+        assert np.all(np.abs(window.median) < 1e3)  # the glitch was clipped
+    reference = ForecastOptions.reference(context_length=64)
+    unclipped = harness.TotoForecaster(tiny_model, num_samples=8, seed=3, options=reference)(histories, 16, 24)
+    assert not np.allclose(unclipped[0].samples, got[0].samples)
+    assert harness.TotoForecaster(tiny_model).options == ForecastOptions()
+
+
+def test_eval_cli_forecast_flags_reach_the_options(tiny_checkpoint, tmp_path):
+    """``toto-jax eval``'s forecast flags are ``add_options_arguments``': the toto rows of its metrics equal
+    the harness's with ``TotoForecaster(options=...)``, and each flag set gives different numbers."""
+    data = tmp_path / "data"
+    data.mkdir()
+    times = pd.date_range("2020-01-01", periods=600, freq="5min")
+    pd.DataFrame({"timestamp": times, "value": _glitched(600, 288, 3, 495)}).to_csv(data / "cpu.csv", index=False)
+    model = toto_jax.load(tiny_checkpoint)
+    series = harness.read_series([data])
+    cases = {
+        (): ForecastOptions(context_length=64),
+        ("--reference-options",): ForecastOptions.reference(context_length=64),
+        ("--sampling", "independent"): ForecastOptions(context_length=64, sampling="independent"),
+    }
+    found = []
+    for flags, options in cases.items():
+        out = tmp_path / ("eval" + "".join(flags))
+        code = main(["eval", str(data), "--checkpoint", str(tiny_checkpoint), "--terms", "short", "--baselines",
+                     "seasonal_naive", "--num-samples", "8", "--max-windows", "2", "--seed", "1",
+                     "--context-length", "64", "--output-dir", str(out), *flags])  # fmt: skip
+        assert code == 0
+        written = pd.read_csv(out / "metrics.csv").set_index("forecaster").loc["toto"]
+        toto = harness.TotoForecaster(model, num_samples=8, seed=1, options=options)
+        expected = harness.evaluate({"toto": toto, "seasonal_naive": SeasonalNaive()}, series, ["short"],
+                                    max_windows=2).records.set_index("forecaster").loc["toto"]  # fmt: skip
+        assert written.windows == expected.windows == 2
+        for metric in ("MASE", "CRPS", "WQL", "MAE", "MSE", "CRPS_samples"):
+            assert written[metric] == pytest.approx(expected[metric], rel=1e-6), (flags, metric)
+        found.append(written.CRPS)
+    assert len({round(crps, 6) for crps in found}) == len(cases), found
 
 
 def test_eval_cli(tiny_checkpoint, series_dir, tmp_path, capsys):
@@ -157,6 +216,8 @@ def test_eval_cli_bad_input(tiny_checkpoint, tmp_path, capsys):
     assert "no such file or directory" in capsys.readouterr().err
     assert main(["eval", str(tmp_path), "--terms", "short,forever", "--checkpoint", str(tiny_checkpoint)]) == 2
     assert "unknown term" in capsys.readouterr().err
+    assert main(["eval", str(tmp_path), "--context-length", "0", "--checkpoint", str(tiny_checkpoint)]) == 2
+    assert "--context-length must be a positive integer" in capsys.readouterr().err
 
 
 def test_lsf_splits_and_scores():
@@ -179,14 +240,44 @@ def test_lsf_splits_and_scores():
     assert result["MSE"] == pytest.approx(np.square(errors).mean())
 
 
-def test_lsf_cli(tiny_checkpoint, tmp_path, capsys):
-    code = main(["eval", str(ETTH1), "--protocol", "lsf", "--checkpoint", str(tiny_checkpoint), "--lsf-horizons",
+def test_lsf_context_length_is_decided_once(tiny_model):
+    """The protocol's context is the forecast's: ``options.context_length``, else the model's max_context."""
+    assert lsf.toto_lsf_forecaster(tiny_model).context_length == tiny_model.config.max_context
+    assert lsf.toto_lsf_forecaster(tiny_model).options == ForecastOptions()
+    assert lsf.toto_lsf_forecaster(tiny_model, options=ForecastOptions(context_length=256)).context_length == 256
+    values, _ = lsf.read_ett(ETTH1)
+    with pytest.raises(ValueError, match="needs a context_length"):
+        lsf.evaluate_lsf(lambda contexts, horizon: contexts[..., -horizon:], values, [96])
+    too_long = lsf.toto_lsf_forecaster(tiny_model, options=ForecastOptions(context_length=lsf.TRAIN_STEPS * 2))
+    with pytest.raises(ValueError, match="at most 11520 steps"):
+        lsf.evaluate_lsf(too_long, values, [96])
+
+
+def test_lsf_cli(tiny_checkpoint, tmp_path):
+    """``toto-jax eval --protocol lsf`` scores the median of ``forecast(..., options=ForecastOptions(...))``
+    of the windows' last 256 steps, on data with a glitch. (The option flags are parsed once for both
+    protocols: ``test_eval_cli_forecast_flags_reach_the_options``.)"""
+    data = tmp_path / "ETTh1.csv"
+    frame = pd.read_csv(ETTH1)
+    frame.loc[12900, "OT"] = 1e6  # 20 steps before the second window (start 12920)
+    frame.to_csv(data, index=False)
+    code = main(["eval", str(data), "--protocol", "lsf", "--checkpoint", str(tiny_checkpoint), "--lsf-horizons",
                  "96", "--stride", "1400", "--context-length", "256", "--num-samples", "4",
-                 "--output-dir", str(tmp_path)])  # fmt: skip
+                 "--output-dir", str(tmp_path / "out")])  # fmt: skip
     assert code == 0
-    table = pd.read_csv(tmp_path / "lsf.csv")
+    table = pd.read_csv(tmp_path / "out" / "lsf.csv")
     assert table.horizon.tolist() == [96] and table.windows.tolist() == [2]  # starts 11520, 12920
-    assert np.isfinite(table.MAE).all() and np.isfinite(table.MSE).all()
+    assert table.context.tolist() == [256]
+    # the same numbers from the API, windows cut by hand (normalised with the train split's statistics)
+    values, _ = lsf.read_ett(data)
+    normalised = lsf.normalise(values)
+    starts = [11520, 12920]
+    contexts = np.stack([normalised[:, s - 256 : s] for s in starts])
+    targets = np.stack([normalised[:, s : s + 96] for s in starts])
+    options = ForecastOptions(context_length=256)
+    median = forecast(toto_jax.load(tiny_checkpoint), contexts, 96, num_samples=4, options=options).median
+    assert table.MAE.item() == pytest.approx(np.abs(targets - median).mean(), rel=1e-6)
+    assert table.MSE.item() == pytest.approx(np.square(targets - median).mean(), rel=1e-6)
 
 
 def test_gluonts_predictor(tiny_model):
@@ -202,17 +293,21 @@ def test_gluonts_predictor(tiny_model):
         {"target": _seasonal(120, 24, 6), "start": start, "item_id": "c"},
     ]
     dataset[0]["target"][150] = 1e6  # a glitch: the predictor clips contexts by default
-    predictor = TotoPredictor(tiny_model, prediction_length=16, num_samples=6, context_length=96, batch_size=2)
+    predictor = TotoPredictor(tiny_model, prediction_length=16, num_samples=6, batch_size=2)
+    assert predictor.options == ForecastOptions()
     forecasts = list(predictor.predict(dataset))
     assert [f.item_id for f in forecasts] == ["a", "b", "c"]
     assert all(isinstance(f, SampleForecast) for f in forecasts)
     assert forecasts[0].samples.shape == (6, 16) and forecasts[1].samples.shape == (6, 16, 2)
     assert forecasts[0].start_date == start + 200 and forecasts[1].start_date == start + 150
-    # "a" went alone into its forecast call (the only univariate entry of the first batch): same paths
-    direct = forecast(tiny_model, [dataset[0]["target"][None, -96:].astype(np.float32)], 16, num_samples=6,
-                      progress=False, standardize=True, clip_outliers=DEFAULT_CLIP_OUTLIERS,
-                      sampling=DEFAULT_SAMPLING)  # fmt: skip
+    # "a" went alone into its forecast call (the only univariate entry of the first batch): the API's paths
+    # with the default options (its whole float64 target: shorter than the model's max_context)
+    direct = forecast(tiny_model, [dataset[0]["target"][None]], 16, num_samples=6, options=ForecastOptions())
     np.testing.assert_allclose(forecasts[0].samples, direct.samples[0, 0].T)
+    # options reach every call: a 96-step context is the forecast of the targets' last 96 steps
+    short = TotoPredictor(tiny_model, 16, num_samples=6, batch_size=2, options=ForecastOptions(context_length=96))
+    cut = forecast(tiny_model, [dataset[0]["target"][None, -96:]], 16, num_samples=6, options=ForecastOptions())
+    np.testing.assert_allclose(next(iter(short.predict(dataset[:1]))).samples, cut.samples[0, 0].T, rtol=1e-6)
     assert np.isfinite(forecasts[2].samples).all()
     # gluonts' own evaluator consumes the forecasts
     truth = [pd.DataFrame(np.concatenate([dataset[i]["target"], _seasonal(16, 24, 7)]),
