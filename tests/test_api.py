@@ -10,8 +10,11 @@ def test_import_is_light_and_names_resolve_lazily():
     """`import toto_jax` (done by every data-loader worker) must not pull in jax; names load on use."""
     code = (
         "import sys, toto_jax; assert 'jax' not in sys.modules, 'jax imported eagerly';"
-        "import toto_jax.forecasting, toto_jax.forecast_cli;"
-        "assert toto_jax.forecast is toto_jax.forecasting.forecast;"
+        "import toto_jax.forecasting, toto_jax.forecasting.options;"
+        "assert 'jax' not in sys.modules, 'the forecasting package or its options imported jax';"
+        "import toto_jax.forecasting.cli;"
+        "assert toto_jax.forecast is toto_jax.forecasting.forecast is toto_jax.forecasting.api.forecast;"
+        "assert toto_jax.ForecastOptions is toto_jax.forecasting.ForecastOptions;"
         "assert toto_jax.Toto.__name__ == 'Toto' and callable(toto_jax.load)"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

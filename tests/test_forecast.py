@@ -15,10 +15,12 @@ from toto.data.util.dataset import MaskedTimeseries
 from toto.inference.forecaster import TotoForecaster
 
 import toto_jax
-from toto_jax.forecasting import Forecast, ForecastError, compiled_program_count, forecast
-from toto_jax.preprocessing import clip_context_outliers
+from toto_jax.forecasting import Forecast, ForecastError, ForecastOptions, forecast
+from toto_jax.forecasting.decode import compiled_program_count
+from toto_jax.forecasting.preprocessing import clip_context_outliers
 
 TOLERANCE = 1e-4
+REFERENCE = ForecastOptions.reference()  # every parity test forecasts with the reference's semantics
 
 CONFIGS = {
     "mixture3_causal_patch": (dict(), False),
@@ -97,7 +99,7 @@ def test_mean_path_matches_reference_kv_cache(pairs, name):
     series, padding_mask, id_mask = make_inputs(patch)
     for horizon in (patch, 2 * patch, 5 * patch - 3):
         expected = reference_forecast(reference, series, padding_mask, id_mask, horizon).mean.numpy()
-        actual = forecast(model, series, horizon, padding_mask=padding_mask, id_mask=id_mask)
+        actual = forecast(model, series, horizon, padding_mask=padding_mask, id_mask=id_mask, options=REFERENCE)
         assert actual.samples is None
         assert actual.mean.shape == expected.shape == (2, 3, horizon)
         assert relative_error(actual.mean, expected) <= TOLERANCE, (name, horizon)
@@ -119,7 +121,8 @@ def test_mean_path_matches_reference_without_cache(pairs):
         expected = reference_forecast(
             reference, series, padding_mask, id_mask, horizon, use_kv_cache=use_kv_cache
         ).mean.numpy()
-        actual = forecast(model, series, horizon, padding_mask=padding_mask, id_mask=id_mask, use_kv_cache=use_kv_cache)
+        actual = forecast(model, series, horizon, padding_mask=padding_mask, id_mask=id_mask,
+                          options=REFERENCE.replace(use_kv_cache=use_kv_cache))
         assert relative_error(actual.mean, expected) <= TOLERANCE, use_kv_cache
         results[use_kv_cache] = (actual.mean, expected)
     mode_gap = np.abs(results[True][1] - results[False][1]).max()
@@ -153,7 +156,7 @@ def quantile_z_scores(actual, expected, levels=(0.1, 0.5, 0.9)):
 def cached_samples(pairs):
     _, model, _ = pairs["mixture3_causal_patch"]
     patch = model.config.patch_size
-    return forecast(model, sampling_inputs(patch), 3 * patch, num_samples=NUM_PATHS, seed=7)
+    return forecast(model, sampling_inputs(patch), 3 * patch, num_samples=NUM_PATHS, seed=7, options=REFERENCE)
 
 
 def test_sample_paths_with_and_without_cache_share_draws(pairs, cached_samples):
@@ -170,7 +173,8 @@ def test_sample_paths_with_and_without_cache_share_draws(pairs, cached_samples):
     _, model, _ = pairs["mixture3_causal_patch"]
     patch = model.config.patch_size
     series = sampling_inputs(patch)
-    uncached = forecast(model, series, 3 * patch, num_samples=NUM_PATHS, seed=7, use_kv_cache=False)
+    uncached = forecast(model, series, 3 * patch, num_samples=NUM_PATHS, seed=7,
+                        options=REFERENCE.replace(use_kv_cache=False))
     cached = cached_samples
     assert cached.samples.shape == uncached.samples.shape == (1, 2, 3 * patch, NUM_PATHS)
     assert relative_error(cached.samples[:, :, : 2 * patch], uncached.samples[:, :, : 2 * patch]) <= TOLERANCE
@@ -178,7 +182,7 @@ def test_sample_paths_with_and_without_cache_share_draws(pairs, cached_samples):
     drift = np.abs(cached.samples - uncached.samples) / np.maximum(np.abs(uncached.samples), floor)
     assert np.median(drift[:, :, 2 * patch :]) <= 1e-3 and np.mean(drift > 1e-2) < 1e-4
     assert np.allclose(cached.mean, cached.samples.mean(-1))
-    other_seed = forecast(model, series, 3 * patch, num_samples=NUM_PATHS, seed=8)
+    other_seed = forecast(model, series, 3 * patch, num_samples=NUM_PATHS, seed=8, options=REFERENCE)
     assert relative_error(other_seed.samples[:, :, :patch], cached.samples[:, :, :patch]) > 0.5
 
 
@@ -213,7 +217,8 @@ def test_comonotone_sampling_draws_one_level_per_patch_with_the_same_marginals(p
     _, model, _ = pairs["mixture3_causal_patch"]
     patch = model.config.patch_size
     series = sampling_inputs(patch)
-    comonotone = forecast(model, series, 3 * patch, num_samples=NUM_PATHS, seed=7, sampling="comonotone")
+    comonotone = forecast(model, series, 3 * patch, num_samples=NUM_PATHS, seed=7,
+                          options=REFERENCE.replace(sampling="comonotone"))
     assert comonotone.samples.shape == cached_samples.samples.shape
     assert np.isfinite(comonotone.samples).all()
     def rank_correlation_with_first_step(block):  # block [variate, step, path] -> [variate, step]
@@ -230,10 +235,11 @@ def test_comonotone_sampling_draws_one_level_per_patch_with_the_same_marginals(p
         assert np.abs(rank_correlation_with_first_step(block)[:, 1:]).max() < 0.2, start
     z = quantile_z_scores(comonotone.samples[..., :patch, :], cached_samples.samples[..., :patch, :])
     assert np.abs(z).max() < 5.0 and np.abs(z).mean() < 1.1
-    again = forecast(model, series, 3 * patch, num_samples=NUM_PATHS, seed=7, sampling="comonotone")
+    again = forecast(model, series, 3 * patch, num_samples=NUM_PATHS, seed=7,
+                     options=REFERENCE.replace(sampling="comonotone"))
     np.testing.assert_array_equal(again.samples, comonotone.samples)
-    with pytest.raises(ForecastError, match="sampling must be one of 'independent', 'comonotone', got 'smooth'"):
-        forecast(model, series, patch, num_samples=4, sampling="smooth")
+    with pytest.raises(ValueError, match="sampling must be one of 'independent', 'comonotone', got 'smooth'"):
+        REFERENCE.replace(sampling="smooth")
 
 
 # ---- shape buckets, chunking, list input ------------------------------------------------------
@@ -246,11 +252,11 @@ def test_varied_requests_reuse_one_compiled_program(pairs):
     series, padding_mask, id_mask = make_inputs(patch)
     long_series, _, _ = make_inputs(patch, seed=1)
     long_series = np.concatenate([long_series, long_series[..., : 2 * patch - 3]], axis=-1)  # 7 patches + 2
-    forecast(model, series, 2 * patch)
+    forecast(model, series, 2 * patch, options=REFERENCE)
     compiled = compiled_program_count()
 
     # A batch of 2 with longer contexts and a shorter horizon.
-    result = forecast(model, long_series, patch + 1)
+    result = forecast(model, long_series, patch + 1, options=REFERENCE)
     ones, zeros = np.ones(long_series.shape, bool), np.zeros(long_series.shape, np.int32)
     expected = reference_forecast(reference, long_series, ones, zeros, patch + 1).mean.numpy()
     assert relative_error(result.mean, expected) <= TOLERANCE
@@ -262,40 +268,52 @@ def test_varied_requests_reuse_one_compiled_program(pairs):
     stacked[0, :, -series.shape[-1]:], mask[0, :, -series.shape[-1]:] = series[0], True
     stacked[1], mask[1] = long_series[1], True
     expected = reference_forecast(reference, stacked, mask, np.zeros(stacked.shape, np.int32), 2 * patch).mean.numpy()
-    assert relative_error(forecast(model, ragged, 2 * patch).mean, expected) <= TOLERANCE
+    assert relative_error(forecast(model, ragged, 2 * patch, options=REFERENCE).mean, expected) <= TOLERANCE
     assert compiled_program_count() == compiled
 
     # One unbatched series [variate, time] (batch bucket 1, a program of its own): the result keeps a
     # batch axis of 1, as the reference's, and equals that row of the batched forecast.
-    single = forecast(model, series[1], 2 * patch)
+    single = forecast(model, series[1], 2 * patch, options=REFERENCE)
     assert single.mean.shape == (1, 3, 2 * patch)
-    np.testing.assert_allclose(single.mean[0], forecast(model, series, 2 * patch).mean[1], rtol=1e-5)
+    np.testing.assert_allclose(single.mean[0], forecast(model, series, 2 * patch, options=REFERENCE).mean[1], rtol=1e-5)
 
 
 def test_large_batches_are_split_by_memory_budget(pairs, capsys):
-    """A memory budget for two series at a time splits a batch of five into three chunks (the last one
-    padded), shows a progress bar, and gives the same forecasts as one call: the mean path, and sample
-    paths too (each series draws from keys of its position in the request, not of its chunk)."""
-    from toto_jax.forecasting import estimate_bytes_per_series
+    """The budget bounds XLA's own buffer assignment of every compiled call: a budget that holds two series
+    splits a batch of five into calls of at most two (the last one padded), shows a progress bar and gives
+    the same forecasts as one call; a budget that holds two sample paths splits the paths of each series
+    too, with the same draws (each path draws from keys of its series' position and its own index); a
+    budget below one path of one series is refused with what to change."""
+    from toto_jax.forecasting.api import memory_plan
 
     _, model, _ = pairs["mixture3_causal_patch"]
     patch = model.config.patch_size
     first, _, _ = make_inputs(patch, seed=2)
     second, _, _ = make_inputs(patch, seed=3)
     batch = np.concatenate([first, second, first[:1]])
-    per_series = estimate_bytes_per_series(model.config, 3, 8, 2, 1, True)
-    chunked = forecast(model, batch, 2 * patch, memory_budget=2 * per_series + 1)
+    whole_plan = memory_plan(model, batch, 2 * patch, options=REFERENCE)
+    assert (whole_plan.series_per_call, whole_plan.calls) == (5, 1)
+    budget = memory_plan(model, batch[:2], 2 * patch, options=REFERENCE).working_bytes
+    limited = REFERENCE.replace(memory_budget=budget)
+    chunked_plan = memory_plan(model, batch, 2 * patch, options=limited)
+    assert chunked_plan.series_per_call <= 2 and chunked_plan.calls >= 3 and chunked_plan.working_bytes <= budget
+    chunked = forecast(model, batch, 2 * patch, options=limited)
     assert "forecast" in capsys.readouterr().err  # tqdm writes to stderr
-    whole = forecast(model, batch, 2 * patch, progress=False)
+    whole = forecast(model, batch, 2 * patch, options=REFERENCE.replace(progress=False))
     np.testing.assert_allclose(chunked.mean, whole.mean, rtol=1e-5)
-    per_series = estimate_bytes_per_series(model.config, 3, 8, 2, 3, True)
+
+    budget = memory_plan(model, batch[:1], 2 * patch, num_samples=2, options=REFERENCE).working_bytes
     for sampling in ("independent", "comonotone"):
-        kwargs = dict(num_samples=3, seed=4, progress=False, sampling=sampling)
-        chunked = forecast(model, batch, 2 * patch, memory_budget=2 * per_series + 1, **kwargs)
-        whole = forecast(model, batch, 2 * patch, **kwargs)
+        limited = REFERENCE.replace(memory_budget=budget, sampling=sampling, progress=False)
+        path_plan = memory_plan(model, batch, 2 * patch, num_samples=8, options=limited)
+        assert path_plan.paths_per_call <= 2 and path_plan.calls >= 20 and path_plan.working_bytes <= budget
+        chunked = forecast(model, batch, 2 * patch, num_samples=8, seed=4, options=limited)
+        whole = forecast(model, batch, 2 * patch, num_samples=8, seed=4, options=limited.replace(memory_budget=1 << 34))
         np.testing.assert_allclose(chunked.samples, whole.samples, rtol=1e-4, atol=1e-4)
         # the last series repeats the first one's input at another position: different draws
         assert np.abs(whole.samples[4] - whole.samples[0]).max() > 1e-2
+    with pytest.raises(ForecastError, match=r"one sample path of one series needs .* GiB .* raise ForecastOptions.memory_budget"):
+        forecast(model, batch[:1], 2 * patch, options=REFERENCE.replace(memory_budget=1000))
 
 
 # ---- input errors -------------------------------------------------------------------------------
@@ -351,14 +369,15 @@ def test_quantiles_need_samples():
 def test_contexts_longer_than_max_context_keep_the_most_recent_part(pairs):
     """Input preparation (no compile): with ``max_context`` 36, a 100-step context becomes its last 36
     steps, left-padded to 40 (5 patches of 8) with padding mask False and the leftmost id repeated."""
-    from toto_jax.forecasting import prepare_context
+    from toto_jax.forecasting.inputs import prepare_context, read_rows
 
     _, model, _ = pairs["mixture3_causal_patch"]
     config = model.config.replace(max_context=36)
     series = np.arange(300, dtype=np.float32).reshape(1, 3, 100)
     id_mask = np.zeros(series.shape, np.int32)
     id_mask[:, 2] = 4
-    values, valid, ids = prepare_context(config, series, id_mask=id_mask)
+    context = prepare_context(config, read_rows(series, 8, 8), REFERENCE, id_mask=id_mask)
+    values, valid, ids = context.values, context.valid, context.ids
     assert values.shape == (1, 3, 40)
     np.testing.assert_array_equal(values[..., 4:], series[..., -36:])
     assert not valid[..., :4].any() and valid[..., 4:].all()
@@ -367,16 +386,17 @@ def test_contexts_longer_than_max_context_keep_the_most_recent_part(pairs):
 
 def test_standardize_makes_forecasts_equivariant_to_units(pairs):
     """Toto's causal scaler floors the variance (sqrt(var + 0.1)), so raw forecasts of a series and of the
-    same series in other units differ; with ``standardize=True`` they are the same forecast, mapped back
+    same series in other units differ; with ``normalize="standardize"`` they are the same forecast, mapped back
     (same seed, same draws), also with missing values, large offsets and a constant variate."""
     _, model, _ = pairs["mixture3_causal_patch"]
     series, padding_mask, id_mask = make_inputs(model.config.patch_size, level=5.0)
     series[1, 0, 7] = np.nan
     series[1, 1] = 3.0  # constant: unit scale, shifted only
     offset, factor = np.float32(100.0), np.float32(1e-2)  # exactly representable shapes in float32
-    kwargs = dict(padding_mask=padding_mask, id_mask=id_mask, num_samples=4, seed=3, progress=False)
-    base = forecast(model, series, 12, standardize=True, **kwargs)
-    rescaled = forecast(model, series * factor + offset, 12, standardize=True, **kwargs)
+    kwargs = dict(padding_mask=padding_mask, id_mask=id_mask, num_samples=4, seed=3)
+    standardize = REFERENCE.replace(normalize="standardize")
+    base = forecast(model, series, 12, options=standardize, **kwargs)
+    rescaled = forecast(model, series * factor + offset, 12, options=standardize, **kwargs)
     mapped_back = (rescaled.samples - offset) / factor
     varying = np.ones(series.shape[:2], bool)
     varying[1, 1] = False
@@ -385,32 +405,32 @@ def test_standardize_makes_forecasts_equivariant_to_units(pairs):
     # a constant variate has no scale to follow: it is forecast in unit steps around its value
     assert np.isfinite(base.samples).all() and abs(np.median(base.samples[1, 1]) - 3.0) < 3.0
     # without standardizing, the units change the forecast (the variance floor)
-    raw_small = forecast(model, series * factor, 12, **kwargs).samples / factor
-    raw = forecast(model, series, 12, **kwargs).samples
+    raw_small = forecast(model, series * factor, 12, options=REFERENCE, **kwargs).samples / factor
+    raw = forecast(model, series, 12, options=REFERENCE, **kwargs).samples
     assert np.abs(raw_small - raw).max() > 0.1 * np.abs(raw).max()
     # the mean path is standardized the same way
-    mean_base = forecast(model, series, 12, padding_mask=padding_mask, id_mask=id_mask, standardize=True).mean
+    mean_base = forecast(model, series, 12, padding_mask=padding_mask, id_mask=id_mask, options=standardize).mean
     mean_rescaled = forecast(model, series * factor, 12, padding_mask=padding_mask, id_mask=id_mask,
-                             standardize=True).mean  # fmt: skip
+                             options=standardize).mean  # fmt: skip
     np.testing.assert_allclose((mean_rescaled / factor)[varying], mean_base[varying], rtol=0,
                                atol=1e-3 * np.abs(mean_base).max())  # fmt: skip
 
 
 def test_clip_outliers_forecasts_the_clipped_context(pairs):
-    """``clip_outliers=k`` is exactly a forecast of the context clipped beyond k central ranges; one
+    """``ForecastOptions.clip_outliers=k`` is exactly a forecast of the context clipped beyond k central ranges; one
     glitch 1e5 central ranges high otherwise inflates the causal scale and changes the forecast."""
     _, model, _ = pairs["mixture3_causal_patch"]
     series, padding_mask, id_mask = make_inputs(model.config.patch_size, level=5.0)
     spiked = series.copy()
     spiked[0, 0, 20] += 1e5 * np.ptp(np.nan_to_num(series[0, 0]))
-    kwargs = dict(padding_mask=padding_mask, id_mask=id_mask, num_samples=4, seed=3, progress=False)
-    clipped = forecast(model, spiked, 12, clip_outliers=10.0, **kwargs)
+    kwargs = dict(padding_mask=padding_mask, id_mask=id_mask, num_samples=4, seed=3)
+    clipped = forecast(model, spiked, 12, options=REFERENCE.replace(clip_outliers=10.0), **kwargs)
     by_hand = clip_context_outliers(spiked, padding_mask.astype(bool) & ~np.isnan(spiked), 10.0)
     assert by_hand[0, 0, 20] < spiked[0, 0, 20] / 100 and (by_hand[1] == np.nan_to_num(spiked[1])).all()
-    np.testing.assert_array_equal(clipped.samples, forecast(model, by_hand, 12, **kwargs).samples)
-    raw = forecast(model, spiked, 12, **kwargs)
+    np.testing.assert_array_equal(clipped.samples, forecast(model, by_hand, 12, options=REFERENCE, **kwargs).samples)
+    raw = forecast(model, spiked, 12, options=REFERENCE, **kwargs)
     assert np.abs(raw.samples[0, 0] - clipped.samples[0, 0]).max() > 0.1 * np.abs(clipped.samples[0, 0]).max()
     np.testing.assert_array_equal(raw.samples[1], clipped.samples[1])  # an untouched series: same forecast
     for bad in (0, -3.0, float("nan"), "100", True):
-        with pytest.raises(ForecastError, match="clip_outliers must be a positive number of central ranges"):
-            forecast(model, spiked, 12, clip_outliers=bad)
+        with pytest.raises(ValueError, match="ForecastOptions.clip_outliers must be a positive number or None"):
+            REFERENCE.replace(clip_outliers=bad)

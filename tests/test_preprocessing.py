@@ -1,5 +1,5 @@
-"""Context preprocessing (toto_jax.preprocessing): outlier clipping and standardization statistics,
-against hand-computed values."""
+"""Context preprocessing (toto_jax.forecasting.preprocessing) and the option flags: outlier clipping,
+normalization statistics and the command-line mapping to ForecastOptions, against hand-computed values."""
 
 from __future__ import annotations
 
@@ -8,12 +8,8 @@ import argparse
 import numpy as np
 import pytest
 
-from toto_jax.preprocessing import (
-    DEFAULT_CLIP_OUTLIERS,
-    add_clip_outliers_argument,
-    clip_context_outliers,
-    standardize_context,
-)
+from toto_jax.forecasting.options import ForecastOptions, add_options_arguments, options_from_args
+from toto_jax.forecasting.preprocessing import clip_context_outliers, normalize_context
 
 
 def test_clip_context_outliers_hand_computed():
@@ -22,7 +18,7 @@ def test_clip_context_outliers_hand_computed():
     valid = np.ones(values.shape, bool)
     valid[..., 100] = False  # masked: neither a statistic nor clipped
     clipped = clip_context_outliers(values, valid, 10.0)
-    assert clipped.dtype == np.float32
+    assert clipped.dtype == np.float64  # statistics and clipped values stay float64 until normalized
     np.testing.assert_array_equal(clipped[0, 0, :101], values[0, 0, :101])
     assert clipped[0, 0, 101] == 99.0 + 10 * 98.0
     values[0, 0, 101] = -10000.0  # low glitch: q01 = 0, q99 = 98 (order statistics 1 and 99 of 0..100)
@@ -46,27 +42,38 @@ def test_clip_context_outliers_keeps_normal_shapes_and_large_offsets():
     assert clipped[0, 3, 50] == np.float32(1e9 + 128 + 10 * 192)
 
 
-@pytest.mark.parametrize("bad", [0, -1.0, float("nan"), None, "3", True])
-def test_clip_context_outliers_rejects_bad_limits(bad):
-    with pytest.raises(ValueError, match="clip_outliers must be a positive number of central ranges"):
-        clip_context_outliers(np.ones((1, 1, 4), np.float32), np.ones((1, 1, 4), bool), bad)
+@pytest.mark.parametrize("bad", [0, -1.0, float("nan"), "3", True])
+def test_options_reject_bad_clip_limits(bad):
+    with pytest.raises(ValueError, match="ForecastOptions.clip_outliers must be a positive number or None"):
+        ForecastOptions(clip_outliers=bad)
 
 
-def test_clip_outliers_argument():
+def test_option_flags_map_onto_forecast_options():
+    """No flags: ForecastOptions(); --reference-options: the reference, with any other flag on top; bad
+    values are refused by argparse or named by their flag."""
     parser = argparse.ArgumentParser()
-    add_clip_outliers_argument(parser)
-    assert parser.parse_args([]).clip_outliers == DEFAULT_CLIP_OUTLIERS
-    assert parser.parse_args(["--clip-outliers", "2.5"]).clip_outliers == 2.5
-    assert parser.parse_args(["--clip-outliers", "none"]).clip_outliers is None
+    add_options_arguments(parser)
+    assert options_from_args(parser.parse_args([])) == ForecastOptions()
+    assert options_from_args(parser.parse_args(["--reference-options"])) == ForecastOptions.reference()
+    given = parser.parse_args(["--reference-options", "--clip-outliers", "2.5", "--sampling", "comonotone",
+                               "--context-length", "512", "--memory-budget-gb", "0.5", "--value-cap", "none"])
+    assert options_from_args(given) == ForecastOptions.reference(
+        clip_outliers=2.5, sampling="comonotone", context_length=512, memory_budget=1 << 29
+    )
+    assert options_from_args(parser.parse_args(["--clip-outliers", "none"])).clip_outliers is None
     for bad in ("0", "-5", "lots"):
         with pytest.raises(SystemExit):
             parser.parse_args(["--clip-outliers", bad])
+    with pytest.raises(ValueError, match="--memory-budget-gb must be positive, got -1"):
+        options_from_args(parser.parse_args(["--memory-budget-gb", "-1"]))
+    with pytest.raises(ValueError, match="--context-length must be a positive integer or None, got 0"):
+        options_from_args(parser.parse_args(["--context-length", "0"]))
 
 
 def test_standardize_context_statistics():
     values = np.array([[[1e9 + 64, 1e9 - 64, 0.0, 1e9 + 64]]], np.float32)  # float32 spacing at 1e9 is 64
     valid = np.array([[[True, True, False, True]]])
-    standardized, shift, unit = standardize_context(values, valid)
+    standardized, shift, unit = normalize_context(values, valid, "standardize")
     observed = values[valid].astype(np.float64)
     np.testing.assert_allclose(shift[..., 0], observed.mean())
     np.testing.assert_allclose(unit[..., 0], observed.std())

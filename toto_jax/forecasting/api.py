@@ -1,53 +1,35 @@
-"""Autoregressive forecasting: the whole decode of a batch runs as one compiled program.
-
-Layout of one compiled call (``_generate``): every series lives in a fixed-size buffer
-``[batch, variate, context_bucket + steps * patch]`` holding the (left-padded) context at ``[0, c)``
-followed by room for the generated patches. ``c`` is a traced scalar, so contexts that fall into the
-same bucket share the compiled program; the context is right-padded to its bucket, which is exact
-because time attention is causal and the scaler only looks at valid points (the global statistics are
-limited to the first ``c`` steps, like the reference's ``scaling_prefix_length``).
-
-Cached decode: the context is encoded once into a fixed-size KV cache, the cache (and the first
-predictive distribution) is broadcast to the sample paths, and ``lax.scan`` then feeds one patch per
-step. Each step re-runs the (cheap, elementwise) scaler over the buffer, masked as not-yet-valid beyond
-what has been generated; causal statistics at a position only see earlier points, so this equals the
-reference's scaler over the growing series. Only the last patch goes through unembedding and the head.
-
-Uncached decode (``use_kv_cache=False``) reproduces the reference's no-cache semantics: every step
-re-encodes the whole buffer (again one ``lax.scan``); future slots cannot influence earlier positions.
-"""
+"""``forecast`` and ``Forecast``: inputs -> options' preprocessing -> planned compiled decode -> data space."""
 
 from __future__ import annotations
 
 import dataclasses
-import functools
-import math
+import warnings
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from .model import KVCache, Toto, validate_inputs
-from .model.distribution import AffineTransformed
-from .model.rope import xpos_key_recentre
-from .preprocessing import check_clip_limit, clip_context_outliers, standardize_context
-from .sampling import check_sampling
+from ..model import Toto, validate_inputs
+from . import decode, plan
+from .inputs import ForecastError, TimeIndex, prepare_context, read_rows
+from .options import ForecastOptions
+from .preprocessing import clip_context_outliers, normalize_context, value_bounds
 
-DEFAULT_MEMORY_BUDGET = 4 << 30  # bytes of working memory one compiled call may use
-
-
-class ForecastError(ValueError):
-    """Input that cannot be forecast, with a message naming the offending series."""
+# A horizon this many times the context or longer gets a warning: autoregressive paths that far out
+# mostly follow the model's own output.
+LONG_HORIZON_RATIO = 4
 
 
 @dataclasses.dataclass(frozen=True)
 class Forecast:
     """Forecast arrays in data space: ``mean`` [batch, variate, horizon]; ``samples`` adds a trailing sample
-    axis (None for the deterministic mean path)."""
+    axis (None for the deterministic mean path). Float64 when the input was float64, integer or pandas.
+    ``index`` holds the time axis of pandas inputs (one per series), for ``to_dataframe``."""
 
     mean: np.ndarray
     samples: np.ndarray | None = None
+    index: list[TimeIndex] | None = None
 
     def quantile(self, q):
         """Sample quantile(s) with linear interpolation (as ``torch.quantile``); a sequence of ``q`` adds a
@@ -55,7 +37,7 @@ class Forecast:
         if self.samples is None:
             raise ValueError("quantiles need sample paths: forecast with num_samples set")
         q_array = np.asarray(q, np.float64)
-        if np.any((q_array < 0) | (q_array > 1)):
+        if np.any((q_array < 0) | (q_array > 1)) or np.isnan(q_array).any():
             raise ValueError(f"quantile levels must lie in [0, 1], got {q}")
         return np.quantile(self.samples, q_array, axis=-1).astype(self.samples.dtype)
 
@@ -69,430 +51,263 @@ class Forecast:
             raise ValueError("a standard deviation needs sample paths: forecast with num_samples set")
         return self.samples.std(axis=-1, ddof=1)
 
+    def to_dataframe(self, statistic="mean", series: int = 0):
+        """One series' forecast as a DataFrame in the input's orientation: rows are the steps after the
+        input's time index (continuing its frequency), columns its variates. ``statistic``: ``"mean"``,
+        ``"median"``, ``"std"`` or a quantile level."""
+        import pandas as pd
 
-# ---- buckets: a handful of shapes per model, so a stream of varied requests reuses compiled programs ------
-def bucket_count(n: int) -> int:
-    """Powers of two up to 8, then multiples of 8 (at most 1.25x waste beyond 8)."""
-    if n <= 8:
-        return 1 << max(0, math.ceil(math.log2(max(n, 1))))
-    return -(-n // 8) * 8
-
-
-def bucket_variates(n: int) -> int:
-    # Variate counts are usually fixed within a stream; keep small ones exact (no wasted compute).
-    return n if n <= 16 else -(-n // 16) * 16
-
-
-def bucket_batch(n: int) -> int:
-    return 1 << max(0, math.ceil(math.log2(max(n, 1))))
-
-
-# ---- input preparation (numpy, concrete) -----------------------------------------------------------
-def _as_float_array(value, what: str) -> np.ndarray:
-    array = np.asarray(value)
-    if array.dtype == object or not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
-        raise ForecastError(f"{what} must be numeric, got dtype {array.dtype}")
-    return array.astype(np.float32)
+        if self.index is None:
+            raise ValueError("to_dataframe needs a pandas input (a DataFrame or Series with a time index)")
+        if not 0 <= series < len(self.index):
+            raise ValueError(f"series must lie in [0, {len(self.index)}), got {series}")
+        if isinstance(statistic, str):
+            if statistic not in ("mean", "median", "std"):
+                raise ValueError(f"statistic must be 'mean', 'median', 'std' or a quantile level, got {statistic!r}")
+            values = getattr(self, statistic)[series]
+        else:
+            values = self.quantile(statistic)[series]
+        index = self.index[series]
+        return pd.DataFrame(values.T, index=index.future, columns=index.variates)
 
 
-def _split_rows(series, mask, name: str) -> list[np.ndarray] | None:
-    """A per-series list for ``mask`` matching the list/array layout of ``series``."""
-    if mask is None:
+def _check_count(name: str, value, allow_none: bool) -> int | None:
+    if value is None and allow_none:
         return None
-    if isinstance(mask, (list, tuple)):
-        return [np.asarray(m) for m in mask]
-    array = np.asarray(mask)
-    if array.ndim == 2 and len(series) == 1:
-        return [array]
-    if array.ndim != 3:
-        raise ForecastError(f"{name} must have the series' shape, got shape {array.shape}")
-    return list(array)
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+        raise ForecastError(f"{name} must be a positive integer{' or None' * allow_none}, got {value!r}")
+    return int(value)
 
 
-def prepare_context(config, series, padding_mask=None, id_mask=None):
-    """Series in any accepted form -> (values, padding_mask, id_mask), each [batch, variate, time]
-    left-padded to a whole number of patches, cut to the most recent ``config.max_context`` steps."""
-    if isinstance(series, (list, tuple)):
-        rows = [_as_float_array(s, f"series {i}") for i, s in enumerate(series)]
-        if not rows:
-            raise ForecastError("no series given")
-    else:
-        array = _as_float_array(series, "series")
-        if array.ndim == 2:  # one series; the result keeps a batch axis of 1, as the reference's
-            array = array[None]
-        if array.ndim != 3:
-            raise ForecastError(
-                f"series must have shape [variate, time] or [batch, variate, time], got shape {array.shape}"
-            )
-        rows = list(array)
-    masks = _split_rows(rows, padding_mask, "padding_mask")
-    ids = _split_rows(rows, id_mask, "id_mask")
-    for i, row in enumerate(rows):
-        if row.ndim != 2:
-            raise ForecastError(f"series {i} must have shape [variate, time], got shape {row.shape}")
-        if row.shape[0] != rows[0].shape[0]:
-            raise ForecastError(
-                f"series {i} has {row.shape[0]} variates but series 0 has {rows[0].shape[0]}; "
-                "forecast series with different variate counts in separate calls"
-            )
-        if row.shape[1] == 0:
-            raise ForecastError(f"series {i} has no time steps")
-        for name, given in (("padding_mask", masks), ("id_mask", ids)):
-            if given is not None and (len(given) != len(rows) or given[i].shape != row.shape):
-                shape = given[i].shape if len(given) == len(rows) else f"{len(given)} rows"
-                raise ForecastError(f"{name} for series {i} has shape {shape}, expected {row.shape}")
+@dataclasses.dataclass(frozen=True)
+class MemoryPlan:
+    """How a forecast is split into compiled calls to stay within ``ForecastOptions.memory_budget``."""
 
-    patch = config.patch_size
-    longest = min(max(r.shape[1] for r in rows), config.max_context)
-    padded_length = -(-longest // patch) * patch
-    batch, variates = len(rows), rows[0].shape[0]
-    values = np.zeros((batch, variates, padded_length), np.float32)
-    valid = np.zeros(values.shape, bool)
-    groups = np.zeros(values.shape, np.int32)
-    for i, row in enumerate(rows):
-        row_mask = ~np.isnan(row)
-        if masks is not None:
-            row_mask &= masks[i].astype(bool)
-        row_ids = np.zeros(row.shape, np.int32) if ids is None else ids[i].astype(np.int32)
-        keep = min(row.shape[1], config.max_context)
-        row, row_mask, row_ids = row[:, -keep:], row_mask[:, -keep:], row_ids[:, -keep:]
-        empty = np.flatnonzero(~row_mask.any(axis=1))
-        if empty.size:
-            raise ForecastError(
-                f"series {i}: variate(s) {empty.tolist()} have no observed values (all NaN or masked)"
-            )
-        if not np.all(np.isfinite(row[row_mask])):
-            raise ForecastError(f"series {i} contains infinite values")
-        values[i, :, -keep:] = np.where(row_mask, row, 0.0)
-        valid[i, :, -keep:] = row_mask
-        # Left padding repeats the leftmost id, as the reference's ``pad_id_mask``.
-        groups[i] = row_ids[:, :1]
-        groups[i, :, -keep:] = row_ids
-    try:
-        validate_inputs(config, values, valid, groups)
-    except ValueError as error:
-        raise ForecastError(str(error)) from None
-    return values, valid, groups
+    series_per_call: int
+    paths_per_call: int
+    calls: int
+    working_bytes: int  # of the largest compiled program (XLA's buffer assignment), weights excluded
 
 
-def _layout_buffers(values, valid, groups, context_bucket: int, horizon_steps: int, patch: int):
-    """Right-pad contexts to ``context_bucket`` and append room for the generated patches.
-
-    Generated steps keep the last context id (the reference's ``dummy_id_mask``); their validity is set
-    inside the compiled decode as patches are produced.
-    """
-    batch, variates, length = values.shape
-    total = context_bucket + horizon_steps * patch
-    buffer = np.zeros((batch, variates, total), np.float32)
-    mask = np.zeros(buffer.shape, bool)
-    ids = np.repeat(groups[:, :, -1:], total, axis=-1)
-    buffer[..., :length] = values
-    mask[..., :length] = valid
-    ids[..., :length] = groups
-    return buffer, mask, ids
+@dataclasses.dataclass
+class _Prepared:
+    values: np.ndarray  # float32 [batch, variate, time], model-input space
+    valid: np.ndarray
+    ids: np.ndarray
+    low: np.ndarray | None
+    high: np.ndarray | None
+    shift: np.ndarray  # float64 [batch, variate, 1]: data = model-input * unit + shift
+    unit: np.ndarray
+    trailing: np.ndarray
+    generated: int  # steps to generate: the horizon plus the longest trailing gap
+    rows: object
 
 
-def _pad_axis(array, size: int, axis: int, fill):
-    extra = size - array.shape[axis]
-    if extra <= 0:
-        return array
-    widths = [(0, 0)] * array.ndim
-    widths[axis] = (0, extra)
-    return np.pad(array, widths, constant_values=fill)
-
-
-def _pad_variates(buffer, mask, ids, variates: int):
-    """Extra variates are empty and get ids of their own, so variate attention never mixes them in."""
-    real = buffer.shape[1]
-    if variates == real:
-        return buffer, mask, ids
-    fresh = ids.max() + 1 + np.arange(variates - real, dtype=np.int32)
-    extra_ids = np.broadcast_to(fresh[None, :, None], (ids.shape[0], variates - real, ids.shape[2]))
-    return (
-        _pad_axis(buffer, variates, 1, 0.0),
-        _pad_axis(mask, variates, 1, False),
-        np.concatenate([ids, extra_ids], axis=1),
-    )
-
-
-# ---- the compiled decode ------------------------------------------------------------------------
-def replace_extreme_values(x):
-    """NaN, infinities and |x| >= max/2 become 0, as the reference does after every generated patch."""
-    limit = jnp.finfo(x.dtype).max / 2
-    return jnp.where(jnp.isnan(x) | jnp.isinf(x) | (jnp.abs(x) >= limit), 0.0, x)
-
-
-def _patch_of(array, start, patch: int):
-    """The patch of a per-step array starting at ``start``; global statistics ([..., 1]) pass through."""
-    if array.shape[-1] == 1:
-        return array
-    return jax.lax.dynamic_slice_in_dim(array, start, patch, axis=-1)
-
-
-def _recentre_context_keys(cache: KVCache, real_tokens, call_tokens: int, head_dim: int) -> KVCache:
-    """Give cached keys the xPos centre the reference's context call (of ``real_tokens``) would have used.
-
-    xPos divides keys by ``base ** ((position - centre) / 512)`` with the centre taken from the positions
-    processed in that call. The context was encoded right-padded to ``call_tokens``; the reference encodes
-    exactly ``real_tokens``, so the stored keys are off by the constant factor
-    ``base ** ((centre_real - centre_call) / 512)`` per feature. Within one call the centre cancels in q.k,
-    so only keys kept for later decode steps need this.
-    """
-    centre_real = jnp.floor((real_tokens - 1).astype(jnp.float32) / 2.0)
-    centre_call = float(math.floor((call_tokens - 1) / 2))
-    factor = xpos_key_recentre(centre_call, centre_real, head_dim)
-    keys = tuple(None if k is None else (k * factor).astype(k.dtype) for k in cache.keys)
-    return dataclasses.replace(cache, keys=keys)
-
-
-def _repeat_rows(tree, times: int):
-    return jax.tree.map(lambda a: jnp.repeat(a, times, axis=0), tree)
-
-
-def _repeat_cache(cache: KVCache, times: int) -> KVCache:
-    # Cache arrays are [repeats, layers, batch, ...]: sample paths are laid out batch-major.
-    rep = lambda a: None if a is None else jnp.repeat(a, times, axis=2)  # noqa: E731
-    return KVCache(tuple(rep(k) for k in cache.keys), tuple(rep(v) for v in cache.values), cache.length)
-
-
-@functools.partial(
-    jax.jit, static_argnums=(0,), static_argnames=("context_bucket", "steps", "num_samples", "use_kv_cache", "sampling")
-)
-def _generate(graphdef, state, buffer, context_mask, ids, context_length, key, first_series, *, context_bucket,
-              steps, num_samples, use_kv_cache, sampling="independent"):  # fmt: skip
-    """Predicted patches [batch * paths, variate, steps * patch] (paths = num_samples or 1, batch-major).
-
-    Path p of the series at position ``first_series + i`` of the whole request draws from its own key
-    (``key``, step, series, path), so the draws do not depend on how the request was split into chunks.
-    """
-    model: Toto = nnx.merge(graphdef, state)
-    patch = model.config.patch_size
-    paths = num_samples or 1
-    positions = jnp.arange(buffer.shape[-1])
-
-    def valid_mask(mask, generated_patches):
-        # Context validity as given; generated steps become valid as they are produced.
-        return jnp.where(positions < context_length, mask, positions < context_length + generated_patches * patch)
-
-    rows = buffer.shape[0] * paths
-    row_ids = (first_series * paths + jnp.arange(rows)).astype(jnp.uint32)  # batch-major: series, then path
-
-    def predict(distribution, loc, scale, step):
-        data = AffineTransformed(distribution, loc, scale)
-        if num_samples is None:
-            return replace_extreme_values(data.mean)
-        keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(jax.random.fold_in(key, step), row_ids)
-        if sampling == "independent":
-            value = jax.vmap(lambda row, k: row.sample(k))(data, keys)
-        else:  # comonotone: one level per path, variate and patch
-            levels = jax.vmap(lambda k: jax.random.uniform(k, data.loc.shape[1:-1] + (1,)))(keys)
-            value = data.quantile(levels)
-        return replace_extreme_values(value)
-
-    def write(buffer, values, step):
-        return jax.lax.dynamic_update_slice_in_dim(buffer, values, context_length + step * patch, axis=2)
-
-    context_patches = context_length // patch
-    if use_kv_cache:
-        mask0 = valid_mask(context_mask, 0)
-        scaled = model.scale(buffer, mask0, prefix_length=context_length)
-        cache = model.init_cache(buffer.shape[0], buffer.shape[1], context_bucket // patch + steps)
-        hidden, cache = model.encode(scaled.scaled[..., :context_bucket], ids[..., :context_bucket], cache)
-        labels = model.num_prepended_tokens
-        cache = _recentre_context_keys(
-            cache, context_patches + labels, context_bucket // patch + labels, model.config.head_dim
-        )
-        cache = dataclasses.replace(cache, length=(context_patches + labels).astype(jnp.int32))
-        distribution = model.distribution(jax.lax.dynamic_slice_in_dim(hidden, context_patches - 1, 1, axis=2))
-        start = context_length - patch
-        loc, scale = _patch_of(scaled.loc, start, patch), _patch_of(scaled.scale, start, patch)
-        # Encode once, then broadcast everything the paths share.
-        distribution, loc, scale = _repeat_rows((distribution, loc, scale), paths)
-        buffer, context_mask, ids = _repeat_rows((buffer, context_mask, ids), paths)
-        cache = _repeat_cache(cache, paths)
-        buffer = write(buffer, predict(distribution, loc, scale, 0), 0)
-
-        def step(carry, index):
-            buffer, cache = carry
-            start = context_length + (index - 1) * patch  # the patch generated last
-            scaled = model.scale(buffer, valid_mask(context_mask, index), prefix_length=context_length)
-            hidden, cache = model.encode(
-                jax.lax.dynamic_slice_in_dim(scaled.scaled, start, patch, axis=2),
-                jax.lax.dynamic_slice_in_dim(ids, start, patch, axis=2),
-                cache,
-                prepend_labels=False,
-            )
-            values = predict(
-                model.distribution(hidden),
-                _patch_of(scaled.loc, start, patch),
-                _patch_of(scaled.scale, start, patch),
-                index,
-            )
-            return (write(buffer, values, index), cache), None
-
-        (buffer, _), _ = jax.lax.scan(step, (buffer, cache), jnp.arange(1, steps))
-    else:
-        buffer, context_mask, ids = _repeat_rows((buffer, context_mask, ids), paths)
-        encoded_length = buffer.shape[-1] - patch  # the last generated patch is never fed back
-
-        def step(buffer, index):
-            scaled = model.scale(buffer, valid_mask(context_mask, index), prefix_length=context_length)
-            hidden, _ = model.encode(scaled.scaled[..., :encoded_length], ids[..., :encoded_length])
-            last = context_patches + index - 1
-            start = last * patch
-            values = predict(
-                model.distribution(jax.lax.dynamic_slice_in_dim(hidden, last, 1, axis=2)),
-                _patch_of(scaled.loc, start, patch),
-                _patch_of(scaled.scale, start, patch),
-                index,
-            )
-            return write(buffer, values, index), None
-
-        buffer, _ = jax.lax.scan(step, buffer, jnp.arange(steps))
-    return jax.lax.dynamic_slice_in_dim(buffer, context_length, steps * patch, axis=2)
-
-
-def compiled_program_count() -> int:
-    """How many programs the decode has compiled in this process (one per shape bucket and mode)."""
-    return _generate._cache_size()
-
-
-def estimate_bytes_per_series(config, variates: int, context_tokens: int, steps: int, paths: int,
-                              use_kv_cache: bool) -> int:  # fmt: skip
-    """A rough upper estimate of the working memory one series needs inside ``_generate``."""
-    tokens = context_tokens + steps + 1
-    width = 8 * config.embed_dim + 3 * config.mlp_hidden_dim
-    activations = 4 * variates * tokens * (width + 2 * config.num_heads * tokens)
-    cache = 2 * 4 * config.num_layers * variates * tokens * config.embed_dim
-    head = 4 * variates * config.patch_size * (config.embed_dim + 6 * config.num_mixture_components)
-    if use_kv_cache:
-        decode = paths * (cache + 4 * variates * (width + 2 * config.num_heads * tokens) + head)
-        return int(activations + cache + decode)
-    return int(paths * (activations + head))
-
-
-def forecast(
-    model: Toto,
-    series,
-    horizon: int,
-    num_samples: int | None = None,
-    padding_mask=None,
-    id_mask=None,
-    seed: int = 0,
-    *,
-    use_kv_cache: bool = True,
-    memory_budget: int = DEFAULT_MEMORY_BUDGET,
-    progress: bool | None = None,
-    bucket: bool = True,
-    standardize: bool = False,
-    clip_outliers: float | None = None,
-    sampling: str = "independent",
-) -> Forecast:
-    """Forecast ``horizon`` steps after each series.
-
-    series: [variate, time], [batch, variate, time], or a list of [variate, time] arrays (lengths may
-    differ: shorter ones are left-padded). NaN marks a missing value. ``padding_mask`` (True = observed)
-    and ``id_mask`` (variates with equal id attend to each other) follow the same layout.
-    ``num_samples=None`` gives the deterministic mean path (the reference's ``generate_mean``); otherwise
-    ``num_samples`` sample paths per series. Batches beyond ``memory_budget`` bytes are split into chunks
-    (with a progress bar when ``progress`` is true, or by default when there is more than one chunk).
-
-    ``standardize=True`` forecasts each variate in units of its context: mean removed and divided by its
-    standard deviation (in float64), forecasts mapped back. Toto's causal scaler floors the variance by
-    adding 0.1 (``sqrt(var + 0.1)``), so a series whose standard deviation is far below ~0.3 in its own
-    units (error rates, fractions) looks nearly flat to the model and its forecast depends on the units;
-    standardizing makes forecasts equivariant to shift and scale. Off by default: the reference
-    forecasts raw values.
-
-    ``clip_outliers=k`` first clips each variate's context to [q01 - k r, q99 + k r], r = q99 - q01 its
-    central range (``toto_jax.preprocessing``). One glitch thousands of deviations high (a counter reset,
-    a logging burst) otherwise inflates the causal scaler's running variance for the rest of the context,
-    the normal behaviour then looks flat, and the forecast collapses to the running mean. Off by default
-    (reference parity); 10 in the CLI and evaluation tools.
-
-    ``sampling`` decides how a sample path draws each decoded patch (``toto_jax.sampling``):
-    ``"independent"`` draws every step on its own (the reference, the default); ``"comonotone"`` draws one
-    quantile level per path, variate and patch, so fed-back patches are smooth curves and long paths
-    drift less (the CLI and evaluation default).
-    """
+def _prepare(model, series, horizon, num_samples, padding_mask, id_mask, options) -> tuple:
+    if options is None:
+        options = ForecastOptions()
+    if not isinstance(options, ForecastOptions):
+        raise ForecastError(f"options must be a ForecastOptions, got {type(options).__name__}")
     config = model.config
-    if isinstance(horizon, bool) or not isinstance(horizon, (int, np.integer)) or horizon <= 0:
-        raise ForecastError(f"horizon must be a positive integer, got {horizon!r}")
-    if num_samples is not None and (
-        isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)) or num_samples <= 0
-    ):
-        raise ForecastError(f"num_samples must be a positive integer or None, got {num_samples!r}")
-    num_samples = None if num_samples is None else int(num_samples)
-    try:
-        check_sampling(sampling)
-    except ValueError as error:
-        raise ForecastError(str(error)) from None
-    if clip_outliers is not None:
-        try:
-            check_clip_limit(clip_outliers)
-        except ValueError as error:
-            raise ForecastError(f"{error} (or None: no clipping)") from None
+    horizon = _check_count("horizon", horizon, allow_none=False)
+    num_samples = _check_count("num_samples", num_samples, allow_none=True)
     if config.stride != config.patch_size:
         raise ForecastError(
             f"forecasting needs stride == patch_size (got stride {config.stride}, patch_size {config.patch_size})"
         )
-    values, valid, groups = prepare_context(config, series, padding_mask, id_mask)
-    if clip_outliers is not None:
-        values = clip_context_outliers(values, valid, clip_outliers)
-    if standardize:
-        values, shift, unit = standardize_context(values, valid)
-    batch, variates, context = values.shape
-    patch = config.patch_size
-    steps = -(-int(horizon) // patch)
-    context_bucket = bucket_count(context // patch) * patch if bucket else context
-    steps_bucket = bucket_count(steps) if bucket else steps
-    padded_variates = bucket_variates(variates) if bucket else variates
-    buffer, mask, ids = _layout_buffers(values, valid, groups, context_bucket, steps_bucket, patch)
-    buffer, mask, ids = _pad_variates(buffer, mask, ids, padded_variates)
+    rows = read_rows(series, horizon, config.patch_size)
+    context = prepare_context(config, rows, options, padding_mask, id_mask)
+    values, valid = context.values, context.valid
+    if options.clip_outliers is not None:
+        values = clip_context_outliers(values, valid, options.clip_outliers)
+    values, shift, unit = normalize_context(values, valid, options.normalize)
+    _check_float32_range(values, valid, options)
+    low = high = None
+    if options.value_cap is not None:
+        low, high = (np.clip(b, -3e38, 3e38) for b in value_bounds(values, valid, options.value_cap))
+    try:
+        validate_inputs(config, values, valid, context.ids)
+    except ValueError as error:
+        raise ForecastError(str(error)) from None
+    generated = horizon + int(context.trailing.max())  # gaps at the end are forecast, then dropped
+    prepared = _Prepared(values.astype(np.float32), valid, context.ids, low, high, shift, unit, context.trailing,
+                         generated, rows)  # fmt: skip
+    return prepared, horizon, num_samples, options
 
-    paths = 1 if num_samples is None else int(num_samples)
-    per_series = estimate_bytes_per_series(
-        config, padded_variates, context_bucket // patch, steps_bucket, paths, use_kv_cache
-    )
-    chunk = max(1, min(batch, int(memory_budget // max(per_series, 1))))
-    if bucket:
-        chunk = 1 << int(math.floor(math.log2(chunk)))  # chunks of one bucketed size share one program
-    chunk_bucket = bucket_batch(chunk) if bucket else chunk
-    starts = range(0, batch, chunk)
-    if progress is None:
-        progress = len(starts) > 1
-    if progress:
-        from tqdm.auto import tqdm
 
-        starts = tqdm(starts, desc="forecast", unit="chunk")
+def forecast(model: Toto, series, horizon: int, num_samples: int | None = None, padding_mask=None, id_mask=None,
+             seed: int = 0, *, options: ForecastOptions | None = None) -> Forecast:  # fmt: skip
+    """Forecast ``horizon`` steps after each series.
 
-    graphdef, state = nnx.split(model)
-    key = jax.random.key(seed)
-    context_length = jnp.int32(context)
-    outputs = []
-    for start in starts:
-        stop = min(start + chunk, batch)
-        rows = [a[start:stop] for a in (buffer, mask, ids)]
-        size = chunk_bucket if bucket else stop - start
-        # Padding rows are empty series; their outputs are dropped.
-        rows = [_pad_axis(a, size, 0, fill) for a, fill in zip(rows, (0.0, False, 0))]
-        predicted = _generate(
-            graphdef, state, *(jnp.asarray(a) for a in rows), context_length, key, jnp.int32(start),
-            context_bucket=context_bucket, steps=steps_bucket, num_samples=num_samples, use_kv_cache=use_kv_cache,
-            sampling=sampling,
-        )  # fmt: skip
-        predicted = np.asarray(predicted).reshape(size, paths, padded_variates, -1)
-        outputs.append(predicted[: stop - start, :, :variates, :horizon])
-    paths_array = np.concatenate(outputs, axis=0)  # [batch, paths, variate, horizon]
-    if standardize:
-        paths_array = (paths_array * unit[:, None] + shift[:, None]).astype(np.float32)
+    series: [variate, time], [batch, variate, time], a list of [variate, time] arrays (lengths may differ:
+    shorter ones are left-padded), a pandas DataFrame (rows = time steps, columns = variates) or Series,
+    or a list of them. NaN marks a missing value. ``padding_mask`` (True = observed) and ``id_mask``
+    (variates with equal id attend to each other) follow the series' layout.
+    ``num_samples=None`` gives the deterministic mean path (the reference's ``generate_mean``); otherwise
+    ``num_samples`` sample paths per series, each drawing from its own key (seed, step, series position,
+    path), so results do not depend on how the request is split into calls.
+    ``options`` (default ``ForecastOptions()``, the safe defaults) decides the preprocessing, sampling
+    mode and memory budget; ``ForecastOptions.reference()`` reproduces the reference implementation.
+    """
+    prepared, horizon, num_samples, options = _prepare(model, series, horizon, num_samples, padding_mask, id_mask,
+                                                        options)  # fmt: skip
+    observed = int(prepared.valid.any(axis=1).sum(axis=-1).max())
+    if prepared.generated >= LONG_HORIZON_RATIO * observed:
+        warnings.warn(
+            f"the horizon ({prepared.generated} steps) is {prepared.generated / observed:.1f}x the longest context "
+            f"({observed} observed steps): forecasts that far out mostly follow the model's own output; "
+            f"the value cap (ForecastOptions.value_cap={options.value_cap}) bounds them",
+            stacklevel=2,
+        )
+    decoder = _Decoder(model, prepared, num_samples, options)
+    paths = decoder.run(seed)
+    # [batch, paths, variate, steps] -> each series' horizon after its own trailing gap, back in data space
+    window = prepared.trailing[:, None, None, None] + np.arange(horizon)
+    paths = np.take_along_axis(paths, np.broadcast_to(window, paths.shape[:3] + (horizon,)), axis=-1)
+    paths = (paths * prepared.unit[:, None] + prepared.shift[:, None]).astype(prepared.rows.dtype)
     if num_samples is None:
-        result = Forecast(mean=paths_array[:, 0])
-    else:
-        samples = np.moveaxis(paths_array, 1, -1)
-        result = Forecast(mean=samples.mean(axis=-1), samples=samples)
-    return result
+        return Forecast(mean=paths[:, 0], index=prepared.rows.index)
+    samples = np.moveaxis(paths, 1, -1)
+    return Forecast(mean=samples.mean(axis=-1), samples=samples, index=prepared.rows.index)
 
 
-__all__ = ["Forecast", "ForecastError", "compiled_program_count", "forecast"]
+def memory_plan(model: Toto, series, horizon: int, num_samples: int | None = None, padding_mask=None,
+                id_mask=None, *, options: ForecastOptions | None = None) -> MemoryPlan:  # fmt: skip
+    """How ``forecast`` with these arguments splits its work (it compiles the programs, runs nothing)."""
+    prepared, _, num_samples, options = _prepare(model, series, horizon, num_samples, padding_mask, id_mask,
+                                                 options)  # fmt: skip
+    return _Decoder(model, prepared, num_samples, options).memory_plan
 
+
+def _check_float32_range(values, valid, options: ForecastOptions) -> None:
+    too_large = valid & (np.abs(values) > np.finfo(np.float32).max / 2)
+    if too_large.any():
+        series, variate, step = (int(x[0]) for x in np.nonzero(too_large))
+        raise ForecastError(
+            f"series {series}, variate {variate}: value {values[series, variate, step]:.3g} at step {step} is "
+            f"beyond the float32 range the model computes in"
+            + (" (normalize='none'; 'standardize' or 'center' removes the offset in float64 first)"
+               if options.normalize == "none" else "")  # fmt: skip
+        )
+
+
+def _layout(values, valid, ids, shapes: plan.Shapes, patch: int):
+    """Right-pad contexts to their bucket, append room for the generated patches, pad the variates.
+
+    Generated steps keep the last context id (the reference's ``dummy_id_mask``). Extra variates are empty
+    and get ids of their own, so variate attention never mixes them in."""
+    batch, variates, length = values.shape
+    total = shapes.context_bucket + shapes.steps * patch
+    buffer = np.zeros((batch, shapes.variates, total), np.float32)
+    mask = np.zeros(buffer.shape, bool)
+    group = np.empty(buffer.shape, np.int32)
+    group[:, :variates] = ids[:, :, -1:]
+    group[:, variates:] = ids.max() + 1 + np.arange(shapes.variates - variates, dtype=np.int32)[:, None]
+    buffer[:, :variates, :length] = values
+    mask[:, :variates, :length] = valid
+    group[:, :variates, :length] = ids
+    return buffer, mask, group
+
+
+def _pad_rows(array, size: int):
+    extra = size - array.shape[0]
+    return array if extra <= 0 else np.concatenate([array, np.repeat(array[-1:], extra, axis=0)])
+
+
+class _Decoder:
+    """The planned compiled calls of one forecast: chunks of series x sample paths within the budget."""
+
+    def __init__(self, model: Toto, prepared: _Prepared, num_samples: int | None, options: ForecastOptions):
+        config = model.config
+        self.patch = patch = config.patch_size
+        self.batch, self.variates, self.context = batch, variates, context = prepared.values.shape
+        self.shapes = shapes = plan.decode_shapes(context, variates, -(-prepared.generated // patch), patch,
+                                                  options.bucket)  # fmt: skip
+        self.buffer, self.mask, self.group = _layout(prepared.values, prepared.valid, prepared.ids, shapes, patch)
+        self.low = self.high = None
+        if prepared.low is not None:
+            pad = ((0, 0), (0, shapes.variates - variates), (0, 0))
+            self.low, self.high = (np.pad(b, pad).astype(np.float32) for b in (prepared.low, prepared.high))
+        self.total_paths = num_samples or 1
+        self.sampling = None if num_samples is None else options.sampling
+        self.options = options
+        self.graphdef, self.params = nnx.split(model)
+        self.context_length = jnp.int32(context)
+        self.key = jax.random.key(0)
+
+        chunks = plan.first_chunks(config, shapes, batch, self.total_paths, options.use_kv_cache,
+                                   options.memory_budget, options.bucket)  # fmt: skip
+        while True:
+            self._compile(chunks)
+            needed = max(decode.working_bytes(p, self.params) for p in (self.prefill, *self.advances.values()))
+            if needed <= options.memory_budget:
+                break
+            fewer = plan.smaller(chunks)
+            if fewer is None:
+                raise ForecastError(
+                    f"one sample path of one series needs {needed / 2**30:.2f} GiB of working memory ({variates} "
+                    f"variates, {context} context steps, {prepared.generated} steps to generate), beyond the memory "
+                    f"budget of {options.memory_budget / 2**30:.2f} GiB: raise ForecastOptions.memory_budget, "
+                    "shorten context_length or the horizon, or forecast fewer variates per call"
+                )
+            chunks = fewer
+        self.chunks = chunks
+        self.calls = [(s, p) for s in range(0, batch, chunks.series) for p in range(0, self.total_paths, chunks.paths)]
+        self.memory_plan = MemoryPlan(chunks.series, chunks.paths, len(self.calls), needed)
+
+    def _compile(self, chunks: plan.Chunks) -> None:
+        shapes = self.shapes
+        self.series_size = series = plan.bucket_count(chunks.series) if self.options.bucket else chunks.series
+        self.spec = spec = decode.DecodeSpec(shapes.context_bucket, chunks.paths, self.sampling,
+                                             self.options.use_kv_cache)  # fmt: skip
+        rows = (series,) + self.buffer.shape[1:]
+        bounds = None if self.low is None else jax.ShapeDtypeStruct((series, shapes.variates, 1), np.float32)
+        arguments = (
+            self.params, *(jax.ShapeDtypeStruct(rows, a.dtype) for a in (self.buffer, self.mask, self.group)),
+            bounds, bounds, jax.ShapeDtypeStruct((series * chunks.paths,), np.uint32), self.key, self.context_length,
+        )  # fmt: skip
+        self.prefill = decode.compiled("prefill", self.graphdef, (spec,), arguments)
+        state = jax.eval_shape(lambda *a: decode.prefill(self.graphdef, spec, *a), *arguments)
+        self.advances = {
+            steps: decode.compiled("advance", self.graphdef, (spec, steps), (self.params, state))
+            for steps in {shapes.first_steps - 1, plan.SEGMENT_STEPS if shapes.segments else 0} - {0}
+        }
+
+    def run(self, seed: int) -> np.ndarray:
+        """Sample paths (or the mean path) [batch, paths, variate, steps * patch] in model-input space."""
+        shapes, chunks, options = self.shapes, self.chunks, self.options
+        key = jax.random.key(seed)
+        units = len(self.calls) * (1 + shapes.segments)
+        bar = None
+        if options.progress if options.progress is not None else units > 1:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=units, desc="forecast", unit="segment")
+        out = np.empty((self.batch, self.total_paths, self.variates, shapes.steps * self.patch), np.float32)
+        for first_series, first_path in self.calls:
+            stop = min(first_series + chunks.series, self.batch)
+            rows = [_pad_rows(a[first_series:stop], self.series_size) for a in (self.buffer, self.mask, self.group)]
+            bounds = [None if b is None else _pad_rows(b[first_series:stop], self.series_size)
+                      for b in (self.low, self.high)]  # fmt: skip
+            # Row (series s, path p) draws from stream s * num_samples + p, whatever the chunking.
+            streams = (first_series + np.arange(self.series_size))[:, None] * self.total_paths + first_path
+            row_keys = (streams + np.arange(chunks.paths)[None]).reshape(-1).astype(np.uint32)
+            state = self.prefill(self.params, *rows, *bounds, row_keys, key, self.context_length)
+            if shapes.first_steps > 1:
+                state = self.advances[shapes.first_steps - 1](self.params, state)
+            for _ in range(shapes.segments):
+                if bar is not None:
+                    bar.update()
+                state = self.advances[plan.SEGMENT_STEPS](self.params, state)
+            if bar is not None:
+                bar.update()
+            generated = np.asarray(state.buffer)[:, : self.variates, self.context : self.context + shapes.steps * self.patch]
+            generated = generated.reshape(self.series_size, chunks.paths, self.variates, -1)
+            path_stop = min(first_path + chunks.paths, self.total_paths)
+            out[first_series:stop, first_path:path_stop] = generated[: stop - first_series, : path_stop - first_path]
+        if bar is not None:
+            bar.close()
+        return out
+
+
+__all__ = ["Forecast", "ForecastError", "MemoryPlan", "forecast", "memory_plan"]

@@ -156,11 +156,16 @@ def options_from_args(args: argparse.Namespace) -> ForecastOptions:
         if hasattr(args, name):
             changes[name] = getattr(args, name)
     if args.memory_budget_gb is not None:
+        if not args.memory_budget_gb > 0:
+            raise ValueError(f"--memory-budget-gb must be positive, got {args.memory_budget_gb:g}")
         changes["memory_budget"] = int(args.memory_budget_gb * (1 << 30))
     try:
         return options.replace(**changes)
     except ValueError as error:
-        raise ValueError(str(error).replace("ForecastOptions.", "--").replace("_", "-")) from None
+        message = str(error)
+        for name in changes:
+            message = message.replace(f"ForecastOptions.{name}", "--" + name.replace("_", "-"))
+        raise ValueError(message) from None
 
 
 __all__ = [

@@ -1,72 +1,100 @@
-"""Context preprocessing applied before the model sees a series (numpy, float64 statistics).
+"""Context preprocessing before the model sees a series: gaps, glitches, normalization, value caps.
 
-Both steps are off in ``toto_jax.forecast`` by default (the reference forecasts raw values) and on in the
-CLI, the evaluation harness and the GluonTS predictor. This module imports no jax, so the evaluation code
-can name its defaults without loading the model stack."""
+Everything here is numpy in float64 over arrays [..., time] with a validity mask (True = observed), and
+imports no jax. Which steps run is decided by ``ForecastOptions`` (``options.py``); ``forecast`` applies
+them in the order of this file.
+"""
 
 from __future__ import annotations
 
-import argparse
-
 import numpy as np
 
-# Clip bound, in multiples of the range of the central 98 % of a context beyond that range. On the 99
-# training series (NAB, cloud monitoring), 10 touches 9 series, all of them isolated glitches (a 0.1 %
-# CPU at 2.3 %, single-tweet-minute bursts); a daily peak, a level shift or a square wave is never
-# touched, since it is part of the central range. The pretraining data's outliers reach 1000 deviations.
-DEFAULT_CLIP_OUTLIERS = 10.0
+
+def trailing_gap(valid: np.ndarray) -> int:
+    """Steps at the end of one series [variate, time] where no variate is observed (ingestion lag)."""
+    observed = np.flatnonzero(valid.any(axis=0))
+    return valid.shape[-1] if observed.size == 0 else valid.shape[-1] - 1 - int(observed[-1])
 
 
-def check_clip_limit(limit) -> None:
-    if isinstance(limit, bool) or not isinstance(limit, (int, float, np.number)) or not limit > 0:
-        raise ValueError(f"clip_outliers must be a positive number of central ranges, got {limit!r}")
+def fill_gaps(values: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Fill each variate's missing steps [..., time]: inner gaps by linear interpolation between the
+    observations around them, a gap at the end by the last observation; steps before the first
+    observation stay missing (they are left padding). Filled steps become valid."""
+    time = values.shape[-1]
+    steps = np.arange(time)
+    previous = np.maximum.accumulate(np.where(valid, steps, -1), axis=-1)
+    following = np.flip(np.minimum.accumulate(np.flip(np.where(valid, steps, time), -1), axis=-1), -1)
+    has_previous, has_following = previous >= 0, following < time
+    left = np.take_along_axis(values, np.maximum(previous, 0), axis=-1)
+    right = np.take_along_axis(values, np.minimum(following, time - 1), axis=-1)
+    span = np.maximum(following - previous, 1)
+    weight = (steps - previous) / span
+    interpolated = np.where(has_following, left + weight * (right - left), left)
+    filled = np.where(valid, values, np.where(has_previous, interpolated, values))
+    return filled, valid | has_previous
 
 
-def clip_context_outliers(values, valid, limit: float):
+def clip_context_outliers(values, valid, limit: float) -> np.ndarray:
     """Clip each variate's observed context [..., time] to [q01 - limit * r, q99 + limit * r], where q01
     and q99 are its 1st and 99th percentiles (order statistics that exclude at least the smallest and the
     largest value) and r = q99 - q01, in float64. Only isolated extremes are affected: anything that fills
     more than 1 % of the context is inside the central range.
     A variate whose central range is 0 (constant, or a sparse count) is left unchanged."""
-    check_clip_limit(limit)
     observed = np.where(valid, np.asarray(values, np.float64), np.nan)
     # Order statistics, not interpolations, so a single glitch never leaks into a short context's range.
     low = np.nanquantile(observed, 0.01, axis=-1, keepdims=True, method="higher")
     high = np.nanquantile(observed, 0.99, axis=-1, keepdims=True, method="lower")
     spread = np.where(high > low, limit * (high - low), np.inf)
     clipped = np.clip(observed, low - spread, high + spread)
-    return np.where(valid, clipped, values).astype(np.float32)
+    return np.where(valid, clipped, values)
 
 
-def standardize_context(values, valid):
-    """Per-variate (values - mean) / std over the observed context points, computed in float64 (exact
-    for large offsets); returns (standardized float32 values, mean, std), the last two [batch, variate,
-    1]. A constant variate keeps unit scale."""
-    weights = valid.astype(np.float64)
-    count = weights.sum(-1, keepdims=True)
-    shift = (values * weights).sum(-1, keepdims=True) / count
-    unit = np.sqrt((((values - shift) * weights) ** 2).sum(-1, keepdims=True) / count)
-    unit = np.where(unit > 0, unit, 1.0)
-    standardized = np.where(valid, (values - shift) / unit, 0.0).astype(np.float32)
-    return standardized, shift, unit
+def _observed_mean(values, valid):
+    """Mean of the observed values, anchored on the first one: a large common offset (a counter at 1e15)
+    cancels exactly in ``values - anchor``, so the mean is exact to the offset's own precision. Halving
+    before subtracting (exact in binary) and dividing before summing keep values near the float64 limit
+    from overflowing."""
+    count = np.maximum(valid.sum(-1, keepdims=True), 1)
+    first = np.take_along_axis(values, np.argmax(valid, axis=-1)[..., None], axis=-1)
+    anchor = np.where(np.isfinite(first), first, 0.0)
+    offsets = np.where(valid, (values / 2 - anchor / 2) / count, 0.0)
+    return anchor + 2 * offsets.sum(-1, keepdims=True)
 
 
-def add_clip_outliers_argument(parser) -> None:
-    """``--clip-outliers K`` (central ranges; default ``DEFAULT_CLIP_OUTLIERS``; ``none`` turns clipping off)."""
+def _observed_std(values, valid):
+    """Population standard deviation, without overflowing squares; 0 for a variate that is constant up to
+    float64 rounding (its mean need not equal the constant exactly)."""
+    shift = _observed_mean(values, valid)
+    centred = np.where(valid, values - shift, 0.0)
+    magnitude = np.where(valid, np.abs(centred), 0.0).max(-1, keepdims=True)
+    safe = np.where(magnitude > 0, magnitude, 1.0)
+    std = magnitude * np.sqrt(_observed_mean(np.where(valid, centred / safe, 0.0) ** 2, valid))
+    return np.where(std > 8 * np.finfo(np.float64).eps * np.abs(shift), std, 0.0)  # a few ulps of the level
 
-    def parse(text: str) -> float | None:
-        if text.strip().lower() in ("none", "off"):
-            return None
-        try:
-            value = float(text)
-            check_clip_limit(value)
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"expected a positive number of central ranges or 'none', got {text!r}"
-            ) from None
-        return value
 
-    parser.add_argument("--clip-outliers", type=parse, default=DEFAULT_CLIP_OUTLIERS, metavar="K",
-                        help="clip each context to K times its central (1-99 %%) range beyond that range before "
-                             "forecasting, so one extreme glitch does not flatten the forecast "
-                             f"(default {DEFAULT_CLIP_OUTLIERS:g}; 'none': off; see toto_jax.forecast)")  # fmt: skip
+def normalize_context(values, valid, mode: str):
+    """Per-variate (values - shift) / unit over the observed context, in float64 (exact for large offsets,
+    safe up to the float64 limit). ``mode``: ``"standardize"`` (mean, standard deviation; a constant
+    variate keeps unit 1), ``"center"`` (mean, unit 1) or ``"none"`` (0, 1). Returns (normalized values,
+    shift, unit), the last two [..., 1]; missing steps stay 0 in the normalized values."""
+    values = np.asarray(values, np.float64)
+    shape = values.shape[:-1] + (1,)
+    if mode == "none":
+        return np.where(valid, values, 0.0), np.zeros(shape), np.ones(shape)
+    shift = _observed_mean(values, valid)
+    centred = np.where(valid, values - shift, 0.0)
+    unit = np.ones(shape)
+    if mode == "standardize":
+        std = _observed_std(values, valid)
+        unit = np.where(std > 0, std, 1.0)
+    return np.where(valid, centred / unit, 0.0), shift, unit
+
+
+def value_bounds(values, valid, limit: float) -> tuple[np.ndarray, np.ndarray]:
+    """Bounds [..., 1] that decoded values are kept within: the observed context's range widened by
+    ``limit`` of its standard deviations on each side (a constant context widens by ``limit`` units)."""
+    std = _observed_std(values, valid)
+    width = limit * np.where(std > 0, std, 1.0)
+    low = np.where(valid, values, np.inf).min(-1, keepdims=True)
+    high = np.where(valid, values, -np.inf).max(-1, keepdims=True)
+    return low - width, high + width

@@ -1,4 +1,4 @@
-"""How a sample path draws each decoded patch (``forecast(sampling=...)``); numpy-free, jax-free.
+"""How a sample path draws each decoded patch (``ForecastOptions.sampling``).
 
 - ``independent`` (the reference): every step of a patch is an independent draw from its own predictive
   distribution, so the patch fed back to the model carries white noise of the size of the model's
@@ -12,20 +12,17 @@
 
 from __future__ import annotations
 
-SAMPLING_MODES = ("independent", "comonotone")
-DEFAULT_SAMPLING = "comonotone"  # of the CLI and evaluation tools; the API default is the reference's
+import jax
+
+from ..model.distribution import AffineTransformed
 
 
-def check_sampling(mode) -> None:
-    if mode not in SAMPLING_MODES:
-        raise ValueError(f"sampling must be one of {', '.join(map(repr, SAMPLING_MODES))}, got {mode!r}")
+def draw(data: AffineTransformed, keys, mode: str):
+    """One draw per row of ``data`` ([rows, variate, patch]) from that row's key ([rows])."""
+    if mode == "independent":
+        return jax.vmap(lambda row, key: row.sample(key))(data, keys)
+    levels = jax.vmap(lambda key: jax.random.uniform(key, data.loc.shape[1:-1] + (1,)))(keys)
+    return data.quantile(levels)
 
 
-def add_sampling_argument(parser) -> None:
-    parser.add_argument("--sampling", choices=SAMPLING_MODES, default=DEFAULT_SAMPLING,
-                        help="how sample paths draw each patch: one quantile level per patch ('comonotone', "
-                             "the default) or every step independently ('independent', the reference); see "
-                             "toto_jax.sampling")  # fmt: skip
-
-
-__all__ = ["DEFAULT_SAMPLING", "SAMPLING_MODES", "add_sampling_argument", "check_sampling"]
+__all__ = ["draw"]

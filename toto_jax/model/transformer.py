@@ -21,7 +21,7 @@ from ..sharding import constrain
 from .attention import LayerCache, TimeAttention, VariateAttention
 from .feed_forward import SwiGLU
 from .norm import RMSNorm
-from .rope import RotaryTables, rotary_tables
+from .rope import RotaryTables, rotary_tables, xpos_key_recentre
 
 TIME = "time"
 VARIATE = "variate"
@@ -92,6 +92,33 @@ class KVCache:
     @property
     def max_tokens(self) -> int:
         return next(k.shape[4] for k in self.keys if k is not None)
+
+    def _map(self, fn) -> KVCache:
+        apply = lambda a: None if a is None else fn(a)  # noqa: E731
+        return KVCache(tuple(map(apply, self.keys)), tuple(map(apply, self.values)), self.length)
+
+    def with_length(self, length) -> KVCache:
+        return dataclasses.replace(self, length=jnp.asarray(length, jnp.int32))
+
+    def repeat(self, times: int) -> KVCache:
+        """Each batch row repeated ``times`` times in place (row-major: row 0 ``times`` times, then row 1, ...),
+        as sample paths of a series share its encoded context."""
+        return self._map(lambda a: jnp.repeat(a, times, axis=2))
+
+    def recentre_keys(self, real_tokens, call_tokens: int, head_dim: int) -> KVCache:
+        """Give the cached keys the xPos centre a call over ``real_tokens`` tokens would have used.
+
+        xPos divides keys by ``base ** ((position - centre) / 512)`` with the centre taken from the positions
+        processed in that call. A context encoded right-padded to ``call_tokens`` stores keys off by the
+        constant factor ``base ** ((centre_real - centre_call) / 512)`` per feature from those the reference
+        computes over exactly ``real_tokens``. Within one call the centre cancels in q.k, so only keys kept
+        for later calls need this.
+        """
+        centre_real = jnp.floor((real_tokens - 1).astype(jnp.float32) / 2.0)
+        centre_call = float((call_tokens - 1) // 2)
+        factor = xpos_key_recentre(centre_call, centre_real, head_dim)
+        keys = tuple(None if k is None else (k * factor).astype(k.dtype) for k in self.keys)
+        return dataclasses.replace(self, keys=keys)
 
 
 class LayerContext(NamedTuple):

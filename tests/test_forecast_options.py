@@ -1,0 +1,191 @@
+"""The default ``ForecastOptions`` on what real observability data looks like, with the bundled model.
+
+Trailing and inner gaps, counters near 1e9 and beyond the float32 range, glitches, long horizons, pandas
+objects and empty inputs, each through ``toto_jax.forecast`` with its defaults, against
+``ForecastOptions.reference()`` where the reference's behaviour is the failure the defaults fix.
+Synthetic series only (no shared data).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import toto_jax
+from toto_jax.forecasting import ForecastError, ForecastOptions, forecast
+from toto_jax.forecasting.preprocessing import fill_gaps, normalize_context, value_bounds
+
+REFERENCE = ForecastOptions.reference()
+HORIZON = 64
+
+
+@pytest.fixture(scope="module")
+def model():
+    return toto_jax.load("default")
+
+
+def cpu_series(length=1024, seed=0):
+    """A CPU-utilisation-like series around 38 % with a daily (288-step) cycle and noise."""
+    t = np.arange(length)
+    rng = np.random.default_rng(seed)
+    return 38 + 6 * np.sin(2 * np.pi * t / 288) + rng.normal(0, 1.0, length)
+
+
+def test_trailing_gaps_are_forecast_through_not_fed_as_zeros(model):
+    """The newest points missing (ingestion lag): the defaults forecast from the observed level, exactly as
+    a forecast of the series without the gap over horizon + gap steps, cut after the gap; the reference's
+    masked zeros pull the forecast far below the level (the failure this fixes)."""
+    series = cpu_series()
+    level = series[-288:].mean()
+    for gap in (10, 30):
+        lagged = series.copy()
+        lagged[-gap:] = np.nan
+        result = forecast(model, lagged[None], HORIZON)
+        trimmed = forecast(model, series[None, :-gap], HORIZON + gap)
+        np.testing.assert_array_equal(result.mean[0, 0], trimmed.mean[0, 0, gap:])
+        assert abs(result.mean[0, 0, :16].mean() - level) < 5
+        reference = forecast(model, lagged[None], HORIZON, options=REFERENCE)
+        assert reference.mean[0, 0, :16].mean() < level - 10, gap
+    # series of one batch with different gaps: each is cut after its own gap
+    lagged = np.stack([series, series])[:, None].copy()
+    lagged[0, 0, -5:] = np.nan
+    batch = forecast(model, lagged, HORIZON)
+    np.testing.assert_allclose(batch.mean[0, 0], forecast(model, series[None, :-5], HORIZON + 5).mean[0, 0, 5:],
+                               rtol=1e-5)  # fmt: skip
+    np.testing.assert_allclose(batch.mean[1, 0], forecast(model, series[None], HORIZON).mean[0, 0], rtol=1e-5)
+
+
+def test_inner_gaps_and_a_variates_own_trailing_gap_are_filled(model):
+    """Inner gaps are interpolated linearly, a variate's own trailing gap (others observed) carries its last
+    value, and leading missing steps stay left padding: the forecast equals that of the filled series."""
+    base = np.stack([cpu_series(seed=1), cpu_series(seed=2)])
+    holed = base.copy()
+    holed[0, 500:540] = np.nan
+    holed[1, -7:] = np.nan
+    holed[1, :100] = np.nan
+    filled = base.copy()
+    filled[0, 500:540] = np.linspace(base[0, 499], base[0, 540], 42)[1:-1]
+    filled[1, -7:] = base[1, -8]
+    filled[1, :100] = np.nan
+    np.testing.assert_allclose(forecast(model, holed, HORIZON).mean, forecast(model, filled, HORIZON).mean,
+                               rtol=1e-6)  # fmt: skip
+    values, valid = fill_gaps(holed, ~np.isnan(holed))
+    np.testing.assert_allclose(values[valid], filled[~np.isnan(filled)])
+    assert not valid[1, :100].any() and valid[1, 100:].all()
+
+
+def test_large_counters_keep_their_signal_and_offsets_are_exact(model):
+    """A byte counter at 1e9 + a 50-unit cycle: float64 (and integer) input is normalized in float64, so
+    the forecast of x + c is the forecast of x plus c, for c up to 1e15; output stays float64. Values
+    beyond the float32 range are forecast through the same path; the reference's float32 cast refuses
+    them by name instead of forecasting infinities."""
+    t = np.arange(1024)
+    signal = np.round(8 * 50 * np.sin(2 * np.pi * t / 96)) / 8  # on a grid that float64 holds exactly at 1e15
+    base = forecast(model, signal[None], HORIZON)
+    assert base.mean.dtype == np.float64
+    for offset in (1e9, 1e12, 1e15):
+        shifted = forecast(model, (signal + offset)[None], HORIZON)
+        assert np.abs(shifted.mean - offset - base.mean).max() < 1e-3 * np.ptp(signal), offset
+    counter = np.round(signal * 100).astype(np.int64) + 3_000_000_000
+    as_int = forecast(model, counter[None], HORIZON)
+    assert as_int.mean.dtype == np.float64 and np.abs(as_int.mean - 3e9).max() < 1e4
+    huge = forecast(model, (signal * 1e40)[None], HORIZON)
+    np.testing.assert_allclose(huge.mean / 1e40, base.mean, rtol=1e-4, atol=1e-3)
+    with pytest.raises(ForecastError, match=r"series 0, variate 0: value .*e\+4\d at step 0 is beyond the float32"):
+        forecast(model, (signal * 1e40 + 1e41)[None], HORIZON, options=REFERENCE)
+    # float32 input gives float32 output, as the reference's
+    assert forecast(model, signal[None].astype(np.float32), HORIZON).mean.dtype == np.float32
+
+
+@pytest.mark.parametrize("glitch", [1e10, 1e20, 1e300])
+def test_one_glitch_does_not_wreck_the_default_forecast(model, glitch):
+    """One absurd value in the context: the defaults clip it and forecast the series' own level; the
+    reference's forecast is wrecked (all 0 from the scaler overflowing, or far outside the data)."""
+    series = cpu_series()
+    clean = forecast(model, series[None], HORIZON).mean
+    spiked = series.copy()
+    spiked[700] = glitch
+    result = forecast(model, spiked[None], HORIZON).mean
+    assert np.abs(result - clean).max() < 3
+    if glitch < 1e38:
+        wrecked = forecast(model, spiked[None], HORIZON, options=REFERENCE).mean
+        assert np.abs(wrecked - clean).max() > 20
+
+
+def test_long_horizons_warn_and_stay_within_the_value_cap(model):
+    """A horizon 8x the context warns with the ratio, and every sample path stays within the context's
+    range widened by value_cap standard deviations; the cap is what bounds them."""
+    series = cpu_series(256)
+    with pytest.warns(UserWarning, match=r"horizon \(2048 steps\) is 8.0x the longest context \(256 observed"):
+        result = forecast(model, series[None], 2048, num_samples=8, options=ForecastOptions(value_cap=1.0))
+    std = series.std()
+    assert result.samples.min() >= series.min() - std - 1e-6 and result.samples.max() <= series.max() + std + 1e-6
+    low, high = value_bounds(series[None], np.ones((1, 256), bool), 1.0)
+    np.testing.assert_allclose([low[0, 0], high[0, 0]], [series.min() - std, series.max() + std])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        forecast(model, series[None], 3 * 256)  # below the ratio: no warning
+
+
+def test_pandas_in_pandas_out(model):
+    """A DataFrame is rows = time steps, columns = variates (hundreds of rows are not read as series); the
+    forecast equals that of the transposed array, and ``to_dataframe`` continues the time index with the
+    variates as columns, whatever the datetime unit or time zone; a Series is one variate."""
+    values = np.stack([cpu_series(600, seed=3), cpu_series(600, seed=4)], axis=1)  # [time, variate]
+    index = pd.date_range("2026-01-01", periods=600, freq="5min", tz="Europe/Paris")
+    frame = pd.DataFrame(values, index=index, columns=["cpu", "memory"])
+    expected = forecast(model, values.T, HORIZON, num_samples=4, seed=1)
+    for unit in ("s", "ms", "us", "ns"):
+        result = forecast(model, frame.set_axis(index.as_unit(unit)), HORIZON, num_samples=4, seed=1)
+        np.testing.assert_allclose(result.samples, expected.samples, rtol=1e-6)
+        table = result.to_dataframe("median")
+        assert list(table.columns) == ["cpu", "memory"] and len(table) == HORIZON
+        assert table.index[0] == index[-1] + pd.Timedelta(minutes=5)
+        assert (np.diff(table.index.asi8) == np.diff(table.index.asi8)[0]).all()
+        assert table.index[-1] == index[-1] + HORIZON * pd.Timedelta(minutes=5)
+        np.testing.assert_allclose(table.to_numpy().T, result.median[0])
+    series = pd.Series(values[:, 0], index=pd.RangeIndex(0, 1200, 2), name="cpu")
+    single = forecast(model, series, HORIZON)
+    np.testing.assert_allclose(single.mean, forecast(model, values[None, :, 0], HORIZON).mean, rtol=1e-6)
+    assert list(single.to_dataframe().index[:2]) == [1200, 1202]
+    with pytest.raises(ForecastError, match="column 'host' is not numeric"):
+        forecast(model, frame.assign(host="a"), HORIZON)
+    irregular = frame.drop(index=frame.index[[10, 11, 12]])
+    with pytest.raises(ForecastError, match="irregular timestamps"):
+        forecast(model, irregular, HORIZON)
+
+
+@pytest.mark.parametrize(
+    "series, message",
+    [
+        (np.zeros((0, 100)), r"series 0 has no variates \(shape \(0, 100\)\)"),
+        (np.zeros((0, 1, 100)), r"no series given \(batch size 0"),
+        (np.zeros((1, 0)), "series 0 has no time steps"),
+        ([], "no series given"),
+        (pd.DataFrame({"cpu": []}, index=pd.DatetimeIndex([])), "the DataFrame has no rows"),
+        (np.full((1, 50), np.nan), "series 0 has no observed values"),
+    ],
+)
+def test_empty_inputs_name_the_problem(model, series, message):
+    with pytest.raises(ForecastError, match=message):
+        forecast(model, series, HORIZON)
+
+
+def test_arrays_that_look_transposed_warn(model):
+    with pytest.warns(UserWarning, match="500 variates of only 2 time steps each"):
+        forecast(model, np.ones((500, 2)), 4)
+
+
+def test_normalize_is_exact_in_float64():
+    """Mean and standard deviation of values near the float64 limit without overflow; constant variates keep
+    unit scale; missing steps stay 0."""
+    values = np.array([[1e307, 1.5e308, -1e308, np.nan], [5.0, 5.0, 5.0, 5.0]])
+    valid = ~np.isnan(values)
+    normalized, shift, unit = normalize_context(np.nan_to_num(values), valid, "standardize")
+    expected = np.array([1e307, 1.5e308, -1e308]) / 1e300
+    np.testing.assert_allclose(shift[0, 0] / 1e300, expected.mean())
+    np.testing.assert_allclose(unit[0, 0] / 1e300, expected.std())
+    assert normalized[0, 3] == 0 and unit[1, 0] == 1.0 and (normalized[1] == 0).all()

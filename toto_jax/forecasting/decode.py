@@ -1,0 +1,200 @@
+"""The compiled decode: a prefill, then one step function scanned over the patches to generate.
+
+Every series lives in a fixed-size buffer ``[rows, variate, context_bucket + steps * patch]`` holding the
+(left-padded) context at ``[0, c)`` followed by room for the generated patches. ``c`` is traced, so
+contexts of one bucket share a program; right-padding the context to its bucket is exact because time
+attention is causal and the scaler only looks at valid points (its global statistics are limited to the
+first ``c`` steps, like the reference's ``scaling_prefix_length``).
+
+- ``prefill`` produces the first patch. With the KV cache it encodes the context once into a fixed-size
+  cache, then broadcasts the cache, the buffer and the first predictive distribution to the sample paths;
+  without it (the reference's no-cache semantics) it broadcasts the buffer and runs ``decode_step``.
+- ``advance`` scans ``decode_step`` over a segment of patches; long decodes run several segments, so a
+  progress bar can follow them. ``decode_step`` re-runs the (cheap, elementwise) scaler over the buffer,
+  masked as not-yet-valid beyond what has been generated, so causal statistics equal the reference's
+  over the growing series; with the cache it encodes only the patch generated last, without it the whole
+  buffer. Only the last patch goes through unembedding and the head.
+
+Programs are compiled ahead of time per shape and kept in ``_PROGRAMS``, so the planner can read each
+one's memory use (``working_bytes``) before running it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from ..model import KVCache, Toto
+from ..model.distribution import AffineTransformed
+from .sampling import draw
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeSpec:
+    """What a compiled decode is specialised on, besides array shapes."""
+
+    context_bucket: int
+    paths: int  # sample paths per series in one call (1 for the mean path)
+    sampling: str | None  # None: the mean path
+    use_kv_cache: bool
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class DecodeState:
+    """The carry of the decode: rows are series x paths, series-major."""
+
+    buffer: jax.Array  # [rows, variate, time] model-space values: context, then generated patches
+    context_mask: jax.Array  # [rows, variate, time] validity of the context steps
+    ids: jax.Array  # [rows, variate, time] variate groups
+    low: jax.Array | None  # [rows, variate, 1] bounds for decoded values (None: no cap)
+    high: jax.Array | None
+    row_keys: jax.Array  # [rows] uint32: which random stream each row draws from
+    key: jax.Array  # the forecast's seed key
+    context_length: jax.Array  # int32 scalar
+    step: jax.Array  # int32 scalar: the next patch to generate
+    cache: KVCache | None
+
+
+def replace_extreme_values(x):
+    """NaN, infinities and |x| >= max/2 become 0, as the reference does after every generated patch."""
+    limit = jnp.finfo(x.dtype).max / 2
+    return jnp.where(jnp.isnan(x) | jnp.isinf(x) | (jnp.abs(x) >= limit), 0.0, x)
+
+
+def _patch_of(array, start, patch: int):
+    """The patch of a per-step array starting at ``start``; global statistics ([..., 1]) pass through."""
+    if array.shape[-1] == 1:
+        return array
+    return jax.lax.dynamic_slice_in_dim(array, start, patch, axis=-1)
+
+
+def _repeat_rows(tree, times: int):
+    return jax.tree.map(lambda a: jnp.repeat(a, times, axis=0), tree)
+
+
+def _predict(spec: DecodeSpec, state: DecodeState, distribution, loc, scale):
+    """The values of the next patch in data (model-input) space: the mean or one draw per row."""
+    data = AffineTransformed(distribution, loc, scale)
+    if spec.sampling is None:
+        values = data.mean
+    else:
+        step_key = jax.random.fold_in(state.key, state.step)
+        keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(step_key, state.row_keys)
+        values = draw(data, keys, spec.sampling)
+    values = replace_extreme_values(values)
+    if state.low is not None:
+        values = jnp.clip(values, state.low, state.high)
+    return values
+
+
+def _write(state: DecodeState, values, patch: int) -> DecodeState:
+    start = state.context_length + state.step * patch
+    buffer = jax.lax.dynamic_update_slice_in_dim(state.buffer, values.astype(state.buffer.dtype), start, axis=2)
+    return dataclasses.replace(state, buffer=buffer, step=state.step + 1)
+
+
+def _scaled(model: Toto, state: DecodeState):
+    """The scaler over the buffer: context validity as given, generated steps valid once written."""
+    patch = model.config.patch_size
+    positions = jnp.arange(state.buffer.shape[-1])
+    generated = state.context_length + state.step * patch
+    valid = jnp.where(positions < state.context_length, state.context_mask, positions < generated)
+    return model.scale(state.buffer, valid, prefix_length=state.context_length)
+
+
+def decode_step(model: Toto, spec: DecodeSpec, state: DecodeState) -> DecodeState:
+    """Generate patch ``state.step`` from everything before it."""
+    patch = model.config.patch_size
+    start = state.context_length + (state.step - 1) * patch  # the last patch the model has seen
+    scaled = _scaled(model, state)
+    if state.cache is not None:
+        hidden, cache = model.encode(
+            jax.lax.dynamic_slice_in_dim(scaled.scaled, start, patch, axis=2),
+            jax.lax.dynamic_slice_in_dim(state.ids, start, patch, axis=2),
+            state.cache,
+            prepend_labels=False,
+        )
+        state = dataclasses.replace(state, cache=cache)
+    else:
+        encoded = state.buffer.shape[-1] - patch  # the last generated patch is never fed back
+        hidden, _ = model.encode(scaled.scaled[..., :encoded], state.ids[..., :encoded])
+        hidden = jax.lax.dynamic_slice_in_dim(hidden, start // patch, 1, axis=2)
+    values = _predict(spec, state, model.distribution(hidden), _patch_of(scaled.loc, start, patch),
+                      _patch_of(scaled.scale, start, patch))  # fmt: skip
+    return _write(state, values, patch)
+
+
+def prefill(graphdef, spec: DecodeSpec, params, buffer, context_mask, ids, low, high, row_keys, key,
+             context_length) -> DecodeState:  # fmt: skip
+    """Rows of the inputs are series; rows of the result are series x ``spec.paths``, with patch 0 written."""
+    model: Toto = nnx.merge(graphdef, params)
+    patch = model.config.patch_size
+    if not spec.use_kv_cache:
+        shared = _repeat_rows((buffer, context_mask, ids, low, high), spec.paths)
+        state = DecodeState(*shared, row_keys, key, context_length, jnp.int32(0), None)
+        return decode_step(model, spec, state)
+    state = DecodeState(buffer, context_mask, ids, low, high, row_keys, key, context_length, jnp.int32(0), None)
+    context_tokens = spec.context_bucket // patch
+    context_patches = context_length // patch
+    scaled = _scaled(model, state)
+    cache = model.init_cache(buffer.shape[0], buffer.shape[1], buffer.shape[-1] // patch)
+    hidden, cache = model.encode(scaled.scaled[..., : spec.context_bucket], ids[..., : spec.context_bucket], cache)
+    labels = model.num_prepended_tokens
+    cache = cache.recentre_keys(context_patches + labels, context_tokens + labels, model.config.head_dim)
+    cache = cache.with_length(context_patches + labels)
+    distribution = model.distribution(jax.lax.dynamic_slice_in_dim(hidden, context_patches - 1, 1, axis=2))
+    start = context_length - patch
+    loc, scale = _patch_of(scaled.loc, start, patch), _patch_of(scaled.scale, start, patch)
+    # Encoded once; everything the paths share is broadcast to them.
+    distribution, loc, scale, buffer, context_mask, ids, low, high = _repeat_rows(
+        (distribution, loc, scale, buffer, context_mask, ids, low, high), spec.paths
+    )
+    state = DecodeState(buffer, context_mask, ids, low, high, row_keys, key, context_length, jnp.int32(0),
+                        cache.repeat(spec.paths))  # fmt: skip
+    return _write(state, _predict(spec, state, distribution, loc, scale), patch)
+
+
+def advance(graphdef, spec: DecodeSpec, steps: int, params, state: DecodeState) -> DecodeState:
+    model: Toto = nnx.merge(graphdef, params)
+    state, _ = jax.lax.scan(lambda s, _: (decode_step(model, spec, s), None), state, None, length=steps)
+    return state
+
+
+_PREFILL = jax.jit(prefill, static_argnums=(0, 1))
+_ADVANCE = jax.jit(advance, static_argnums=(0, 1, 2), donate_argnums=(4,))
+_PROGRAMS: dict = {}
+
+
+def _signature(tree):
+    return tuple((a.shape, str(a.dtype)) if hasattr(a, "shape") else a for a in jax.tree.leaves(tree)), str(
+        jax.tree.structure(tree)
+    )
+
+
+def compiled(kind: str, graphdef, static: tuple, arguments: tuple):
+    """The compiled ``prefill`` or ``advance`` program for these static values and argument shapes."""
+    cache_key = (kind, graphdef, static, _signature(arguments))
+    program = _PROGRAMS.get(cache_key)
+    if program is None:
+        function = _PREFILL if kind == "prefill" else _ADVANCE
+        program = function.lower(graphdef, *static, *arguments).compile()
+        _PROGRAMS[cache_key] = program
+    return program
+
+
+def working_bytes(program, params) -> int:
+    """Memory a compiled program needs beyond the model's weights (XLA's own buffer assignment)."""
+    stats = program.memory_analysis()
+    weights = sum(a.size * a.dtype.itemsize for a in jax.tree.leaves(params))
+    return int(stats.temp_size_in_bytes + stats.argument_size_in_bytes - weights + stats.output_size_in_bytes
+               - stats.alias_size_in_bytes)  # fmt: skip
+
+
+def compiled_program_count() -> int:
+    """How many decode programs this process has compiled (one per shape bucket and mode)."""
+    return len(_PROGRAMS)
+
