@@ -84,6 +84,12 @@ class TimeAttention(_AttentionBase):
         return self._out(attended), cache
 
 
+# Beyond this many variates, variate attention runs over blocks of this many query variates at a time:
+# its scores grow with variates squared (2000 variates x 16 patches x 4 heads: 1 GiB per layer at once,
+# 64 MiB per block of 128).
+VARIATE_QUERY_BLOCK = 128
+
+
 class VariateAttention(_AttentionBase):
     """Bidirectional attention across variates at each time step, only among variates with equal id."""
 
@@ -91,5 +97,26 @@ class VariateAttention(_AttentionBase):
         # x: [batch, variate, time, embed]; same_group: [batch, time, variate, variate] bool
         q, k, v = self._qkv(x)
         swap = lambda t: jnp.swapaxes(t, 1, 2)  # noqa: E731  -> [batch, time, variate, heads, head_dim]
-        attended = _attend(swap(q), swap(k), swap(v), same_group[:, :, None], self.dropout, dropout_key)
+        q, k, v = swap(q), swap(k), swap(v)
+        variates = q.shape[2]
+        if variates <= 2 * VARIATE_QUERY_BLOCK:
+            attended = _attend(q, k, v, same_group[:, :, None], self.dropout, dropout_key)
+            return self._out(swap(attended))
+        # Query blocks, one at a time (each query's softmax is the same as in one pass); padded queries are dropped.
+        blocks = -(-variates // VARIATE_QUERY_BLOCK)
+        pad = blocks * VARIATE_QUERY_BLOCK - variates
+
+        def split(t):  # [batch, time, variate, ...] -> [blocks, batch, time, block, ...]
+            t = jnp.pad(t, [(0, 0), (0, 0), (0, pad)] + [(0, 0)] * (t.ndim - 3))
+            t = t.reshape(*t.shape[:2], blocks, VARIATE_QUERY_BLOCK, *t.shape[3:])
+            return jnp.moveaxis(t, 2, 0)
+
+        keys = None if dropout_key is None else jax.random.split(dropout_key, blocks)
+
+        def block(args):
+            q_block, mask_block, key = args
+            return _attend(q_block, k, v, mask_block[:, :, None], self.dropout, key)
+
+        attended = jax.lax.map(block, (split(q), split(same_group), keys))
+        attended = jnp.moveaxis(attended, 0, 2).reshape(*q.shape[:2], -1, *q.shape[3:])[:, :, :variates]
         return self._out(swap(attended))
