@@ -190,6 +190,26 @@ def test_large_counters_stay_float64(checkpoint, model, tmp_path, monkeypatch):
     np.testing.assert_allclose(pd.read_csv(output)["bytes_mean"], direct.mean[0, 0], rtol=0, atol=1e-3)
 
 
+def test_trailing_gap_and_a_glitch_with_the_bundled_model(tmp_path):
+    """The CLI's defaults are the API's: a CPU series whose newest 20 rows are empty (ingestion lag) and
+    which holds one 1e20 glitch is forecast from its observed level, its forecast timestamps continue
+    after the empty rows, and the values equal ``forecast(..., options=ForecastOptions())``."""
+    stamps = pd.date_range("2026-03-01", periods=700, freq="5min")
+    rng = np.random.default_rng(0)
+    cpu = 38 + 6 * np.sin(2 * np.pi * np.arange(700) / 288) + rng.normal(0, 1, 700)
+    cpu[300] = 1e20
+    cpu[-20:] = np.nan
+    source, output = tmp_path / "cpu.csv", tmp_path / "forecast.csv"
+    pd.DataFrame({"timestamp": stamps, "cpu": cpu}).to_csv(source, index=False)
+    assert _forecast_cli("default", source, output, "--horizon", "32") == 0
+    result = pd.read_csv(output, parse_dates=["timestamp"])
+    assert result["timestamp"].iloc[0] == stamps[-1] + pd.Timedelta(minutes=5)
+    level = np.nanmean(cpu[-300:-20][cpu[-300:-20] < 100])
+    assert abs(result["cpu_mean"].iloc[:8].mean() - level) < 5
+    direct = forecast(toto_jax.load("default"), cpu[None], 32)
+    np.testing.assert_allclose(result["cpu_mean"], direct.mean[0, 0], rtol=1e-6)
+
+
 @pytest.mark.parametrize("case", ["csv_two_rows", "parquet_ms_zoned"])
 def test_timestamp_units_and_zones_through_the_cli(checkpoint, tmp_path, case):
     """Forecast timestamps continue the input's grid whatever the datetime unit (a CSV parses to
