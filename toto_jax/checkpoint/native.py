@@ -18,6 +18,7 @@ from flax import nnx
 
 from ..config import ConfigError, TotoConfig
 from ..model.toto import Toto
+from .arrays import restore_arrays
 from .files import CheckpointError, atomic_directory
 from .placement import abstract_model, flat_shardings
 
@@ -86,8 +87,6 @@ def read_native_config(path: str | Path) -> TotoConfig:
 
 def load_native(path: str | Path, *, dtype: str | None = None, mesh=None, rules=None) -> Toto:
     """Restore a native checkpoint; every array is read straight into its sharding (``mesh`` + ``rules``)."""
-    import orbax.checkpoint as ocp
-
     path = Path(path)
     config = read_native_config(path)
     if dtype is not None:
@@ -103,8 +102,7 @@ def load_native(path: str | Path, *, dtype: str | None = None, mesh=None, rules=
         )
     )
     try:
-        with _checkpointer() as checkpointer:
-            restored = checkpointer.restore((path / STATE_DIR).absolute(), ocp.args.StandardRestore(targets))
+        restored = restore_arrays(path / STATE_DIR, targets)  # shapes checked before any array is read
     except (ValueError, KeyError, FileNotFoundError) as error:
         detail = str(error).splitlines()[0][:400] if str(error) else type(error).__name__
         raise CheckpointError(

@@ -22,6 +22,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from ..checkpoint.arrays import check_stored_shapes, restore_arrays
 from ..config import TotoConfig
 from ..model.toto import Toto
 from ..sharding import DEFAULT_RULES, state_shardings
@@ -105,9 +106,14 @@ class RunCheckpoints:
         """The newest readable checkpoint (older ones after a warning for each unreadable one), or None."""
         for step in reversed(self.steps()):
             try:
+                params_target = _abstract(params_template, params_shardings)
+                opt_state_target = _abstract(opt_state_template, opt_shardings)
+                # before orbax reads: a failed read inside orbax leaves tracebacks behind (checkpoint.arrays)
+                check_stored_shapes(self.directory / str(step) / "params", params_target)
+                check_stored_shapes(self.directory / str(step) / "opt_state", opt_state_target)
                 args = ocp.args.Composite(
-                    params=ocp.args.StandardRestore(_abstract(params_template, params_shardings)),
-                    opt_state=ocp.args.StandardRestore(_abstract(opt_state_template, opt_shardings)),
+                    params=ocp.args.StandardRestore(params_target),
+                    opt_state=ocp.args.StandardRestore(opt_state_target),
                     meta=ocp.args.JsonRestore(),
                     data=ocp.args.JsonRestore(),
                     config=ocp.args.JsonRestore(),
@@ -179,7 +185,8 @@ def read_run_config(path: str | Path) -> dict:
     candidates = _step_directories(Path(path).absolute())
     if not candidates:
         raise FileNotFoundError(f"no training checkpoint found in {path}")
-    return ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(candidates[0] / "config")
+    with ocp.Checkpointer(ocp.JsonCheckpointHandler()) as checkpointer:
+        return checkpointer.restore(candidates[0] / "config")
 
 
 def _load_step(step_dir: Path, dtype, mesh, rules) -> Toto:
@@ -198,6 +205,6 @@ def _load_step(step_dir: Path, dtype, mesh, rules) -> Toto:
     if mesh is None:  # place on the default device
         device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
         target = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=device) for k, v in target.items()}
-    restored = ocp.StandardCheckpointer().restore(step_dir / "params", target)
+    restored = restore_arrays(step_dir / "params", target)  # shapes checked before any array is read
     params = unflatten(abstract_params, restored)
     return nnx.merge(graphdef, params, rest)
