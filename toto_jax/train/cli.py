@@ -38,6 +38,8 @@ def run(args: argparse.Namespace) -> int:
         overrides.append(f"checkpoint.every={args.checkpoint_every}")
     config = load_config(args.config, overrides)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", force=True)
+    # orbax and grain log through absl, at INFO every stage of every checkpoint save (~40 lines each)
+    logging.getLogger("absl").setLevel(logging.WARNING)
     state = train(config, args.workdir, init_from=args.init_from)
     print(f"finished at step {int(state.step)}; checkpoints in {args.workdir}/checkpoints")
     return 0
