@@ -177,7 +177,7 @@ def test_jax_model_exported_gives_reference_mean_forecast(jax_exported):
     from toto.data.util.dataset import MaskedTimeseries
     from toto.inference.forecaster import TotoForecaster
 
-    from toto_jax.forecasting import forecast
+    from toto_jax.forecasting import ForecastOptions, forecast
 
     model, reference, _ = jax_exported
     series, padding_mask, id_mask = _inputs(batch=1)
@@ -191,7 +191,8 @@ def test_jax_model_exported_gives_reference_mean_forecast(jax_exported):
     )
     with torch.no_grad():
         expected = TotoForecaster(reference.model).forecast(inputs, horizon, num_samples=None, use_kv_cache=True)
-    actual = forecast(model, series, horizon, padding_mask=padding_mask, id_mask=id_mask, use_kv_cache=True)
+    actual = forecast(model, series, horizon, padding_mask=padding_mask, id_mask=id_mask,
+                      options=ForecastOptions.reference())
     assert actual.mean.shape == tuple(expected.mean.shape)
     assert relative_error(actual.mean, expected.mean.numpy()) <= TOLERANCE
 

@@ -126,7 +126,7 @@ def test_each_layer_matches_reference(pair):
     ids = np.swapaxes(token_ids, 1, 2)
     context = LayerContext(
         rotary=rotary_tables(0, patches, config.head_dim),
-        same_group=jnp.asarray(ids[..., :, None] == ids[..., None, :]),
+        variate_ids=jnp.asarray(ids),
         offset=0,
     )
     for index, (kind, (layer_input, layer_output)) in enumerate(zip(layer_kinds(config), captured)):

@@ -93,14 +93,18 @@ VARIATE_QUERY_BLOCK = 128
 class VariateAttention(_AttentionBase):
     """Bidirectional attention across variates at each time step, only among variates with equal id."""
 
-    def __call__(self, x, same_group, dropout_key=None):
-        # x: [batch, variate, time, embed]; same_group: [batch, time, variate, variate] bool
+    def __call__(self, x, variate_ids, dropout_key=None):
+        # x: [batch, variate, time, embed]; variate_ids: [batch, time, variate]
         q, k, v = self._qkv(x)
         swap = lambda t: jnp.swapaxes(t, 1, 2)  # noqa: E731  -> [batch, time, variate, heads, head_dim]
         q, k, v = swap(q), swap(k), swap(v)
         variates = q.shape[2]
+
+        def same_group(query_ids):  # [batch, time, 1 (heads), queries, variates]
+            return (query_ids[..., :, None] == variate_ids[..., None, :])[:, :, None]
+
         if variates <= 2 * VARIATE_QUERY_BLOCK:
-            attended = _attend(q, k, v, same_group[:, :, None], self.dropout, dropout_key)
+            attended = _attend(q, k, v, same_group(variate_ids), self.dropout, dropout_key)
             return self._out(swap(attended))
         # Query blocks, one at a time (each query's softmax is the same as in one pass); padded queries are dropped.
         blocks = -(-variates // VARIATE_QUERY_BLOCK)
@@ -114,9 +118,9 @@ class VariateAttention(_AttentionBase):
         keys = None if dropout_key is None else jax.random.split(dropout_key, blocks)
 
         def block(args):
-            q_block, mask_block, key = args
-            return _attend(q_block, k, v, mask_block[:, :, None], self.dropout, key)
+            q_block, ids_block, key = args
+            return _attend(q_block, k, v, same_group(ids_block), self.dropout, key)
 
-        attended = jax.lax.map(block, (split(q), split(same_group), keys))
+        attended = jax.lax.map(block, (split(q), split(variate_ids), keys))
         attended = jnp.moveaxis(attended, 0, 2).reshape(*q.shape[:2], -1, *q.shape[3:])[:, :, :variates]
         return self._out(swap(attended))

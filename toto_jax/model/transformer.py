@@ -123,7 +123,7 @@ class KVCache:
 
 class LayerContext(NamedTuple):
     rotary: RotaryTables
-    same_group: jax.Array  # [batch, time, variate, variate]
+    variate_ids: jax.Array  # [batch, time, variate]: variates with equal id attend to each other
     offset: jax.Array | int
 
 
@@ -146,7 +146,7 @@ class TransformerLayer(nnx.Module):
         if self.kind == TIME:
             attended, cache = self.attention(normed, context.rotary, cache, context.offset, attention_key)
         else:
-            attended = self.attention(normed, context.same_group, attention_key)
+            attended = self.attention(normed, context.variate_ids, attention_key)
         x = x + attended.astype(x.dtype)
         update = self.mlp(self.norm2(x))
         if mlp_key is not None and self.dropout > 0.0:
@@ -202,7 +202,7 @@ class Transformer(nnx.Module):
         ids = jnp.swapaxes(token_ids, 1, 2)  # [batch, tokens, variate]
         context = LayerContext(
             rotary=rotary_tables(offset, length, config.head_dim),
-            same_group=ids[..., :, None] == ids[..., None, :],
+            variate_ids=ids,
             offset=offset,
         )
         x = constrain(x, ("batch", "variate", "time", "activation_embed"))
