@@ -37,7 +37,6 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def reference_step_fn(config, batch):
-    import torch
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -15,8 +15,8 @@ from reference import make_reference, reference_config, reference_training_batch
 from toto_jax.checkpoint import load
 from toto_jax.model.distribution import StudentTMixture
 from toto_jax.train.config import TrainConfig
-from toto_jax.train.loss import LossWeights, loss_terms, pointwise_losses, robust_loss
-from toto_jax.train.optimizer import OptimizerConfig, warmup_stable_decay
+from toto_jax.train.loss import loss_terms, pointwise_losses, robust_loss
+from toto_jax.train.optimizer import warmup_stable_decay
 from toto_jax.train.trainer import TrainProgram
 from toto_jax.sharding import make_mesh
 
