@@ -239,7 +239,11 @@ class _Decoder:
                                    options.memory_budget, options.bucket)  # fmt: skip
         while True:
             self._compile(chunks)
-            needed = max(decode.working_bytes(p, self.params) for p in (self.prefill, *self.advances.values()))
+            # The encoded contexts stay alive while their chunks of paths decode.
+            held = 0 if self.encode is None else decode.output_bytes(self.encode)
+            needed = max([decode.working_bytes(self.prefill, self.params)]
+                         + [decode.working_bytes(p, self.params, held) for p in self.advances.values()]
+                         + ([] if self.encode is None else [decode.working_bytes(self.encode, self.params)]))
             if needed <= options.memory_budget:
                 break
             fewer = plan.smaller(chunks)
@@ -260,12 +264,16 @@ class _Decoder:
         self.series_size = series = plan.bucket_count(chunks.series) if self.options.bucket else chunks.series
         self.spec = spec = decode.DecodeSpec(shapes.context_bucket, chunks.paths, self.sampling,
                                              self.options.use_kv_cache)  # fmt: skip
-        rows = (series,) + self.buffer.shape[1:]
+        rows = tuple(jax.ShapeDtypeStruct((series,) + self.buffer.shape[1:], a.dtype)
+                     for a in (self.buffer, self.mask, self.group))  # fmt: skip
+        encoded = self.encode = None
+        if self.options.use_kv_cache:
+            arguments = (self.params, *rows, self.context_length)
+            self.encode = decode.compiled("encode", self.graphdef, (spec,), arguments)
+            encoded = jax.eval_shape(lambda *a: decode.encode_context(self.graphdef, spec, *a), *arguments)
         bounds = None if self.low is None else jax.ShapeDtypeStruct((series, shapes.variates, 1), np.float32)
-        arguments = (
-            self.params, *(jax.ShapeDtypeStruct(rows, a.dtype) for a in (self.buffer, self.mask, self.group)),
-            bounds, bounds, jax.ShapeDtypeStruct((series * chunks.paths,), np.uint32), self.key, self.context_length,
-        )  # fmt: skip
+        arguments = (self.params, encoded, *rows, bounds, bounds, jax.ShapeDtypeStruct((series * chunks.paths,), np.uint32),
+                     self.key, self.context_length)  # fmt: skip
         self.prefill = decode.compiled("prefill", self.graphdef, (spec,), arguments)
         state = jax.eval_shape(lambda *a: decode.prefill(self.graphdef, spec, *a), *arguments)
         self.advances = {
@@ -284,15 +292,18 @@ class _Decoder:
 
             bar = tqdm(total=units, desc="forecast", unit="segment")
         out = np.empty((self.batch, self.total_paths, self.variates, shapes.steps * self.patch), np.float32)
+        encoded, encoded_series = None, None
         for first_series, first_path in self.calls:
             stop = min(first_series + chunks.series, self.batch)
             rows = [_pad_rows(a[first_series:stop], self.series_size) for a in (self.buffer, self.mask, self.group)]
             bounds = [None if b is None else _pad_rows(b[first_series:stop], self.series_size)
                       for b in (self.low, self.high)]  # fmt: skip
+            if self.encode is not None and encoded_series != first_series:  # once per chunk of series
+                encoded, encoded_series = self.encode(self.params, *rows, self.context_length), first_series
             # Row (series s, path p) draws from stream s * num_samples + p, whatever the chunking.
             streams = (first_series + np.arange(self.series_size))[:, None] * self.total_paths + first_path
             row_keys = (streams + np.arange(chunks.paths)[None]).reshape(-1).astype(np.uint32)
-            state = self.prefill(self.params, *rows, *bounds, row_keys, key, self.context_length)
+            state = self.prefill(self.params, encoded, *rows, *bounds, row_keys, key, self.context_length)
             if shapes.first_steps > 1:
                 state = self.advances[shapes.first_steps - 1](self.params, state)
             for _ in range(shapes.segments):

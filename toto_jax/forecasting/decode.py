@@ -6,9 +6,10 @@ contexts of one bucket share a program; right-padding the context to its bucket 
 attention is causal and the scaler only looks at valid points (its global statistics are limited to the
 first ``c`` steps, like the reference's ``scaling_prefix_length``).
 
-- ``prefill`` produces the first patch. With the KV cache it encodes the context once into a fixed-size
-  cache, then broadcasts the cache, the buffer and the first predictive distribution to the sample paths;
-  without it (the reference's no-cache semantics) it broadcasts the buffer and runs ``decode_step``.
+- ``encode_context`` (with the KV cache) encodes each series' context once into a fixed-size cache and
+  the first predictive distribution; ``prefill`` broadcasts them and the buffer to a chunk of sample
+  paths and produces the first patch (without the cache, the reference's no-cache semantics, it
+  broadcasts the buffer and runs ``decode_step``). Chunks of paths share one encoding.
 - ``advance`` scans ``decode_step`` over a segment of patches; long decodes run several segments, so a
   progress bar can follow them. ``decode_step`` re-runs the (cheap, elementwise) scaler over the buffer,
   masked as not-yet-valid beyond what has been generated, so causal statistics equal the reference's
@@ -128,34 +129,46 @@ def decode_step(model: Toto, spec: DecodeSpec, state: DecodeState) -> DecodeStat
     return _write(state, values, patch)
 
 
-def prefill(graphdef, spec: DecodeSpec, params, buffer, context_mask, ids, low, high, row_keys, key,
-             context_length) -> DecodeState:  # fmt: skip
-    """Rows of the inputs are series; rows of the result are series x ``spec.paths``, with patch 0 written."""
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class EncodedContext:
+    """What encoding the contexts of a chunk of series gives every sample path of them."""
+
+    cache: KVCache
+    distribution: object  # StudentTMixture of the first patch to generate (scaled space)
+    loc: jax.Array
+    scale: jax.Array
+
+
+def encode_context(graphdef, spec: DecodeSpec, params, buffer, context_mask, ids, context_length) -> EncodedContext:
+    """Encode each series' context once into its KV cache (rows are series)."""
     model: Toto = nnx.merge(graphdef, params)
     patch = model.config.patch_size
-    if not spec.use_kv_cache:
-        shared = _repeat_rows((buffer, context_mask, ids, low, high), spec.paths)
-        state = DecodeState(*shared, row_keys, key, context_length, jnp.int32(0), None)
-        return decode_step(model, spec, state)
-    state = DecodeState(buffer, context_mask, ids, low, high, row_keys, key, context_length, jnp.int32(0), None)
-    context_tokens = spec.context_bucket // patch
+    state = DecodeState(buffer, context_mask, ids, None, None, None, None, context_length, jnp.int32(0), None)
     context_patches = context_length // patch
     scaled = _scaled(model, state)
     cache = model.init_cache(buffer.shape[0], buffer.shape[1], buffer.shape[-1] // patch)
     hidden, cache = model.encode(scaled.scaled[..., : spec.context_bucket], ids[..., : spec.context_bucket], cache)
     labels = model.num_prepended_tokens
-    cache = cache.recentre_keys(context_patches + labels, context_tokens + labels, model.config.head_dim)
+    cache = cache.recentre_keys(context_patches + labels, spec.context_bucket // patch + labels, model.config.head_dim)
     cache = cache.with_length(context_patches + labels)
     distribution = model.distribution(jax.lax.dynamic_slice_in_dim(hidden, context_patches - 1, 1, axis=2))
     start = context_length - patch
-    loc, scale = _patch_of(scaled.loc, start, patch), _patch_of(scaled.scale, start, patch)
-    # Encoded once; everything the paths share is broadcast to them.
-    distribution, loc, scale, buffer, context_mask, ids, low, high = _repeat_rows(
-        (distribution, loc, scale, buffer, context_mask, ids, low, high), spec.paths
-    )
-    state = DecodeState(buffer, context_mask, ids, low, high, row_keys, key, context_length, jnp.int32(0),
-                        cache.repeat(spec.paths))  # fmt: skip
-    return _write(state, _predict(spec, state, distribution, loc, scale), patch)
+    return EncodedContext(cache, distribution, _patch_of(scaled.loc, start, patch), _patch_of(scaled.scale, start, patch))
+
+
+def prefill(graphdef, spec: DecodeSpec, params, encoded: EncodedContext | None, buffer, context_mask, ids, low, high,
+            row_keys, key, context_length) -> DecodeState:  # fmt: skip
+    """Rows of the inputs are series; rows of the result are series x ``spec.paths``, with patch 0 written.
+    With the KV cache, ``encoded`` (``encode_context``'s, shared by every chunk of paths) is broadcast to the
+    paths; without it, patch 0 is an ordinary ``decode_step``."""
+    model: Toto = nnx.merge(graphdef, params)
+    shared = _repeat_rows((buffer, context_mask, ids, low, high), spec.paths)
+    if encoded is None:
+        return decode_step(model, spec, DecodeState(*shared, row_keys, key, context_length, jnp.int32(0), None))
+    distribution, loc, scale = _repeat_rows((encoded.distribution, encoded.loc, encoded.scale), spec.paths)
+    state = DecodeState(*shared, row_keys, key, context_length, jnp.int32(0), encoded.cache.repeat(spec.paths))
+    return _write(state, _predict(spec, state, distribution, loc, scale), model.config.patch_size)
 
 
 def advance(graphdef, spec: DecodeSpec, steps: int, params, state: DecodeState) -> DecodeState:
@@ -164,8 +177,11 @@ def advance(graphdef, spec: DecodeSpec, steps: int, params, state: DecodeState) 
     return state
 
 
-_PREFILL = jax.jit(prefill, static_argnums=(0, 1))
-_ADVANCE = jax.jit(advance, static_argnums=(0, 1, 2), donate_argnums=(4,))
+_FUNCTIONS = {
+    "encode": jax.jit(encode_context, static_argnums=(0, 1)),
+    "prefill": jax.jit(prefill, static_argnums=(0, 1)),
+    "advance": jax.jit(advance, static_argnums=(0, 1, 2), donate_argnums=(4,)),
+}
 _PROGRAMS: dict = {}
 
 
@@ -176,22 +192,26 @@ def _signature(tree):
 
 
 def compiled(kind: str, graphdef, static: tuple, arguments: tuple):
-    """The compiled ``prefill`` or ``advance`` program for these static values and argument shapes."""
+    """The compiled ``encode``, ``prefill`` or ``advance`` program for these static values and argument shapes."""
     cache_key = (kind, graphdef, static, _signature(arguments))
     program = _PROGRAMS.get(cache_key)
     if program is None:
-        function = _PREFILL if kind == "prefill" else _ADVANCE
-        program = function.lower(graphdef, *static, *arguments).compile()
+        program = _FUNCTIONS[kind].lower(graphdef, *static, *arguments).compile()
         _PROGRAMS[cache_key] = program
     return program
 
 
-def working_bytes(program, params) -> int:
-    """Memory a compiled program needs beyond the model's weights (XLA's own buffer assignment)."""
+def working_bytes(program, params, held: int = 0) -> int:
+    """Memory a compiled program needs beyond the model's weights (XLA's own buffer assignment), plus
+    ``held`` bytes that stay alive beside it."""
     stats = program.memory_analysis()
     weights = sum(a.size * a.dtype.itemsize for a in jax.tree.leaves(params))
     return int(stats.temp_size_in_bytes + stats.argument_size_in_bytes - weights + stats.output_size_in_bytes
-               - stats.alias_size_in_bytes)  # fmt: skip
+               - stats.alias_size_in_bytes + held)  # fmt: skip
+
+
+def output_bytes(program) -> int:
+    return int(program.memory_analysis().output_size_in_bytes)
 
 
 def compiled_program_count() -> int:
