@@ -343,7 +343,7 @@ def _write_wide(path, timestamps, **columns):
         ("all_nan", "column(s) ['empty'] have no observed values"),
         ("horizon", "--horizon must be positive"),
         ("quantiles_without_samples", "--quantiles need sample paths"),
-        ("memory_budget", "memory-budget must be a positive number"),
+        ("memory_budget", "--memory-budget-gb must be positive, got -1"),
     ],
 )
 def test_bad_input_is_reported_and_nothing_is_written(checkpoint, tmp_path, capsys, case, message):
