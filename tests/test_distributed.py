@@ -11,6 +11,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -101,16 +102,26 @@ def test_killed_process_fails_the_launch_and_one_process_resumes_on_another_mesh
         command, env=_env(2, cache), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
     pids, output = {}, []
+
+    def read_output():  # progress bars end lines with \r, so lines can be rare: read beside the polling
+        for line in launcher.stdout:
+            output.append(line)
+            match = re.search(r"process (\d) pid (\d+)", line)
+            if match:
+                pids[int(match.group(1))] = int(match.group(2))
+
+    reader = threading.Thread(target=read_output, daemon=True)
+    reader.start()
     killed_at = None
-    for line in launcher.stdout:
-        output.append(line)
-        match = re.search(r"process (\d) pid (\d+)", line)
-        if match:
-            pids[int(match.group(1))] = int(match.group(2))
-        if killed_at is None and (workdir / "checkpoints" / "2").exists():
+    deadline = time.monotonic() + 600
+    while launcher.poll() is None and time.monotonic() < deadline:
+        if (workdir / "checkpoints" / "2").exists() and 1 in pids:
             os.kill(pids[1], 9)
             killed_at = time.monotonic()
+            break
+        time.sleep(0.1)
     launcher.wait(timeout=60)
+    reader.join(timeout=10)
     assert killed_at is not None, "".join(line for line in output if "INFO absl" not in line)[-6000:]
     assert launcher.returncode != 0
     assert time.monotonic() - killed_at < 60, "local.sh did not stop the surviving process in time"
