@@ -10,8 +10,9 @@ demo: .venv-demo/.installed
 	.venv-demo/bin/toto-jax forecast --input toto_jax/assets/sample_nab_cpu.csv --horizon 96 --samples 64 \
 		--quantiles 0.1,0.5,0.9 --output out/forecast.csv --plot out/forecast.png --overwrite
 
+# One worker per core; a test file stays on one worker, so its compiled programs and fixtures are shared.
 test: .venv-test/.installed .venv-test/pandas3/.installed
-	.venv-test/bin/python -m pytest -q
+	.venv-test/bin/python -m pytest -q -n auto --dist loadfile
 
 .venv-demo/.installed: pyproject.toml
 	$(PYTHON) -m venv .venv-demo

@@ -105,6 +105,23 @@ def test_mean_path_matches_reference_kv_cache(pairs, name):
         assert relative_error(actual.mean, expected) <= TOLERANCE, (name, horizon)
 
 
+def test_long_decode_runs_in_segments_and_matches_reference(pairs, capsys):
+    """A horizon of 21 patches decodes as one 17-patch scan plus one 16-patch segment (a progress bar
+    follows the segments) and still equals the reference's cached mean path."""
+    from toto_jax.forecasting import plan
+
+    reference, model, _ = pairs["mixture3_causal_patch"]
+    patch = model.config.patch_size
+    series, padding_mask, id_mask = make_inputs(patch, batch=1)
+    horizon = 21 * patch - 5
+    shapes = plan.decode_shapes(6 * patch, 3, 21, patch, bucket=True)
+    assert shapes.segments == 1 and shapes.first_steps == plan.SEGMENT_STEPS + 1
+    expected = reference_forecast(reference, series, padding_mask, id_mask, horizon).mean.numpy()
+    actual = forecast(model, series, horizon, padding_mask=padding_mask, id_mask=id_mask, options=REFERENCE)
+    assert relative_error(actual.mean, expected) <= TOLERANCE
+    assert "forecast" in capsys.readouterr().err  # tqdm writes to stderr
+
+
 def test_mean_path_matches_reference_without_cache(pairs):
     """``use_kv_cache=False`` re-encodes the whole series every step, like the reference's no-cache decode.
 
@@ -302,16 +319,17 @@ def test_large_batches_are_split_by_memory_budget(pairs, capsys):
     whole = forecast(model, batch, 2 * patch, options=REFERENCE.replace(progress=False))
     np.testing.assert_allclose(chunked.mean, whole.mean, rtol=1e-5)
 
-    budget = memory_plan(model, batch[:1], 2 * patch, num_samples=2, options=REFERENCE).working_bytes
-    for sampling in ("independent", "comonotone"):
-        limited = REFERENCE.replace(memory_budget=budget, sampling=sampling, progress=False)
-        path_plan = memory_plan(model, batch, 2 * patch, num_samples=8, options=limited)
-        assert path_plan.paths_per_call <= 2 and path_plan.calls >= 20 and path_plan.working_bytes <= budget
-        chunked = forecast(model, batch, 2 * patch, num_samples=8, seed=4, options=limited)
-        whole = forecast(model, batch, 2 * patch, num_samples=8, seed=4, options=limited.replace(memory_budget=1 << 34))
-        np.testing.assert_allclose(chunked.samples, whole.samples, rtol=1e-4, atol=1e-4)
-        # the last series repeats the first one's input at another position: different draws
-        assert np.abs(whole.samples[4] - whole.samples[0]).max() > 1e-2
+    # comonotone draws: a level per path and patch, so a path's draws must follow it into its chunk
+    limited = REFERENCE.replace(sampling="comonotone", progress=False)
+    budget = memory_plan(model, batch[:1], 2 * patch, num_samples=2, options=limited).working_bytes
+    limited = limited.replace(memory_budget=budget)
+    path_plan = memory_plan(model, batch, 2 * patch, num_samples=6, options=limited)
+    assert path_plan.paths_per_call <= 2 and path_plan.calls >= 15 and path_plan.working_bytes <= budget
+    chunked = forecast(model, batch, 2 * patch, num_samples=6, seed=4, options=limited)
+    whole = forecast(model, batch, 2 * patch, num_samples=6, seed=4, options=limited.replace(memory_budget=1 << 34))
+    np.testing.assert_allclose(chunked.samples, whole.samples, rtol=1e-4, atol=1e-4)
+    # the last series repeats the first one's input at another position: different draws
+    assert np.abs(whole.samples[4] - whole.samples[0]).max() > 1e-2
     with pytest.raises(ForecastError, match=r"one sample path of one series needs .* GiB .* raise ForecastOptions.memory_budget"):
         forecast(model, batch[:1], 2 * patch, options=REFERENCE.replace(memory_budget=1000))
 

@@ -270,12 +270,12 @@ class _Decoder:
         if self.options.use_kv_cache:
             arguments = (self.params, *rows, self.context_length)
             self.encode = decode.compiled("encode", self.graphdef, (spec,), arguments)
-            encoded = jax.eval_shape(lambda *a: decode.encode_context(self.graphdef, spec, *a), *arguments)
+            encoded = self.encode.out_info
         bounds = None if self.low is None else jax.ShapeDtypeStruct((series, shapes.variates, 1), np.float32)
         arguments = (self.params, encoded, *rows, bounds, bounds, jax.ShapeDtypeStruct((series * chunks.paths,), np.uint32),
                      self.key, self.context_length)  # fmt: skip
         self.prefill = decode.compiled("prefill", self.graphdef, (spec,), arguments)
-        state = jax.eval_shape(lambda *a: decode.prefill(self.graphdef, spec, *a), *arguments)
+        state = self.prefill.out_info
         self.advances = {
             steps: decode.compiled("advance", self.graphdef, (spec, steps), (self.params, state))
             for steps in {shapes.first_steps - 1, plan.SEGMENT_STEPS if shapes.segments else 0} - {0}

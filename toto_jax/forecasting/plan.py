@@ -12,6 +12,8 @@ from __future__ import annotations
 import dataclasses
 import math
 
+from ..model.attention import VARIATE_QUERY_BLOCK
+
 # A decode longer than this many patches runs in segments of it (one compiled scan each), so a progress
 # bar can follow it and very long horizons need no program of their own length.
 SEGMENT_STEPS = 16
@@ -65,8 +67,11 @@ def estimate_bytes(config, shapes: Shapes, series: int, paths: int, use_kv_cache
     heads = config.num_heads
     buffers = 3 * f * variates * tokens * config.patch_size  # values, mask, ids
 
+    # variate attention holds the scores of one block of query variates at a time
+    queries = variates if variates <= 2 * VARIATE_QUERY_BLOCK else VARIATE_QUERY_BLOCK
+
     def encode(t):  # activations of encoding t tokens of every variate: time and variate attention scores
-        return f * variates * t * (width + 2 * heads * t) + 2 * f * t * heads * variates * variates
+        return f * variates * t * (width + 2 * heads * t) + 2 * f * t * heads * queries * variates
 
     cache = 2 * f * config.num_layers * variates * tokens * config.embed_dim
     head = f * variates * config.patch_size * (config.embed_dim + 6 * config.num_mixture_components)
