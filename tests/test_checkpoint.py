@@ -21,7 +21,14 @@ import safetensors.numpy
 import safetensors.torch
 import torch
 from flax import nnx
-from reference import ReferenceToto, make_reference, reference_config, reference_forward, relative_error, save_reference
+from reference import (
+    ReferenceToto,
+    make_reference,
+    reference_config,
+    reference_forward,
+    relative_error,
+    save_reference,
+)
 
 import toto_jax
 from toto_jax.checkpoint import checkpoint_kind

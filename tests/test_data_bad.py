@@ -7,7 +7,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from toto_jax.data import ArraySource, DataConfig, DataError, ParquetSource, SourceConfig, make_iterator
+from toto_jax.data import (
+    ArraySource,
+    DataConfig,
+    DataError,
+    ParquetSource,
+    SourceConfig,
+    make_iterator,
+)
 from toto_jax.data.quality import BadDataLog, clean_target
 
 

@@ -5,7 +5,14 @@ import json
 import numpy as np
 import pytest
 
-from toto_jax.data import ArraySource, DataConfig, DataError, SourceConfig, make_iterator, packing
+from toto_jax.data import (
+    ArraySource,
+    DataConfig,
+    DataError,
+    SourceConfig,
+    make_iterator,
+    packing,
+)
 
 PATCH = 8
 CONTEXT = 32
@@ -261,8 +268,9 @@ def test_config_from_dict_and_validation():
 
 
 def test_block_shuffle_is_a_local_permutation_per_epoch():
-    from toto_jax.data.pipeline import BlockShuffleMapDataset
     import grain
+
+    from toto_jax.data.pipeline import BlockShuffleMapDataset
 
     dataset = BlockShuffleMapDataset(grain.MapDataset.range(103), seed=5, block_size=10).repeat(2)
     elements = [dataset[i] for i in range(206)]

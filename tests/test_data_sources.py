@@ -13,8 +13,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from toto_jax.data import CsvSource, DataConfig, ParquetSource, SourceConfig, make_iterator
-from toto_jax.data import cli
+from toto_jax.data import (
+    CsvSource,
+    DataConfig,
+    ParquetSource,
+    SourceConfig,
+    cli,
+    make_iterator,
+)
 from toto_jax.data.convert import convert_csv_directory
 
 SHARED_DATA = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data"

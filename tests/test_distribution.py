@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import stats
 
-from toto_jax.model.distribution import StudentTMixture, student_t_cdf
+from toto_jax.models.toto1.distribution import StudentTMixture, student_t_cdf
 
 
 def random_mixture(rng, shape, k):

@@ -8,11 +8,11 @@ import pandas as pd
 from flax import nnx
 
 import toto_jax
+from toto_jax.checkpoint import DEFAULT_MODEL_DIRECTORY as DEFAULT_MODEL_DIR
 from toto_jax.config import TotoConfig
 from toto_jax.eval import ship
-from toto_jax.checkpoint import DEFAULT_MODEL_DIRECTORY as DEFAULT_MODEL_DIR
 from toto_jax.forecasting import forecast
-from toto_jax.model import Toto
+from toto_jax.models.toto1 import Toto
 
 
 def test_bundled_model_is_small_and_in_reference_layout():

@@ -19,7 +19,7 @@ from toto_jax.eval import harness, lsf
 from toto_jax.eval.baselines import SeasonalNaive, WindowForecast
 from toto_jax.forecasting import forecast
 from toto_jax.forecasting.options import ForecastOptions
-from toto_jax.model import Toto
+from toto_jax.models.toto1 import Toto
 
 ETTH1 = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ett" / "ETT-small" / "ETTh1.csv"
 

@@ -16,7 +16,11 @@ import pytest
 
 import toto_jax
 from toto_jax.forecasting import ForecastError, ForecastOptions, forecast
-from toto_jax.forecasting.preprocessing import fill_gaps, normalize_context, value_bounds
+from toto_jax.forecasting.preprocessing import (
+    fill_gaps,
+    normalize_context,
+    value_bounds,
+)
 
 REFERENCE = ForecastOptions.reference()
 HORIZON = 64

@@ -8,11 +8,17 @@ import numpy as np
 import pytest
 import safetensors.torch
 import torch
-from reference import make_reference, reference_config, reference_forward, relative_error, save_reference
+from reference import (
+    make_reference,
+    reference_config,
+    reference_forward,
+    relative_error,
+    save_reference,
+)
 
 import toto_jax
 from toto_jax.config import ConfigError, TotoConfig
-from toto_jax.model.transformer import layer_kinds, stage_layout
+from toto_jax.models.toto1.transformer import layer_kinds, stage_layout
 
 
 @pytest.fixture(scope="module")

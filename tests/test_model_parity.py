@@ -14,11 +14,17 @@ import numpy as np
 import pytest
 import torch
 from flax import nnx
-from reference import make_reference, reference_config, reference_forward, relative_error, save_reference
+from reference import (
+    make_reference,
+    reference_config,
+    reference_forward,
+    relative_error,
+    save_reference,
+)
 
 import toto_jax
-from toto_jax.model.rope import rotary_tables
-from toto_jax.model.transformer import LayerContext, layer_kinds, layer_locations
+from toto_jax.models.toto1.rope import rotary_tables
+from toto_jax.models.toto1.transformer import LayerContext, layer_kinds, layer_locations
 
 TOLERANCE = 1e-4
 
@@ -140,9 +146,13 @@ def test_each_layer_matches_reference(pair):
 @pytest.mark.parametrize("prefix_length", [None, 24])
 def test_scalers_match_reference_float64(scaler, prefix_length):
     """Our float32 statistics against the reference's float64 ones, including 1e9 offsets with unit variance."""
-    from toto.model.scaler import CausalPatchStdMeanScaler, CausalStdMeanScaler, StdMeanScaler
+    from toto.model.scaler import (
+        CausalPatchStdMeanScaler,
+        CausalStdMeanScaler,
+        StdMeanScaler,
+    )
 
-    from toto_jax.model.scaler import apply_scaler
+    from toto_jax.models.toto1.scaler import apply_scaler
 
     series, padding_mask, _ = make_inputs(batch=2, variates=4, time=64, seed=7)
     series[0, 0] = 1e9 + np.random.default_rng(2).standard_normal(64) * 1e-1  # tiny variance
@@ -165,7 +175,7 @@ def test_float32_scaler_is_exact_where_naive_float32_fails():
     """The centred float32 method keeps precision that a naive float32 Welford loses at a 1e9 offset."""
     from toto.model.scaler import compute_causal_statistics
 
-    from toto_jax.model.scaler import causal_statistics
+    from toto_jax.models.toto1.scaler import causal_statistics
 
     rng = np.random.default_rng(0)
     series = (1e9 + rng.standard_normal((1, 1, 256)) * 100).astype(np.float32)

@@ -8,7 +8,11 @@ import argparse
 import numpy as np
 import pytest
 
-from toto_jax.forecasting.options import ForecastOptions, add_options_arguments, options_from_args
+from toto_jax.forecasting.options import (
+    ForecastOptions,
+    add_options_arguments,
+    options_from_args,
+)
 from toto_jax.forecasting.preprocessing import clip_context_outliers, normalize_context
 
 

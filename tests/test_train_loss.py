@@ -10,15 +10,21 @@ import numpy as np
 import pytest
 import torch
 from flax import nnx
+from reference import (
+    make_reference,
+    reference_config,
+    reference_training_batch,
+    relative_error,
+    save_reference,
+)
 
-from reference import make_reference, reference_config, reference_training_batch, relative_error, save_reference
 from toto_jax.checkpoint import load
-from toto_jax.model.distribution import StudentTMixture
+from toto_jax.models.toto1.distribution import StudentTMixture
+from toto_jax.sharding import make_mesh
 from toto_jax.train.config import TrainConfig
 from toto_jax.train.loss import loss_terms, pointwise_losses, robust_loss
 from toto_jax.train.optimizer import warmup_stable_decay
 from toto_jax.train.trainer import TrainProgram
-from toto_jax.sharding import make_mesh
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")

@@ -14,15 +14,19 @@ import jax
 import numpy as np
 import pytest
 from flax import nnx
-
 from reference import make_reference, reference_config, save_reference
-from toto_jax.train.checkpointing import RunCheckpoints, is_run_directory, load_model_from_run
+
+from toto_jax.data import make_iterator
+from toto_jax.sharding import make_mesh
+from toto_jax.train.checkpointing import (
+    RunCheckpoints,
+    is_run_directory,
+    load_model_from_run,
+)
 from toto_jax.train.config import ConfigError, load_config
 from toto_jax.train.metrics import read_jsonl, read_records
 from toto_jax.train.optimizer import schedule_from_config
 from toto_jax.train.trainer import TrainProgram
-from toto_jax.data import make_iterator
-from toto_jax.sharding import make_mesh
 
 ROOT = Path(__file__).parents[1]
 TINY = ROOT / "experiments" / "configs" / "tiny.yaml"

@@ -8,8 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from toto_jax.model import attention
-from toto_jax.model.attention import VariateAttention
+from toto_jax.models.toto1 import attention
+from toto_jax.models.toto1.attention import VariateAttention
 
 
 def test_blocked_variate_attention_equals_one_pass(monkeypatch):

@@ -7,11 +7,11 @@ __version__ = "0.1.0"
 # Everything that imports jax/flax loads on first use, so `import toto_jax` (done by every data-loader
 # worker process) stays light.
 _LAZY = {
-    "InputError": "toto_jax.model",
-    "KVCache": "toto_jax.model",
-    "Toto": "toto_jax.model",
-    "TotoOutput": "toto_jax.model",
-    "count_parameters": "toto_jax.model",
+    "InputError": "toto_jax.models.toto1",
+    "KVCache": "toto_jax.models.toto1",
+    "Toto": "toto_jax.models.toto1",
+    "TotoOutput": "toto_jax.models.toto1",
+    "count_parameters": "toto_jax.models.toto1",
     "load": "toto_jax.checkpoint",
     "save": "toto_jax.checkpoint",
     "export_torch": "toto_jax.checkpoint",

@@ -17,7 +17,7 @@ import numpy as np
 from flax import nnx
 
 from ..config import ConfigError, TotoConfig
-from ..model.toto import Toto
+from ..models.toto1.toto import Toto
 from .arrays import restore_arrays
 from .files import CheckpointError, atomic_directory
 from .placement import abstract_model, flat_shardings

@@ -9,7 +9,7 @@ from flax import nnx
 from jax.sharding import SingleDeviceSharding
 
 from ..config import TotoConfig
-from ..model.toto import Toto
+from ..models.toto1.toto import Toto
 from ..sharding import DEFAULT_RULES, state_shardings
 
 

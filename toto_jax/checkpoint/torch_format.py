@@ -17,8 +17,8 @@ import numpy as np
 from flax import nnx
 
 from ..config import ConfigError, TotoConfig
-from ..model.toto import Toto
-from ..model.transformer import layer_locations
+from ..models.toto1.toto import Toto
+from ..models.toto1.transformer import layer_locations
 from .files import CheckpointError, atomic_directory
 from .placement import abstract_model, flat_shardings
 

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from ..model import Toto, validate_inputs
+from ..models.toto1 import Toto, validate_inputs
 from . import decode, plan
 from .inputs import ForecastError, TimeIndex, prepare_context, read_rows
 from .options import ForecastOptions

@@ -28,8 +28,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from ..model import KVCache, Toto
-from ..model.distribution import AffineTransformed
+from ..models.toto1 import KVCache, Toto
+from ..models.toto1.distribution import AffineTransformed
 from .sampling import draw
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from ..model.attention import VARIATE_QUERY_BLOCK
+from ..models.toto1.attention import VARIATE_QUERY_BLOCK
 
 # A decode longer than this many patches runs in segments of it (one compiled scan each), so a progress
 # bar can follow it and very long horizons need no program of their own length.

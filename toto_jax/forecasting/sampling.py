@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import jax
 
-from ..model.distribution import AffineTransformed
+from ..models.toto1.distribution import AffineTransformed
 
 
 def draw(data: AffineTransformed, keys, mode: str):

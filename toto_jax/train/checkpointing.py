@@ -24,7 +24,7 @@ from flax import nnx
 
 from ..checkpoint.arrays import check_stored_shapes, restore_arrays
 from ..config import TotoConfig
-from ..model.toto import Toto
+from ..models.toto1.toto import Toto
 from ..sharding import DEFAULT_RULES, state_shardings
 from .config import MeshConfig
 

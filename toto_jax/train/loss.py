@@ -12,7 +12,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from ..model.distribution import StudentTMixture
+from ..models.toto1.distribution import StudentTMixture
 
 # The reference adds float32 eps to the scale and to the valid-point count before dividing.
 _EPS = float(jnp.finfo(jnp.float32).eps)

@@ -22,7 +22,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
 from ..config import TotoConfig
-from ..model.toto import Toto
+from ..models.toto1.toto import Toto
 from ..sharding import constrain, logical_to_pspec, make_mesh, state_shardings, use_mesh
 from .config import TrainConfig, dump_config
 from .loss import LossTerms, LossWeights, loss_terms, split_batch
@@ -202,7 +202,7 @@ def training_flops_per_step(config: TotoConfig, batch: int, variates: int, time_
     e, h, k = config.embed_dim, config.mlp_hidden_dim, config.num_mixture_components
     patches = (time_steps - config.patch_size) // config.stride + 1
     tokens = batch * variates * patches
-    from ..model.transformer import TIME, layer_kinds
+    from ..models.toto1.transformer import TIME, layer_kinds
 
     kinds = layer_kinds(config)
     per_token = 2 * (4 * e * e + 3 * e * h) * len(kinds)

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from .linear import Dense
+from ...layers.linear import Dense
 
 _EPS = float(jnp.finfo(jnp.float32).eps)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 from flax import nnx
 
-from .linear import Dense
+from ...layers.linear import Dense
 
 
 def patchify(x, patch_size: int, stride: int):
@@ -27,7 +27,7 @@ class PatchEmbedding(nnx.Module):
     def __call__(self, scaled, id_mask):
         """Returns tokens [batch, variate, patches, embed] and one id per token [batch, variate, patches].
 
-        A patch must not span two ids; ``toto_jax.model.validate_inputs`` checks that on concrete input.
+        A patch must not span two ids; ``toto_jax.models.toto1.validate_inputs`` checks that on concrete input.
         """
         tokens = self.projection(patchify(scaled, self.patch_size, self.stride))
         token_ids = patchify(id_mask, self.patch_size, self.stride).min(axis=-1)

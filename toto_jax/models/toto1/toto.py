@@ -9,11 +9,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from ..config import TotoConfig
+from ...config import TotoConfig
+from ...layers.linear import Dense
 from .distribution import StudentTHead, StudentTMixture
 from .embedding import PatchEmbedding, patchify
 from .fusion import VariateLabels
-from .linear import Dense
 from .scaler import Scaled, apply_scaler
 from .transformer import KVCache, Transformer
 

@@ -1,4 +1,4 @@
-"""Flax NNX modules of the Toto model, one file per concept."""
+"""Flax NNX modules of Toto 1.0, one file per concept."""
 
 from .attention import TimeAttention, VariateAttention
 from .distribution import AffineTransformed, StudentTMixture

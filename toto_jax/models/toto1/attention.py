@@ -13,11 +13,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from ..sharding import constrain
-from .linear import Dense
+from ...layers.attention import attend
+from ...layers.linear import Dense
+from ...sharding import constrain
 from .rope import RotaryTables, apply_rotary
-
-_NEG_INF = jnp.finfo(jnp.float32).min
 
 
 class LayerCache(NamedTuple):
@@ -27,23 +26,11 @@ class LayerCache(NamedTuple):
     values: jax.Array
 
 
-def _attend(q, k, v, mask, dropout_rate: float, dropout_key):
-    """Softmax attention over axis -3 of k/v. q: [..., Q, H, D]; k, v: [..., K, H, D]; mask [..., H|1, Q, K]."""
-    depth = q.shape[-1]
-    logits = jnp.einsum("...qhd,...khd->...hqk", q, k, preferred_element_type=jnp.float32)
-    logits = logits / jnp.sqrt(jnp.float32(depth))
-    logits = jnp.where(mask, logits, _NEG_INF)
-    weights = jax.nn.softmax(logits, axis=-1)
-    if dropout_key is not None and dropout_rate > 0.0:
-        keep = jax.random.bernoulli(dropout_key, 1.0 - dropout_rate, weights.shape)
-        weights = jnp.where(keep, weights / (1.0 - dropout_rate), 0.0)
-    return jnp.einsum("...hqk,...khd->...qhd", weights.astype(v.dtype), v)
-
-
 class _AttentionBase(nnx.Module):
     def __init__(self, embed_dim: int, num_heads: int, dropout: float, *, dtype=jnp.float32, rngs: nnx.Rngs):
         self.num_heads = num_heads
         self.head_dim = embed_dim // num_heads
+        self.scale = 1.0 / float(self.head_dim) ** 0.5
         self.dropout = dropout
         self.wQKV = Dense(
             embed_dim, (3, num_heads, self.head_dim), ("embed", "qkv", "heads", "head_dim"), dtype=dtype, rngs=rngs
@@ -80,7 +67,7 @@ class TimeAttention(_AttentionBase):
             key_positions = jnp.arange(keys.shape[2])
         query_positions = offset + jnp.arange(length)
         mask = key_positions[None, :] <= query_positions[:, None]  # [Q, K]; also hides unwritten cache slots
-        attended = _attend(q, keys.astype(q.dtype), values.astype(q.dtype), mask, self.dropout, dropout_key)
+        attended = attend(q, keys.astype(q.dtype), values.astype(q.dtype), mask, self.scale, self.dropout, dropout_key)
         return self._out(attended), cache
 
 
@@ -104,7 +91,7 @@ class VariateAttention(_AttentionBase):
             return (query_ids[..., :, None] == variate_ids[..., None, :])[:, :, None]
 
         if variates <= 2 * VARIATE_QUERY_BLOCK:
-            attended = _attend(q, k, v, same_group(variate_ids), self.dropout, dropout_key)
+            attended = attend(q, k, v, same_group(variate_ids), self.scale, self.dropout, dropout_key)
             return self._out(swap(attended))
         # Query blocks, one at a time (each query's softmax is the same as in one pass); padded queries are dropped.
         blocks = -(-variates // VARIATE_QUERY_BLOCK)
@@ -119,7 +106,7 @@ class VariateAttention(_AttentionBase):
 
         def block(args):
             q_block, ids_block, key = args
-            return _attend(q_block, k, v, same_group(ids_block), self.dropout, key)
+            return attend(q_block, k, v, same_group(ids_block), self.scale, self.dropout, key)
 
         attended = jax.lax.map(block, (split(q), split(variate_ids), keys))
         attended = jnp.moveaxis(attended, 0, 2).reshape(*q.shape[:2], -1, *q.shape[3:])[:, :, :variates]

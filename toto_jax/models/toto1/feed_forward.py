@@ -6,8 +6,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from ..sharding import constrain
-from .linear import Dense
+from ...layers.linear import Dense
+from ...sharding import constrain
 
 
 class SwiGLU(nnx.Module):

@@ -16,11 +16,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from ..config import TotoConfig
-from ..sharding import constrain
+from ...config import TotoConfig
+from ...layers.norm import RMSNorm
+from ...sharding import constrain
 from .attention import LayerCache, TimeAttention, VariateAttention
 from .feed_forward import SwiGLU
-from .norm import RMSNorm
 from .rope import RotaryTables, rotary_tables, xpos_key_recentre
 
 TIME = "time"
