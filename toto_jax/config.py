@@ -51,6 +51,8 @@ class TotoConfig:
     dtype: str = "float32"  # computation dtype; parameters are always float32
     remat: bool = False  # rematerialise each scanned layer stage in the backward pass
 
+    family = "toto1"
+
     def __post_init__(self):
         def need(cond, msg):
             if not cond:

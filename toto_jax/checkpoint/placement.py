@@ -8,14 +8,13 @@ import jax
 from flax import nnx
 from jax.sharding import SingleDeviceSharding
 
-from ..config import TotoConfig
-from ..models.toto1.toto import Toto
+from ..models import build_model
 from ..sharding import DEFAULT_RULES, state_shardings
 
 
-def abstract_model(config: TotoConfig) -> Toto:
-    """A ``Toto`` whose arrays are shape/dtype placeholders (nothing allocated)."""
-    return nnx.eval_shape(lambda: Toto(config, rngs=nnx.Rngs(0)))
+def abstract_model(config):
+    """A model of the config's family whose arrays are shape/dtype placeholders (nothing allocated)."""
+    return nnx.eval_shape(lambda: build_model(config, rngs=nnx.Rngs(0)))
 
 
 def flat_shardings(state: nnx.State, mesh=None, rules=None) -> dict[tuple, jax.sharding.Sharding]:

@@ -1,4 +1,4 @@
-"""Dense parameters with logical axis names and PyTorch-like initialisation."""
+"""Dense parameters with logical axis names and PyTorch-like (or unit-scaled) initialisation."""
 
 from __future__ import annotations
 
@@ -33,15 +33,22 @@ class Dense(nnx.Module):
         axes: Sequence[str | None],
         *,
         use_bias: bool = True,
+        unit_init: bool = False,
         dtype=jnp.float32,
         rngs: nnx.Rngs,
     ):
         out_shape = (out_shape,) if isinstance(out_shape, int) else tuple(out_shape)
         if len(axes) != 1 + len(out_shape):
             raise ValueError(f"axes {axes} do not match kernel shape {(in_features, *out_shape)}")
-        init = torch_uniform(in_features)
-        self.kernel = nnx.Param(init(rngs.params(), (in_features, *out_shape)), logical_axes=tuple(axes))
-        self.bias = nnx.Param(init(rngs.params(), out_shape), logical_axes=tuple(axes[1:])) if use_bias else None
+        kernel_shape = (in_features, *out_shape)
+        if unit_init:  # unit-scaled layers: N(0, 1) weights, zero biases; the layer scales its output
+            kernel = jax.random.normal(rngs.params(), kernel_shape, jnp.float32)
+            bias = jnp.zeros(out_shape, jnp.float32)
+        else:
+            init = torch_uniform(in_features)
+            kernel, bias = init(rngs.params(), kernel_shape), init(rngs.params(), out_shape)
+        self.kernel = nnx.Param(kernel, logical_axes=tuple(axes))
+        self.bias = nnx.Param(bias, logical_axes=tuple(axes[1:])) if use_bias else None
         self.dtype = dtype
 
     def __call__(self, x):

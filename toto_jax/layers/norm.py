@@ -1,4 +1,5 @@
-"""RMSNorm with the reference's epsilon (1e-8), eps added inside the square root."""
+"""RMSNorm, eps added inside the square root (Toto 1.0: eps 1e-8 with a weight; Toto 2.0: its config's eps,
+weight optional)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,13 @@ RMS_EPS = 1e-8
 
 
 class RMSNorm(nnx.Module):
-    def __init__(self, dim: int, *, rngs: nnx.Rngs | None = None):
-        self.scale = nnx.Param(jnp.ones((dim,), jnp.float32), logical_axes=("embed",))
+    def __init__(self, dim: int, *, eps: float = RMS_EPS, use_scale: bool = True, axis_name: str = "embed"):
+        self.eps = eps
+        self.scale = nnx.Param(jnp.ones((dim,), jnp.float32), logical_axes=(axis_name,)) if use_scale else None
 
     def __call__(self, x):
         x32 = x.astype(jnp.float32)
-        normed = x32 / jnp.sqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + RMS_EPS)
-        return (normed * self.scale[...]).astype(x.dtype)
+        normed = x32 / jnp.sqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        if self.scale is not None:
+            normed = normed * self.scale[...]
+        return normed.astype(x.dtype)

@@ -1,17 +1,13 @@
-"""Input scalers: global std/mean, causal std/mean, and causal patch std/mean.
-
-The reference accumulates these statistics in float64. Here everything stays float32 but is computed
-on *centred* data: each series is shifted by its first valid value before any sum. The statistics are
-shift invariant in exact arithmetic, the subtraction of two nearby float32 numbers is exact, and the
-centred values are small, so values around 1e9 with unit variance keep full precision. The shift is
-added back to the location at the end (one rounding, as the reference's final cast to float32).
-"""
+"""Input scalers: global std/mean, causal std/mean, and causal patch std/mean (float32-exact, see
+``toto_jax.layers.statistics``)."""
 
 from __future__ import annotations
 
 from typing import NamedTuple
 
 import jax.numpy as jnp
+
+from ...layers.statistics import causal_moments, centre
 
 STD_MEAN_MINIMUM_SCALE = 1e-3
 CAUSAL_MINIMUM_SCALE = 0.1
@@ -30,20 +26,11 @@ def _weights(mask: jnp.ndarray, prefix_length: int | jnp.ndarray | None) -> jnp.
     return weights
 
 
-def _centre(x: jnp.ndarray, valid: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
-    """Shift each series by its first valid value; invalid positions become exactly 0."""
-    first = jnp.argmax(valid, axis=-1)[..., None]
-    shift = jnp.take_along_axis(x, first, axis=-1)
-    shift = jnp.where(jnp.any(valid, axis=-1, keepdims=True), shift, 0.0)
-    centred = jnp.where(valid, x - shift, 0.0)
-    return centred, shift
-
-
 def std_mean_scale(x, mask, prefix_length=None, minimum_scale: float = STD_MEAN_MINIMUM_SCALE) -> Scaled:
     """Global (non-causal) mean/std over the valid (and prefix) points of each series."""
     x = x.astype(jnp.float32)
     weights = _weights(mask, prefix_length)
-    centred, shift = _centre(x, weights > 0)
+    centred, shift = centre(x, weights > 0)
     total = weights.sum(-1, keepdims=True)
     denominator = jnp.maximum(total, 1.0)
     mean_c = (centred * weights).sum(-1, keepdims=True) / denominator
@@ -69,14 +56,8 @@ def causal_statistics(
     """
     x = x.astype(jnp.float32)
     weights = mask.astype(jnp.float32)
-    centred, shift = _centre(x, weights > 0)
-
-    cum_weights = jnp.cumsum(weights, axis=-1)
-    denominator = jnp.maximum(cum_weights, 1.0)
-    mean_c = jnp.cumsum(centred * weights, axis=-1) / denominator
-    previous_mean_c = jnp.concatenate([jnp.zeros_like(mean_c[..., :1]), mean_c[..., :-1]], axis=-1)
-    # Welford: every increment is (n-1)/n * delta^2 >= 0, so the running sum does not cancel.
-    m2 = jnp.cumsum((centred - previous_mean_c) * (centred - mean_c) * weights, axis=-1)
+    loc, m2, count = causal_moments(x, weights)
+    denominator = jnp.maximum(count, 1.0)
     if use_bessel_correction:
         variance = m2 / jnp.maximum(denominator - 1.0, 1.0)
     else:
@@ -84,6 +65,7 @@ def causal_statistics(
     scale = jnp.sqrt(variance + minimum_scale)
 
     if stabilize_with_global:
+        centred, _ = centre(x, weights > 0)
         global_weights = _weights(mask, prefix_length)
         global_denominator = jnp.maximum(global_weights.sum(-1, keepdims=True), 1.0)
         global_mean_c = (centred * global_weights).sum(-1, keepdims=True) / global_denominator
@@ -93,7 +75,6 @@ def causal_statistics(
         upper = global_scale * (10.0**scale_factor_exponent)
         scale = jnp.minimum(jnp.maximum(scale, lower), upper)  # torch.clamp order: max wins on conflict
 
-    loc = shift * (cum_weights / denominator) + mean_c  # 0 before the first valid point, as the reference
     return loc, scale
 
 
