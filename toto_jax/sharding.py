@@ -33,6 +33,7 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
     ("layers", None),
     ("embed", "fsdp"),
     ("heads", "tensor"),
+    ("kv_heads", "tensor"),  # Toto 2.0's grouped-query key/value heads
     ("head_dim", None),
     ("qkv", None),
     ("mlp", "tensor"),

@@ -18,7 +18,7 @@ DEFAULT_MODEL_DIRECTORY = Path(__file__).resolve().parent.parent / "assets" / "d
 
 
 def save(model, directory: str | Path, *, overwrite: bool = False) -> Path:
-    """Write ``model`` as a native checkpoint (orbax arrays + config.json), atomically.
+    """Write ``model`` (Toto 1.0 or 2.0) as a native checkpoint (orbax arrays + config.json), atomically.
 
     A non-empty ``directory`` is only replaced with ``overwrite=True``.
     """
@@ -26,8 +26,9 @@ def save(model, directory: str | Path, *, overwrite: bool = False) -> Path:
 
 
 def load(path: str | Path, *, dtype: str | None = None, mesh=None, rules=None):
-    """Load a ``Toto`` from a native checkpoint, a PyTorch/Hugging Face checkpoint (``model.safetensors`` +
-    ``config.json``, or the ``.safetensors`` file itself) or a training run directory.
+    """Load a ``Toto`` (Toto 1.0) or ``Toto2`` (Toto 2.0) from a native checkpoint, a PyTorch/Hugging Face
+    checkpoint (``config.json`` + ``model.safetensors``, shards listed in ``model.safetensors.index.json``,
+    or the ``.safetensors`` file itself) or a training run directory. The family is told from the files.
 
     ``"default"`` is the small model shipped with the package. ``dtype`` overrides the computation dtype
     (parameters stay float32). With ``mesh``, every parameter is placed directly with the sharding its

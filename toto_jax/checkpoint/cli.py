@@ -39,7 +39,7 @@ def tensor_group_checksums(model) -> dict[str, tuple[int, str]]:
         digest = hashlib.sha256()
         count = 0
         for key in sorted(keys):
-            array = np.ascontiguousarray(tensors[key], dtype=np.float32)
+            array = np.require(tensors[key], np.float32, "C")  # (a 0-d tau keeps its shape ())
             digest.update(f"{key}:{array.shape}".encode())
             digest.update(array.tobytes())
             count += array.size

@@ -101,7 +101,7 @@ def torch_tensors_to_state(config, tensors: dict[str, np.ndarray], abstract_stat
         arrays = rule.to_jax(np.asarray(tensors[canonical[name]], dtype=np.float32), config)
         for target, array in zip(rule.targets, arrays):
             if layer is None:
-                out[path(target)] = np.ascontiguousarray(array)
+                out[path(target)] = np.require(array, requirements="C")  # keeps 0-d arrays 0-d
                 continue
             location, repeat = layout.layer_path(config, layer, target)
             if location not in out:
@@ -204,7 +204,8 @@ def torch_tensors(model) -> dict[str, np.ndarray]:
     # Fetched to host first: the layout transforms then run in numpy, not as many small device programs.
     state = jax.tree.map(lambda x: np.asarray(jax.device_get(x)), nnx.state(model))
     tensors = state_to_torch_tensors(model.config, state)
-    return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in tensors.items()}
+    # np.require, not np.ascontiguousarray, which turns Toto 2.0's 0-d taus into shape (1,).
+    return {k: np.require(v, np.float32, "C") for k, v in tensors.items()}
 
 
 def export_torch(model, directory: str | Path, *, overwrite: bool = False) -> Path:
