@@ -31,15 +31,17 @@ class Rotary(NamedTuple):
     query_scale: jax.Array  # xPos: queries multiply by it, keys divide (ones without xPos)
 
 
-def rotary_tables(positions, head_dim: int, use_xpos: bool) -> Rotary:
-    """positions: [tokens] (int or float). xPos centres on floor((max position + 1) / 2) of the call."""
+def rotary_tables(positions, head_dim: int, use_xpos: bool, last_position=None) -> Rotary:
+    """positions: [tokens]. xPos centres on floor((last position + 1) / 2) of the call; ``last_position``
+    (default: the largest position) is the last *real* token when a call is padded past it."""
     width = head_dim // 2
     positions = positions.astype(jnp.float32)
     theta = 1.0 / (ROPE_BASE ** (jnp.arange(0, width, 2, dtype=jnp.float32) / width))
     angles = jnp.repeat(positions[:, None] * theta[None, :], 2, axis=-1)
     if use_xpos:
         base = (jnp.arange(0, width, 2, dtype=jnp.float32) + 0.4 * width) / (1.4 * width)
-        centre = jnp.floor((jnp.max(positions) + 1.0) / 2.0)
+        last = jnp.max(positions) if last_position is None else jnp.asarray(last_position, jnp.float32)
+        centre = jnp.floor((last + 1.0) / 2.0)
         scale = jnp.repeat(base[None, :] ** ((positions - centre) / XPOS_SCALE_BASE)[:, None], 2, axis=-1)
     else:
         scale = jnp.ones_like(angles)

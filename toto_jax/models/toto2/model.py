@@ -69,8 +69,9 @@ class Toto2(nnx.Module):
         missing = (~mask.astype(bool)).astype(scaled.dtype)
         return self.patch_proj(jnp.concatenate([as_patches(scaled), as_patches(missing)], axis=-1))
 
-    def encode(self, tokens, positions, time_mask, variate_mask, cache: KVCache | None = None, offset=0):
-        rotary = rotary_tables(positions, self.config.head_dim, self.config.use_xpos)
+    def encode(self, tokens, positions, time_mask, variate_mask, cache: KVCache | None = None, offset=0,
+               last_position=None):  # fmt: skip
+        rotary = rotary_tables(positions, self.config.head_dim, self.config.use_xpos, last_position)
         return self.transformer(tokens, rotary, time_mask, variate_mask, cache, offset)
 
     def quantiles(self, hidden):
