@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from ..models import is_toto2
 from ..models.toto1 import Toto, validate_inputs
 from . import decode, plan
 from .inputs import ForecastError, TimeIndex, prepare_context, read_rows
@@ -25,20 +26,30 @@ LONG_HORIZON_RATIO = 4
 class Forecast:
     """Forecast arrays in data space: ``mean`` [batch, variate, horizon]; ``samples`` adds a trailing sample
     axis (None for the deterministic mean path). Float64 when the input was float64, integer or pandas.
-    ``index`` holds the time axis of pandas inputs (one per series), for ``to_dataframe``."""
+    ``index`` holds the time axis of pandas inputs (one per series), for ``to_dataframe``.
+
+    A quantile model (Toto 2.0) fills ``quantiles`` [batch, variate, horizon, level] at ``quantile_levels``
+    instead of samples; its ``mean`` is that of the distribution whose quantile function runs linearly
+    between the knots and stays flat beyond the outer ones (weights 0.15, 0.1 x 7, 0.15 on the nine knots).
+    """
 
     mean: np.ndarray
     samples: np.ndarray | None = None
     index: list[TimeIndex] | None = None
+    quantiles: np.ndarray | None = None
+    quantile_levels: tuple[float, ...] | None = None
 
     def quantile(self, q):
-        """Sample quantile(s) with linear interpolation (as ``torch.quantile``); a sequence of ``q`` adds a
-        leading axis."""
-        if self.samples is None:
-            raise ValueError("quantiles need sample paths: forecast with num_samples set")
+        """Quantile(s) of the forecast; a sequence of ``q`` adds a leading axis. From sample paths: linear
+        interpolation between order statistics (as ``torch.quantile``). From a quantile model: exact at its
+        knots, linear (so monotone) in between, and only within the outer knots."""
         q_array = np.asarray(q, np.float64)
         if np.any((q_array < 0) | (q_array > 1)) or np.isnan(q_array).any():
             raise ValueError(f"quantile levels must lie in [0, 1], got {q}")
+        if self.quantiles is not None:
+            return _interpolate_knots(self.quantiles, np.asarray(self.quantile_levels), q_array)
+        if self.samples is None:
+            raise ValueError("quantiles need sample paths: forecast with num_samples set")
         return np.quantile(self.samples, q_array, axis=-1).astype(self.samples.dtype)
 
     @property
@@ -47,6 +58,8 @@ class Forecast:
 
     @property
     def std(self):
+        if self.quantiles is not None:
+            raise ValueError("a quantile forecast has no standard deviation; use quantile(q)")
         if self.samples is None:
             raise ValueError("a standard deviation needs sample paths: forecast with num_samples set")
         return self.samples.std(axis=-1, ddof=1)
@@ -69,6 +82,23 @@ class Forecast:
             values = self.quantile(statistic)[series]
         index = self.index[series]
         return pd.DataFrame(values.T, index=index.future, columns=index.variates)
+
+
+def _interpolate_knots(quantiles, levels, q):
+    low, high = levels[0], levels[-1]
+    if np.any((q < low - 1e-12) | (q > high + 1e-12)):
+        raise ValueError(f"this quantile forecast covers levels {low:g} to {high:g}, got {q.tolist()}")
+    flat = np.atleast_1d(q)
+    out = []
+    for level in flat:
+        exact = np.flatnonzero(np.isclose(levels, level, rtol=0, atol=1e-12))
+        if exact.size:
+            out.append(quantiles[..., exact[0]])
+            continue
+        i = int(np.searchsorted(levels, level)) - 1
+        weight = (level - levels[i]) / (levels[i + 1] - levels[i])
+        out.append(((1 - weight) * quantiles[..., i] + weight * quantiles[..., i + 1]).astype(quantiles.dtype))
+    return np.stack(out) if np.ndim(q) else out[0]
 
 
 def _check_count(name: str, value, allow_none: bool) -> int | None:
@@ -111,7 +141,12 @@ def _prepare(model, series, horizon, num_samples, padding_mask, id_mask, options
     config = model.config
     horizon = _check_count("horizon", horizon, allow_none=False)
     num_samples = _check_count("num_samples", num_samples, allow_none=True)
-    if config.stride != config.patch_size:
+    if is_toto2(config) and num_samples is not None:
+        raise ForecastError(
+            "Toto 2.0 forecasts quantiles in one pass and draws no sample paths: leave num_samples None and "
+            "read Forecast.quantile(q)"
+        )
+    if not is_toto2(config) and config.stride != config.patch_size:
         raise ForecastError(
             f"forecasting needs stride == patch_size (got stride {config.stride}, patch_size {config.patch_size})"
         )
@@ -125,18 +160,24 @@ def _prepare(model, series, horizon, num_samples, padding_mask, id_mask, options
     low = high = None
     if options.value_cap is not None:
         low, high = (np.clip(b, -3e38, 3e38) for b in value_bounds(values, valid, options.value_cap))
-    try:
-        validate_inputs(config, values, valid, context.ids)
-    except ValueError as error:
-        raise ForecastError(str(error)) from None
+    if is_toto2(config):
+        changing = np.flatnonzero((context.ids != context.ids[..., -1:]).any(axis=(1, 2)))
+        if changing.size:
+            raise ForecastError(f"series {int(changing[0])}: Toto 2.0 takes one id per variate, but id_mask changes over time")
+    else:
+        try:
+            validate_inputs(config, values, valid, context.ids)
+        except ValueError as error:
+            raise ForecastError(str(error)) from None
     generated = horizon + int(context.trailing.max())  # gaps at the end are forecast, then dropped
     prepared = _Prepared(values.astype(np.float32), valid, context.ids, low, high, shift, unit, context.trailing,
                          generated, rows)  # fmt: skip
     return prepared, horizon, num_samples, options
 
 
-def forecast(model: Toto, series, horizon: int, num_samples: int | None = None, padding_mask=None, id_mask=None,
-             seed: int = 0, *, options: ForecastOptions | None = None) -> Forecast:  # fmt: skip
+def forecast(model, series, horizon: int, num_samples: int | None = None, padding_mask=None, id_mask=None,
+             seed: int = 0, *, options: ForecastOptions | None = None,
+             future_exogenous_variables=None) -> Forecast:  # fmt: skip
     """Forecast ``horizon`` steps after each series.
 
     series: [variate, time], [batch, variate, time], a list of [variate, time] arrays (lengths may differ:
@@ -148,9 +189,21 @@ def forecast(model: Toto, series, horizon: int, num_samples: int | None = None, 
     path), so results do not depend on how the request is split into calls.
     ``options`` (default ``ForecastOptions()``, the safe defaults) decides the preprocessing, sampling
     mode and memory budget; ``ForecastOptions.reference()`` reproduces the reference implementation.
+
+    Toto 2.0 models (``model.config.family == "toto2"``) forecast the nine quantiles 0.1 ... 0.9 in one
+    pass (or in blocks, ``ForecastOptions.decode_block_size``): ``num_samples`` stays None and the result
+    has ``quantiles``. Their ``future_exogenous_variables`` ([n_exog, horizon] or [batch, n_exog, horizon])
+    are the known future values of the series' last ``n_exog`` variates (covariates: they are not
+    forecast, and the result holds only the other variates).
     """
     prepared, horizon, num_samples, options = _prepare(model, series, horizon, num_samples, padding_mask, id_mask,
                                                         options)  # fmt: skip
+    if is_toto2(model):
+        from .quantile import forecast_quantile_model
+
+        return forecast_quantile_model(model, prepared, horizon, options, future_exogenous_variables)
+    if future_exogenous_variables is not None:
+        raise ForecastError("future_exogenous_variables are supported for Toto 2.0 models only so far")
     observed = int(prepared.valid.any(axis=1).sum(axis=-1).max())
     if prepared.generated >= LONG_HORIZON_RATIO * observed:
         warnings.warn(

@@ -23,6 +23,8 @@ SAMPLING_MODES = ("independent", "comonotone")
 DEFAULT_CLIP_OUTLIERS = 10.0
 DEFAULT_VALUE_CAP = 10.0
 DEFAULT_MEMORY_BUDGET = 4 << 30
+# toto-2's GluonTS default: leading patches seen by fewer observations take the first 8 observations' statistics.
+DEFAULT_SCALER_FALLBACK_MIN_OBS = 8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,8 +43,9 @@ class ForecastOptions:
       (``sqrt(var + 0.1)``), so a series far below ~0.3 in its own units otherwise looks flat, and large
       counters (1e9 + a small signal) lose their signal in float32. ``"center"`` removes only the mean (in
       float64); ``"none"`` casts the raw values to float32 (the reference).
-    - ``value_cap``: decoded values stay within K context standard deviations beyond the context's range
-      (Toto 2.0's ``quantile_real_cap_k`` idea), so long sample paths cannot run away (None: no cap).
+    - ``value_cap``: decoded values stay within K context standard deviations beyond the context's range,
+      so long sample paths cannot run away (None: no cap). Toto 2.0 models apply it as toto-2's
+      ``quantile_real_cap_k`` (K scales of the causal scaler at the last context step).
     - ``sampling``: ``"comonotone"`` draws one quantile level per sample path, variate and patch (smooth
       fed-back patches, less drift); ``"independent"`` draws every step on its own (the reference).
     - ``memory_budget``: bytes of working memory one compiled call may use; batches, sample paths and
@@ -51,6 +54,10 @@ class ForecastOptions:
       the reference's no-cache semantics).
     - ``bucket``: pad shapes to a few buckets so varied requests reuse compiled programs.
     - ``progress``: a progress bar over chunks and decode segments (None: when there is more than one).
+    - ``decode_block_size`` (Toto 2.0): forecast in blocks of this many steps (a multiple of the patch
+      size), feeding each block's medians back (None: the whole horizon in one pass, toto-2's default).
+    - ``scaler_fallback_min_obs`` (Toto 2.0): leading patches seen by fewer observations take the scaler
+      statistics of the first this-many observations (0: off, the reference's ``forecast`` default).
     """
 
     context_length: int | None = None
@@ -63,6 +70,8 @@ class ForecastOptions:
     use_kv_cache: bool = True
     bucket: bool = True
     progress: bool | None = None
+    decode_block_size: int | None = None
+    scaler_fallback_min_obs: int = DEFAULT_SCALER_FALLBACK_MIN_OBS
 
     def __post_init__(self):
         def positive_number(name, value, allow_none=True):
@@ -88,14 +97,29 @@ class ForecastOptions:
         for name in ("use_kv_cache", "bucket"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"ForecastOptions.{name} must be True or False, got {getattr(self, name)!r}")
+        if self.decode_block_size is not None and (
+            isinstance(self.decode_block_size, bool) or not isinstance(self.decode_block_size, int)
+            or self.decode_block_size <= 0
+        ):  # fmt: skip
+            raise ValueError(
+                f"ForecastOptions.decode_block_size must be a positive integer or None, got {self.decode_block_size!r}"
+            )
+        if isinstance(self.scaler_fallback_min_obs, bool) or not isinstance(self.scaler_fallback_min_obs, int) or (
+            self.scaler_fallback_min_obs < 0
+        ):
+            raise ValueError(
+                f"ForecastOptions.scaler_fallback_min_obs must be a non-negative integer, got {self.scaler_fallback_min_obs!r}"
+            )
         if self.progress is not None and not isinstance(self.progress, bool):
             raise ValueError(f"ForecastOptions.progress must be True, False or None, got {self.progress!r}")
 
     @classmethod
     def reference(cls, **overrides) -> ForecastOptions:
         """The reference implementation's semantics: raw float32 values, missing steps masked, no
-        clipping, no cap, independent draws. Every parity test and speed comparison uses these."""
-        fields = dict(gaps="mask", clip_outliers=None, normalize="none", value_cap=None, sampling="independent")
+        clipping, no cap, independent draws, no scaler fallback. Every parity test and speed comparison
+        uses these."""
+        fields = dict(gaps="mask", clip_outliers=None, normalize="none", value_cap=None, sampling="independent",
+                      scaler_fallback_min_obs=0)  # fmt: skip
         return cls(**{**fields, **overrides})
 
     def replace(self, **changes) -> ForecastOptions:
@@ -142,6 +166,12 @@ def add_options_arguments(parser: argparse.ArgumentParser) -> None:
                        help=f"how sample paths draw each patch (default {default.sampling})")
     group.add_argument("--memory-budget-gb", type=float, default=None,
                        help=f"working memory per compiled call in GiB (default {default.memory_budget / (1 << 30):g})")
+    group.add_argument("--decode-block-size", type=int, default=None, metavar="STEPS",
+                       help="Toto 2.0: forecast in blocks of STEPS (a multiple of the patch size) with median "
+                            "feedback (default: the whole horizon in one pass)")  # fmt: skip
+    group.add_argument("--scaler-fallback-min-obs", type=int, default=None, metavar="N",
+                       help=f"Toto 2.0: leading patches with fewer observations use the first N's statistics "
+                            f"(0: off; default {default.scaler_fallback_min_obs})")  # fmt: skip
 
 
 def options_from_args(args: argparse.Namespace) -> ForecastOptions:
@@ -149,7 +179,7 @@ def options_from_args(args: argparse.Namespace) -> ForecastOptions:
     with every flag given on top."""
     options = ForecastOptions.reference() if args.reference_options else ForecastOptions()
     changes = {}
-    for name in ("context_length", "gaps", "normalize", "sampling"):
+    for name in ("context_length", "gaps", "normalize", "sampling", "decode_block_size", "scaler_fallback_min_obs"):
         if getattr(args, name) is not None:
             changes[name] = getattr(args, name)
     for name in ("clip_outliers", "value_cap"):
@@ -171,6 +201,7 @@ def options_from_args(args: argparse.Namespace) -> ForecastOptions:
 __all__ = [
     "DEFAULT_CLIP_OUTLIERS",
     "DEFAULT_MEMORY_BUDGET",
+    "DEFAULT_SCALER_FALLBACK_MIN_OBS",
     "DEFAULT_VALUE_CAP",
     "GAP_MODES",
     "NORMALIZE_MODES",

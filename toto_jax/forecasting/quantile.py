@@ -1,0 +1,123 @@
+"""Forecasting with a quantile model (Toto 2.0): the shared inputs and options' preprocessing, one compiled
+single-pass or block-decoding program per shape (``toto_jax.models.toto2.forecast``), split over series to
+stay within the memory budget, and quantiles mapped back to data space."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import numpy as np
+from flax import nnx
+
+from ..models.toto2.config import QUANTILE_LEVELS
+from ..models.toto2.forecast import QuantileSpec, compiled_forecast
+from . import decode
+from .inputs import ForecastError
+
+# The mean of the distribution whose quantile function is linear between the knots 0.1 ... 0.9 and flat
+# beyond them: 0.1 of mass at each outer knot, plus the trapezoid rule in between.
+MEAN_WEIGHTS = np.array([0.15] + [0.1] * 7 + [0.15])
+
+_PROGRAMS: dict = {}
+
+
+def _program(graphdef, spec: QuantileSpec, arguments: tuple):
+    key = (graphdef, spec, tuple((a.shape, a.dtype) for a in jax.tree.leaves(arguments)))
+    if key not in _PROGRAMS:
+        _PROGRAMS[key] = compiled_forecast.lower(graphdef, spec, *arguments).compile()
+    return _PROGRAMS[key]
+
+
+def _future_covariates(future, prepared, horizon: int) -> np.ndarray:
+    """[batch, n_exog, horizon] float64 from [n_exog, horizon] or [batch, n_exog, horizon], checked by name."""
+    batch, variates = prepared.values.shape[:2]
+    future = np.asarray(future, np.float64)
+    if future.ndim == 2:
+        future = np.broadcast_to(future, (batch, *future.shape))
+    if future.ndim != 3 or future.shape[0] != batch:
+        raise ForecastError(
+            f"future_exogenous_variables must have shape [n_exog, horizon] or [batch={batch}, n_exog, horizon], "
+            f"got {np.shape(future)}"
+        )
+    n_exog = future.shape[1]
+    if not 0 < n_exog < variates:
+        raise ForecastError(f"future_exogenous_variables has {n_exog} covariates; the series have {variates} variates, "
+                            "of which the last n_exog are the covariates and at least one is forecast")  # fmt: skip
+    if future.shape[2] < horizon:
+        raise ForecastError(f"future_exogenous_variables cover {future.shape[2]} steps, shorter than the horizon ({horizon})")
+    missing = np.argwhere(~np.isfinite(future[..., :horizon]))
+    if missing.size:
+        series, covariate, step = (int(x) for x in missing[0])
+        raise ForecastError(f"series {series}, covariate {covariate} (variate {variates - n_exog + covariate}): "
+                            f"future value at step {step} is not finite")  # fmt: skip
+    return future[..., :horizon]
+
+
+def forecast_quantile_model(model, prepared, horizon: int, options, future_exogenous_variables):
+    from .api import Forecast
+
+    config = model.config
+    patch = config.patch_size
+    if config.num_output_patches != 1:
+        raise ForecastError(f"forecasting needs num_output_patches == 1 (the model has {config.num_output_patches})")
+    values, valid = prepared.values, prepared.valid
+    batch, variates, context = values.shape
+    patches = -(-prepared.generated // patch)
+    block = patches
+    if options.decode_block_size is not None:
+        if options.decode_block_size % patch:
+            raise ForecastError(f"ForecastOptions.decode_block_size ({options.decode_block_size}) must be a multiple "
+                                f"of the patch size ({patch})")  # fmt: skip
+        block = min(options.decode_block_size // patch, patches)
+    spec = QuantileSpec(patches, block, float(options.value_cap or 0.0), options.scaler_fallback_min_obs)
+    steps = spec.blocks * block * patch
+    future = np.zeros((batch, variates, steps), np.float32)
+    future_mask = np.zeros(future.shape, bool)
+    is_target = np.ones((batch, variates), bool)
+    targets = variates
+    if future_exogenous_variables is not None:
+        known = _future_covariates(future_exogenous_variables, prepared, horizon)
+        n_exog = known.shape[1]
+        targets = variates - n_exog
+        known = (known - prepared.shift[:, targets:]) / prepared.unit[:, targets:]
+        for row, gap in enumerate(prepared.trailing):  # a trailing gap's steps come before the known horizon
+            future[row, targets:, gap : gap + horizon] = known[row]
+            future_mask[row, targets:, gap : gap + horizon] = True
+        is_target[:, targets:] = False
+    series_ids = prepared.ids[:, :, -1]
+
+    graphdef, state = nnx.split(model)
+    arrays = (values, valid, future, future_mask, series_ids, is_target)
+    chunk = batch
+    while True:
+        shapes = tuple(jax.ShapeDtypeStruct((chunk,) + a.shape[1:], a.dtype) for a in arrays)
+        program = _program(graphdef, spec, (state, *shapes))
+        needed = decode.working_bytes(program, state)
+        if needed <= options.memory_budget:
+            break
+        if chunk == 1:
+            raise ForecastError(
+                f"one series needs {needed / 2**30:.2f} GiB of working memory ({variates} variates, {context} context "
+                f"steps, {steps} steps to forecast), beyond the memory budget of {options.memory_budget / 2**30:.2f} "
+                "GiB: raise ForecastOptions.memory_budget, shorten context_length or the horizon"
+            )
+        chunk = -(-chunk // 2)
+    out = np.empty((len(QUANTILE_LEVELS), batch, variates, steps), np.float32)
+    for start in range(0, batch, chunk):
+        stop = min(start + chunk, batch)
+        rows = [a[start:stop] for a in arrays]
+        if stop - start < chunk:  # the last chunk reuses the program: pad with copies of its last series
+            rows = [np.concatenate([r, np.repeat(r[-1:], chunk - len(r), axis=0)]) for r in rows]
+        out[:, start:stop] = np.asarray(program(state, *rows))[:, : stop - start]
+
+    window = prepared.trailing[:, None, None] + np.arange(horizon)
+    out = np.take_along_axis(out, np.broadcast_to(window, out.shape[:3] + (horizon,)), axis=-1)
+    quantiles = np.moveaxis(out, 0, -1)[:, :targets]  # [batch, target variate, horizon, level]
+    quantiles = (quantiles * prepared.unit[:, :targets, :, None] + prepared.shift[:, :targets, :, None])
+    quantiles = quantiles.astype(prepared.rows.dtype)
+    index = prepared.rows.index
+    if index is not None and targets < variates:
+        index = [dataclasses.replace(ix, variates=ix.variates[:targets]) for ix in index]
+    return Forecast(mean=(quantiles @ MEAN_WEIGHTS).astype(quantiles.dtype), index=index, quantiles=quantiles,
+                    quantile_levels=QUANTILE_LEVELS)  # fmt: skip
