@@ -1,0 +1,149 @@
+"""Toto 2.0 against toto-2 2.0.0 on random weights (every tensor perturbed, see ``reference2``): forward
+quantiles for six architectures, and ``toto_jax.forecast`` with ``ForecastOptions.reference()`` against
+``Toto2Model.forecast``: single pass, block decoding, known-future covariates, cap and scaler fallback, on
+inputs with left padding, several id groups and values from 1e-2 to 1e6 with offsets. Tolerance 1e-4
+relative per series and variate (float32)."""
+
+from __future__ import annotations
+
+import functools
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from reference2 import (
+    CONFIGS,
+    config_dict,
+    make_reference,
+    per_variate_relative_error,
+    reference_forecast,
+    reference_forward,
+    save_reference,
+)
+
+import toto_jax
+from toto_jax import ForecastError, ForecastOptions
+
+TOLERANCE = 1e-4
+BATCH, VARIATES, TIME, HORIZON = 2, 3, 64, 36
+
+
+def _series(seed=0):
+    """Variates at 1e-2, 1 (+5) and 1e4 (+1e6) scales; series 0 left-padded by 20 steps, series 1 with an
+    inner gap."""
+    rng = np.random.default_rng(seed)
+    scale = np.array([0.01, 1.0, 1e4])[None, :, None]
+    offset = np.array([0.0, 5.0, 1e6])[None, :, None]
+    x = rng.normal(size=(BATCH, VARIATES, TIME)) * scale + offset
+    x[0, :, :20] = np.nan
+    x[1, 1, 30:35] = np.nan
+    return x
+
+
+@functools.lru_cache(maxsize=None)
+def _pair(name):
+    """(toto-2 model, the same weights loaded by toto_jax) for one of ``reference2.CONFIGS``."""
+    config = config_dict(**CONFIGS[name])
+    reference = make_reference(config, head_gain=0.2)
+    with tempfile.TemporaryDirectory() as directory:
+        return reference, toto_jax.load(save_reference(reference, config, Path(directory)))
+
+
+def _reference_quantiles(reference, x, ids, horizon, options: ForecastOptions, **known):
+    return reference_forecast(
+        reference, np.nan_to_num(x).astype(np.float32), ~np.isnan(x), ids, horizon,
+        decode_block_size=options.decode_block_size or 0, quantile_real_cap_k=options.value_cap or 0.0,
+        scaler_fallback_min_obs=options.scaler_fallback_min_obs, **known,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_forward_quantiles_match_toto2(name):
+    reference, model = _pair(name)
+    x = _series()
+    mask = ~np.isnan(x)
+    ids = np.array([[0, 0, 1], [0, 1, 1]])
+    quantiles, loc, scale = reference_forward(reference, np.nan_to_num(x), mask, ids)
+    out = model(np.nan_to_num(x).astype(np.float32), mask, ids)
+    assert per_variate_relative_error(np.asarray(out.loc), loc) <= TOLERANCE
+    assert per_variate_relative_error(np.asarray(out.scale), scale) <= TOLERANCE
+    flat = lambda q: q.reshape(*q.shape[:-2], -1)  # noqa: E731
+    assert per_variate_relative_error(flat(np.asarray(out.quantiles)), flat(quantiles)) <= TOLERANCE
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_single_pass_forecast_matches_toto2(name):
+    reference, model = _pair(name)
+    x = _series(1)
+    ids = np.array([[0, 0, 1], [0, 1, 1]])
+    options = ForecastOptions.reference()
+    result = toto_jax.forecast(model, x, HORIZON, id_mask=np.broadcast_to(ids[..., None], x.shape), options=options)
+    expected = _reference_quantiles(reference, x, ids, HORIZON, options)
+    assert result.quantiles.shape == (BATCH, VARIATES, HORIZON, 9)
+    assert per_variate_relative_error(np.moveaxis(result.quantiles, -1, 0), expected) <= TOLERANCE
+
+
+@pytest.mark.parametrize(("name", "options"), [
+    ("group3_xpos_weights", ForecastOptions.reference(decode_block_size=16)),
+    ("gqa_variate_last", ForecastOptions.reference(decode_block_size=16)),
+    ("per_dim_scale_bias", ForecastOptions.reference(decode_block_size=8, value_cap=3.0, scaler_fallback_min_obs=8)),
+    ("group3_xpos_weights", ForecastOptions.reference(decode_block_size=8, value_cap=3.0, scaler_fallback_min_obs=8)),
+], ids=["xpos_blocks", "gqa_blocks", "bias_blocks_cap_fallback", "xpos_blocks_cap_fallback"])  # fmt: skip
+def test_block_decoding_matches_toto2(name, options):
+    reference, model = _pair(name)
+    x = _series(2)
+    ids = np.zeros((BATCH, VARIATES), int)
+    result = toto_jax.forecast(model, x, HORIZON, options=options)
+    expected = _reference_quantiles(reference, x, ids, HORIZON, options)
+    assert per_variate_relative_error(np.moveaxis(result.quantiles, -1, 0), expected) <= TOLERANCE
+
+
+def test_known_future_covariates_match_toto2():
+    reference, model = _pair("group4_two_variate")
+    x = _series(3)
+    rng = np.random.default_rng(4)
+    future = rng.normal(size=(BATCH, 1, HORIZON)) * 1e4 + 1e6
+    for options in (ForecastOptions.reference(), ForecastOptions.reference(decode_block_size=16)):
+        result = toto_jax.forecast(model, x, HORIZON, options=options, future_exogenous_variables=future)
+        patch_horizon = -(-HORIZON // 8) * 8
+        pad = np.zeros((BATCH, 1, patch_horizon - HORIZON))
+        known = dict(
+            known_dynamic=np.concatenate([np.nan_to_num(x[:, 2:]), future, pad], -1).astype(np.float32),
+            known_dynamic_mask=np.concatenate([~np.isnan(x[:, 2:]), np.ones(future.shape, bool), pad > 0], -1),
+            known_dynamic_series_ids=np.zeros((BATCH, 1), int),
+        )
+        expected = _reference_quantiles(reference, x[:, :2], np.zeros((BATCH, 2), int), HORIZON, options, **known)
+        assert result.quantiles.shape == (BATCH, 2, HORIZON, 9)  # covariates are not forecast
+        assert per_variate_relative_error(np.moveaxis(result.quantiles, -1, 0), expected) <= TOLERANCE
+
+
+def test_quantile_forecast_interface():
+    _, model = _pair("mha_variate_first")
+    x = _series(5)
+    result = toto_jax.forecast(model, x, 20)  # the safe defaults: gaps filled, normalized, capped, fallback
+    knots = result.quantiles
+    assert np.all(np.isfinite(knots)) and np.all(np.diff(knots, axis=-1) >= 0)
+    for i, level in enumerate((0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)):
+        np.testing.assert_array_equal(result.quantile(level), knots[..., i])  # exact at the knots
+    np.testing.assert_array_equal(result.median, knots[..., 4])
+    between = result.quantile([0.1, 0.15, 0.2, 0.45, 0.85, 0.9])
+    assert np.all(np.diff(between, axis=0) >= 0)  # monotone between the knots
+    np.testing.assert_allclose(between[1], (knots[..., 0] + knots[..., 1]) / 2, rtol=1e-12)
+    np.testing.assert_allclose(result.mean, knots @ np.array([0.15] + [0.1] * 7 + [0.15]), rtol=1e-12)
+    with pytest.raises(ValueError, match="covers levels 0.1 to 0.9"):
+        result.quantile(0.95)
+    with pytest.raises(ValueError, match="no standard deviation"):
+        result.std
+    with pytest.raises(ForecastError, match="draws no sample paths"):
+        toto_jax.forecast(model, x, 20, num_samples=8)
+    with pytest.raises(ForecastError, match="shorter than the horizon"):
+        toto_jax.forecast(model, x, 20, future_exogenous_variables=np.zeros((1, 10)))
+    bad = np.zeros((BATCH, 1, 20))
+    bad[1, 0, 7] = np.nan
+    with pytest.raises(ForecastError, match=r"series 1, covariate 0 \(variate 2\): future value at step 7"):
+        toto_jax.forecast(model, x, 20, future_exogenous_variables=bad)
+    with pytest.raises(ForecastError, match="has 3 covariates"):
+        toto_jax.forecast(model, x, 20, future_exogenous_variables=np.zeros((3, 20)))
+    with pytest.raises(ForecastError, match="multiple of the patch size"):
+        toto_jax.forecast(model, x, 20, options=ForecastOptions(decode_block_size=12))
