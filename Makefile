@@ -20,14 +20,15 @@ test: .venv-test/.installed .venv-test/pandas3/.installed
 	.venv-demo/bin/pip install -q -e .
 	touch $@
 
-# toto-ts pins versions that do not install here, so it goes in without its dependencies,
-# which the `test` extra lists itself.
+# toto-ts pins versions that do not install here, and toto-2 (the Toto 2.0 reference) declares Python >= 3.12
+# though it runs on 3.11: both go in without their dependencies, which the `test` extra lists itself.
 .venv-test/.installed: pyproject.toml
 	$(PYTHON) -m venv .venv-test
 	.venv-test/bin/pip install -q --upgrade pip
 	.venv-test/bin/pip install -q torch==2.13.0
 	.venv-test/bin/pip install -q -e '.[test]'
 	.venv-test/bin/pip install -q --no-deps toto-ts==0.2.0
+	.venv-test/bin/pip install -q --no-deps --ignore-requires-python toto-2==2.0.0 dd-unit-scaling==0.1.0
 	touch $@
 
 # The test extra pins pandas 2 (gluonts, statsforecast); pandas 3 goes beside it, without dependencies, for

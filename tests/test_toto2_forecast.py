@@ -147,3 +147,38 @@ def test_quantile_forecast_interface():
         toto_jax.forecast(model, x, 20, future_exogenous_variables=np.zeros((3, 20)))
     with pytest.raises(ForecastError, match="multiple of the patch size"):
         toto_jax.forecast(model, x, 20, options=ForecastOptions(decode_block_size=12))
+
+
+def test_tools_dispatch_on_a_toto2_checkpoint(tmp_path, capsys):
+    """``toto-jax forecast`` writes the quantile columns of ``toto_jax.forecast``; the evaluation harness and
+    the GluonTS predictor report the model's own quantiles (flat beyond the outer knots)."""
+    import pandas as pd
+
+    from toto_jax.cli import main
+    from toto_jax.eval.baselines import QUANTILE_LEVELS
+    from toto_jax.eval.gluonts_adapter import TotoPredictor
+    from toto_jax.eval.harness import TotoForecaster
+
+    _, model = _pair("mha_variate_first")
+    checkpoint = toto_jax.export_torch(model, tmp_path / "toto2")
+    rng = np.random.default_rng(6)
+    values = 10 + np.cumsum(rng.normal(size=(40, 2)), axis=0)
+    stamps = pd.date_range("2024-01-01", periods=40, freq="h")
+    pd.DataFrame({"timestamp": stamps, "a": values[:, 0], "b": values[:, 1]}).to_csv(tmp_path / "in.csv", index=False)
+    arguments = ["forecast", "--checkpoint", str(checkpoint), "--input", str(tmp_path / "in.csv"),
+                 "--horizon", "12", "--quantiles", "0.1,0.25,0.9"]  # fmt: skip
+    assert main(arguments + ["--output", str(tmp_path / "out.csv")]) == 0
+    written = pd.read_csv(tmp_path / "out.csv")
+    expected = toto_jax.forecast(model, values.T, 12)
+    np.testing.assert_allclose(written.filter(like="q0.25").to_numpy().T, expected.quantile(0.25)[0], rtol=1e-6)
+    np.testing.assert_allclose(written.filter(like="median").to_numpy().T, expected.median[0], rtol=1e-6)
+    assert main(arguments + ["--output", str(tmp_path / "bad.csv"), "--samples", "8"]) == 2
+    assert "drop --samples" in capsys.readouterr().err and not (tmp_path / "bad.csv").exists()
+
+    window = TotoForecaster(model)([values[:, 0]], 12, season=24)[0]
+    single = toto_jax.forecast(model, [values[:, 0][None]], 12)
+    np.testing.assert_allclose(window.quantiles[QUANTILE_LEVELS.index(0.3)], single.quantile(0.3)[0, 0])
+    np.testing.assert_allclose(window.quantiles[0], single.quantile(0.1)[0, 0])  # 0.05: flat below 0.1
+    entry = {"target": values[:, 0], "start": pd.Period("2024-01-01 00:00", freq="h")}
+    (gluonts_forecast,) = TotoPredictor(model, 12).predict([entry])
+    np.testing.assert_allclose(gluonts_forecast.quantile(0.5), single.median[0, 0], rtol=1e-6)

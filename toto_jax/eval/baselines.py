@@ -50,6 +50,14 @@ class WindowForecast:
         return cls(np.median(samples, axis=-1), samples.mean(axis=-1), quantiles, samples)
 
     @classmethod
+    def from_quantile_forecast(cls, median, mean, knots, knot_levels) -> "WindowForecast":
+        """From a quantile model's knots [horizon, knot]: levels between knots linearly, beyond the outer
+        knots flat (the distribution whose mean ``Forecast.mean`` reports)."""
+        knots = np.asarray(knots, np.float64)
+        quantiles = np.stack([np.interp(QUANTILE_LEVELS, knot_levels, row) for row in knots], axis=-1)
+        return cls(np.asarray(median, np.float64), np.asarray(mean, np.float64), quantiles)
+
+    @classmethod
     def point_mass(cls, point: np.ndarray) -> "WindowForecast":
         point = np.asarray(point, np.float64)
         return cls(point, point, np.repeat(point[None], len(QUANTILE_LEVELS), axis=0), point[:, None])

@@ -4,7 +4,8 @@
 ``TotoPredictor(model, prediction_length).predict(dataset)`` takes GluonTS entries (dicts with ``target``
 [time] or [variate, time], ``start`` a ``pandas.Period``, optional ``item_id``) and yields one
 ``gluonts.model.forecast.SampleForecast`` per entry: samples [num_samples, prediction_length] for a
-univariate target, [num_samples, prediction_length, variate] for a multivariate one (GluonTS' layout).
+univariate target, [num_samples, prediction_length, variate] for a multivariate one (GluonTS' layout); a
+Toto 2.0 model yields ``QuantileForecast``s of its nine levels in the same layouts.
 Entries are forecast in batches, made as ``options`` says (a ``ForecastOptions``; None: ``ForecastOptions()``,
 the defaults of the API and every tool): each whole target goes to ``toto_jax.forecast``, which keeps its last
 ``options.context_length`` steps (None: the model's ``config.max_context``).
@@ -32,26 +33,35 @@ class TotoPredictor:
         self.options = ForecastOptions() if options is None else options
 
     def _forecast_batch(self, entries: list[dict]) -> Iterator:
-        from gluonts.model.forecast import SampleForecast
+        from gluonts.model.forecast import QuantileForecast, SampleForecast
 
         from toto_jax.forecasting import forecast
+        from toto_jax.models import is_toto2
 
         targets = [np.asarray(entry["target"]) for entry in entries]  # any float or int dtype; float64 stays
         rows = [t if t.ndim == 2 else t[None] for t in targets]
         by_variates: dict[int, list[int]] = {}
         for index, row in enumerate(rows):  # one forecast call per variate count
             by_variates.setdefault(row.shape[0], []).append(index)
-        samples: dict[int, np.ndarray] = {}
+        quantile_model = is_toto2(self.model)
+        draws: dict[int, np.ndarray] = {}
+        levels = None
         for indices in by_variates.values():
             result = forecast(self.model, [rows[i] for i in indices], self.prediction_length,
-                              num_samples=self.num_samples, seed=self.seed, options=self.options)  # fmt: skip
-            for position, index in enumerate(indices):
-                samples[index] = result.samples[position]  # [variate, horizon, sample]
+                              num_samples=None if quantile_model else self.num_samples, seed=self.seed,
+                              options=self.options)  # fmt: skip
+            levels = result.quantile_levels
+            for position, index in enumerate(indices):  # [variate, horizon, sample or level]
+                draws[index] = (result.quantiles if quantile_model else result.samples)[position]
         for index, (entry, target) in enumerate(zip(entries, targets)):
-            paths = np.moveaxis(samples[index], -1, 0)  # [sample, variate, horizon]
-            paths = paths[:, 0] if target.ndim == 1 else np.swapaxes(paths, 1, 2)
+            arrays = np.moveaxis(draws[index], -1, 0)  # [sample or level, variate, horizon]
+            arrays = arrays[:, 0] if target.ndim == 1 else np.swapaxes(arrays, 1, 2)
             start = entry["start"] + target.shape[-1]
-            yield SampleForecast(samples=paths, start_date=start, item_id=entry.get("item_id"))
+            if quantile_model:
+                keys = [f"{level:g}" for level in levels]
+                yield QuantileForecast(arrays, start_date=start, forecast_keys=keys, item_id=entry.get("item_id"))
+            else:
+                yield SampleForecast(samples=arrays, start_date=start, item_id=entry.get("item_id"))
 
     def predict(self, dataset: Iterable[dict], **kwargs) -> Iterator:
         batch: list[dict] = []

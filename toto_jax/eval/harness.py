@@ -127,7 +127,7 @@ Forecaster = Callable[[Sequence[np.ndarray], int, int], list[WindowForecast]]
 
 class TotoForecaster:
     """A Toto model as a forecaster: ``toto_jax.forecast`` of each window's whole history with
-    ``num_samples`` sample paths, made as ``options`` says (None: ``ForecastOptions()``, the defaults of
+    ``num_samples`` sample paths (a Toto 2.0 model: its quantiles), made as ``options`` says (None: ``ForecastOptions()``, the defaults of
     the API and every tool). ``forecast`` keeps the last ``options.context_length`` steps (None: the
     model's ``config.max_context``) and does all preprocessing; values reach it in float64."""
 
@@ -141,8 +141,16 @@ class TotoForecaster:
 
     def __call__(self, contexts, horizon: int, season: int) -> list[WindowForecast]:
         from toto_jax.forecasting import forecast
+        from toto_jax.models import is_toto2
 
         rows = [np.asarray(c)[None] for c in contexts]
+        if is_toto2(self.model):  # a quantile model: its nine knots, no sample paths
+            result = forecast(self.model, rows, horizon, seed=self.seed, options=self.options)
+            return [
+                WindowForecast.from_quantile_forecast(result.median[i, 0], result.mean[i, 0], result.quantiles[i, 0],
+                                                      result.quantile_levels)  # fmt: skip
+                for i in range(len(rows))
+            ]
         result = forecast(self.model, rows, horizon, num_samples=self.num_samples, seed=self.seed,
                           options=self.options)  # fmt: skip
         return [WindowForecast.from_samples(result.samples[i, 0]) for i in range(len(rows))]

@@ -89,7 +89,8 @@ def evaluate_lsf(forecast_fn, values: np.ndarray, horizons=LSF_HORIZONS, *, cont
 
 
 class TotoLSFForecaster:
-    """The median of ``num_samples`` sample paths (``None``: the mean path) of ``toto_jax.forecast`` with all
+    """The median of ``num_samples`` sample paths (``None``: the mean path; a Toto 2.0 model: its median
+    quantile) of ``toto_jax.forecast`` with all
     variates forecast jointly, made as ``options`` says (None: ``ForecastOptions()``). ``context_length``:
     the steps the forecast keeps, ``options.context_length`` or else the model's ``config.max_context``;
     ``evaluate_lsf`` cuts its windows' contexts to it."""
@@ -104,6 +105,10 @@ class TotoLSFForecaster:
     def __call__(self, contexts: np.ndarray, horizon: int) -> np.ndarray:
         from toto_jax.forecasting import forecast
 
+        from toto_jax.models import is_toto2
+
+        if is_toto2(self.model):  # a quantile model forecasts its median directly
+            return forecast(self.model, contexts, horizon, seed=self.seed, options=self.options).median
         result = forecast(self.model, contexts, horizon, num_samples=self.num_samples, seed=self.seed,
                           options=self.options)  # fmt: skip
         return result.mean if self.num_samples is None else result.median

@@ -39,10 +39,14 @@ def add_parser(subparsers) -> None:
         "input, and several processes launched together split the files between them)",
     )
     parser.add_argument("--horizon", required=True, type=int, help="steps to forecast")
-    parser.add_argument("--samples", type=int, default=None, help="sample paths (default: the mean path only)")
+    parser.add_argument("--samples", type=int, default=None,
+                        help="Toto 1.0: sample paths (default: the mean path only); Toto 2.0 forecasts quantiles "
+                             "without samples")  # fmt: skip
     parser.add_argument(
-        "--quantiles", default=None, help=f"comma-separated levels, with --samples (default {DEFAULT_QUANTILES})"
-    )
+        "--quantiles", default=None,
+        help=f"comma-separated levels to write: Toto 1.0 with --samples, Toto 2.0 always, within 0.1-0.9 "
+             f"(default {DEFAULT_QUANTILES})",
+    )  # fmt: skip
     parser.add_argument("--output", required=True, type=Path, help="CSV or Parquet file (or directory) to write")
     parser.add_argument("--plot", type=Path, default=None, help="PNG of history, median and quantile bands")
     parser.add_argument("--overwrite", action="store_true",
@@ -109,18 +113,32 @@ def _directory_jobs(args: argparse.Namespace, host_shard) -> tuple[list[tuple[Pa
 
 
 def _check_arguments(args: argparse.Namespace):
-    """Validate the arguments; returns the quantile levels to write (none for the mean path) and the
-    forecast options."""
+    """Validate the arguments; returns the quantile levels asked for and the forecast options."""
     # Everything that can be checked before the model runs is checked first; nothing is written on error.
     if args.horizon <= 0:
         raise ValueError(f"--horizon must be positive, got {args.horizon}")
     if args.samples is not None and args.samples <= 0:
         raise ValueError(f"--samples must be positive, got {args.samples}")
-    if args.quantiles is not None and args.samples is None:
-        raise ValueError("--quantiles need sample paths: add --samples N")
     options = options_from_args(args)
-    levels = _parse_quantiles(args.quantiles or DEFAULT_QUANTILES) if args.samples else []
-    return levels, options
+    return _parse_quantiles(args.quantiles or DEFAULT_QUANTILES), options
+
+
+def _levels_for(model, args: argparse.Namespace, levels: list[float]) -> list[float]:
+    """The quantile levels this model writes: a quantile model (Toto 2.0) always, Toto 1.0 from samples."""
+    from ..models import is_toto2
+
+    if is_toto2(model):
+        if args.samples is not None:
+            raise ValueError("--samples: a Toto 2.0 checkpoint forecasts quantiles directly; drop --samples")
+        outside = [q for q in levels if not 0.1 <= q <= 0.9]
+        if outside:
+            raise ValueError(f"--quantiles: a Toto 2.0 forecast covers levels 0.1 to 0.9, got {outside}")
+        return levels
+    if args.samples is None:
+        if args.quantiles is not None:
+            raise ValueError("--quantiles need sample paths with a Toto 1.0 checkpoint: add --samples N")
+        return []
+    return levels
 
 
 def _check_paths(input_path: Path, output: Path, plot: Path | None, overwrite: bool) -> None:
@@ -156,10 +174,11 @@ def _forecast_file(args, levels: list[float], options, input_path: Path, output:
         import toto_jax
 
         model = toto_jax.load(args.checkpoint)
+    levels = _levels_for(model, args, levels)
     # The values stay float64: the options normalize them in float64 before the model's float32.
     result = forecast(model, table.values, args.horizon, num_samples=args.samples, seed=args.seed, options=options)
     columns = {"mean": result.mean}
-    if result.samples is not None:
+    if levels:
         columns["median"] = result.median
         for level, values in zip(levels, result.quantile(levels)):
             columns[f"q{level:g}"] = values
@@ -181,7 +200,7 @@ def _render(table, result, levels, horizon, title: str | None = None) -> bytes:
     future = table.future_timestamps(horizon)
     history, future_times, centres, band_rows = [], [], [], {q: [] for q in levels}
     quantiles = result.quantile(levels) if levels else None
-    centre = result.median if result.samples is not None else result.mean
+    centre = result.median if levels else result.mean
     for b, (values, stamps) in enumerate(zip(table.values, table.timestamps)):
         for v in range(values.shape[0]):
             name = table.names[v] if table.layout == "wide" else table.names[b]
@@ -191,5 +210,5 @@ def _render(table, result, levels, horizon, title: str | None = None) -> bytes:
             for i, q in enumerate(levels):
                 band_rows[q].append(quantiles[i, b, v])
     bands = {q: np.array(rows) for q, rows in band_rows.items()}
-    label = "median" if result.samples is not None else "mean"
+    label = "median" if levels else "mean"
     return render_forecast_png(history, future_times, np.array(centres), bands, centre_label=label, title=title)
