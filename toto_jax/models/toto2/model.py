@@ -11,7 +11,6 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from .attention import rotary_tables
@@ -102,6 +101,3 @@ class Toto2(nnx.Module):
                                 variate_mask(group_ids))  # fmt: skip
         return Toto2Output(self.quantiles(hidden), stats.loc, stats.scale)
 
-
-def count_parameters(model: nnx.Module) -> int:
-    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))

@@ -125,6 +125,9 @@ class Toto2Transformer(nnx.Module):
             return LayerGroup(config, dtype=dtype, rngs=rngs)
 
         self.groups = create(rngs)
+        for layer in self.groups.layers:  # nnx.vmap names the stacked axis only on non-scalar variables
+            for tau in (layer.attention_tau, layer.mlp_tau):
+                tau.set_metadata(logical_axes=("layers",))
         self.out_norm = RMSNorm(config.d_model, eps=config.norm_eps, use_scale=config.norm_include_weight)
 
     def __call__(self, x, rotary: Rotary, time_mask, variate_mask, cache: KVCache | None = None, offset=0):
