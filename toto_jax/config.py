@@ -183,11 +183,15 @@ class TotoConfig:
 
     @classmethod
     def from_json(cls, path: str | Path) -> "TotoConfig":
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"config file not found: {path}")
-        with open(path) as f:
-            return cls.from_dict(json.load(f))
+        return cls.from_dict(read_config_json(path))
+
+
+def read_config_json(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    with open(path) as f:
+        return json.load(f)
 
 
 # The shape of Datadog/Toto-Open-Base-1.0 (151M parameters).

@@ -7,12 +7,11 @@ the resolved values are properties (``ff_dim``, ``head_dim``, ``kv_heads``, ...)
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from pathlib import Path
 from typing import Any
 
-from ...config import _HUB_METADATA_KEYS, ConfigError
+from ...config import _HUB_METADATA_KEYS, ConfigError, read_config_json
 
 QUANTILE_LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
@@ -132,11 +131,7 @@ class Toto2Config:
 
     @classmethod
     def from_json(cls, path: str | Path) -> "Toto2Config":
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"config file not found: {path}")
-        with open(path) as f:
-            return cls.from_dict(json.load(f))
+        return cls.from_dict(read_config_json(path))
 
 
 def is_toto2_config(values: dict[str, Any]) -> bool:
