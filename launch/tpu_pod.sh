@@ -43,7 +43,7 @@ fi
 WORKER_SCRIPT="set -euo pipefail
 if [ ! -d toto-jax ]; then git clone $REPO toto-jax; fi
 cd toto-jax && git fetch --all && git checkout $REF
-python3 -m venv .venv && .venv/bin/pip install -q -U pip && .venv/bin/pip install -q -e . 'jax[tpu]'
+python3 -m venv .venv && .venv/bin/pip install -q -U pip && .venv/bin/pip install -q -e '.[tpu,cloud]'
 exec .venv/bin/toto-jax train --config $CONFIG --workdir $WORKDIR ${OVERRIDES[*]:-}"
 
 if ((DRY_RUN)); then

@@ -3,8 +3,20 @@
 import os
 import warnings
 
+import pytest
+
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 
 warnings.filterwarnings("ignore", category=ImportWarning)
+
+
+@pytest.fixture(scope="session")
+def object_stores():
+    """A GCS emulator and a moto S3 server on free loopback ports, for the whole test session of this worker,
+    with the environment that points every client at them (see tests/storage_servers.py)."""
+    from storage_servers import running_object_stores
+
+    with running_object_stores() as stores:
+        yield stores

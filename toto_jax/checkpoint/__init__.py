@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .. import storage
 from .files import CheckpointError
 from .native import is_native_checkpoint, load_native, save_native
 from .torch_format import export_torch, is_torch_checkpoint, load_torch_checkpoint
@@ -20,7 +21,8 @@ DEFAULT_MODEL_DIRECTORY = Path(__file__).resolve().parent.parent / "assets" / "d
 def save(model, directory: str | Path, *, overwrite: bool = False) -> Path:
     """Write ``model`` (Toto 1.0 or 2.0) as a native checkpoint (orbax arrays + config.json), atomically.
 
-    A non-empty ``directory`` is only replaced with ``overwrite=True``.
+    A non-empty ``directory`` is only replaced with ``overwrite=True``. ``gs://`` and ``s3://`` URLs work
+    too (``toto-jax[cloud]``).
     """
     return save_native(model, directory, overwrite=overwrite)
 
@@ -32,20 +34,29 @@ def load(path: str | Path, *, dtype: str | None = None, mesh=None, rules=None):
 
     ``"default"`` is the small model shipped with the package. ``dtype`` overrides the computation dtype
     (parameters stay float32). With ``mesh``, every parameter is placed directly with the sharding its
-    logical axes map to under ``rules`` (default rules if None).
+    logical axes map to under ``rules`` (default rules if None). ``path`` may be a ``gs://`` or ``s3://``
+    URL (``toto-jax[cloud]``): checkpoints are read through a temporary local copy, run directories
+    (gs:// only) directly.
     """
     if str(path) == DEFAULT_MODEL and not Path(path).exists():
         if not DEFAULT_MODEL_DIRECTORY.exists():
             raise CheckpointError(f"the bundled default model is missing from this installation ({DEFAULT_MODEL_DIRECTORY})")
         path = DEFAULT_MODEL_DIRECTORY
-    path = Path(path)
+    storage.check_access(path)
+    path = storage.as_path(path)
     if not path.exists():
         raise CheckpointError(f"checkpoint not found: {path}")
     kind = checkpoint_kind(path)
-    if kind == "torch":
-        return load_torch_checkpoint(path, dtype=dtype, mesh=mesh, rules=rules)
-    if kind == "native":
-        return load_native(path, dtype=dtype, mesh=mesh, rules=rules)
+    if kind in ("torch", "native"):
+        loader = load_torch_checkpoint if kind == "torch" else load_native
+        single_file = path.suffix == ".safetensors"  # its config.json lies beside it
+        # safetensors memory-maps local files, and orbax does not read s3://
+        with storage.local_copy(path.parent if single_file else path) as local:
+            try:
+                return loader(local / path.name if single_file else local, dtype=dtype, mesh=mesh, rules=rules)
+            except CheckpointError as error:  # name the checkpoint, not its temporary copy
+                source = path.parent if single_file else path
+                raise CheckpointError(str(error).replace(str(local), str(source))) from None
     if kind == "run":
         return _run_format().load_model_from_run(path, dtype=dtype, mesh=mesh, rules=rules)
     raise CheckpointError(
@@ -56,7 +67,7 @@ def load(path: str | Path, *, dtype: str | None = None, mesh=None, rules=None):
 
 def checkpoint_kind(path: str | Path) -> str | None:
     """'torch', 'native', 'run' or None: what ``load`` would read ``path`` as."""
-    path = Path(path)
+    path = storage.as_path(path)
     if not path.exists():
         return None
     if is_torch_checkpoint(path):

@@ -16,6 +16,8 @@ from typing import Any
 
 import jax
 
+from .. import storage
+
 
 def _shapes(tree: Any) -> dict[str, tuple]:
     leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
@@ -33,7 +35,9 @@ def stored_shapes(directory: Path) -> dict[str, tuple] | None:
         return None
     import tensorstore as ts
 
-    store = ts.KvStore.open({"driver": "ocdbt", "base": {"driver": "file", "path": f"{directory}/"}}).result()
+    # TensorStore reads gs:// and s3:// URLs itself
+    base = f"{directory}/" if storage.is_remote(directory) else {"driver": "file", "path": f"{directory}/"}
+    store = ts.KvStore.open({"driver": "ocdbt", "base": base}).result()
     shapes = {}
     for key in store.list().result():
         name, _, leaf = key.decode().rpartition("/")
@@ -60,7 +64,7 @@ def shape_mismatches(stored: dict[str, tuple], targets: Any) -> list[str]:
 def check_stored_shapes(directory: str | Path, targets: Any) -> None:
     """Raise ValueError, without reading any array, when the array store in ``directory`` cannot be read
     or a stored shape differs from its target's (a tree of arrays or ``jax.ShapeDtypeStruct``)."""
-    stored = stored_shapes(Path(directory).absolute())
+    stored = stored_shapes(_absolute(directory))
     mismatched = shape_mismatches(stored, targets) if stored is not None else []
     if mismatched:
         shown = "; ".join(mismatched[:3]) + (f"; and {len(mismatched) - 3} more" if len(mismatched) > 3 else "")
@@ -72,7 +76,12 @@ def restore_arrays(directory: str | Path, targets: Any) -> Any:
     ``check_stored_shapes``."""
     import orbax.checkpoint as ocp
 
-    directory = Path(directory).absolute()  # orbax needs absolute paths
+    directory = _absolute(directory)  # orbax needs absolute paths
     check_stored_shapes(directory, targets)
     with ocp.Checkpointer(ocp.StandardCheckpointHandler()) as checkpointer:
         return checkpointer.restore(directory, ocp.args.StandardRestore(targets))
+
+
+def _absolute(directory: str | Path):
+    path = storage.as_path(directory)
+    return path if storage.is_remote(directory) else path.absolute()

@@ -8,7 +8,8 @@
 
 Markers written before Toto 2.0 existed have no family: they are Toto 1.0 checkpoints.
 
-The whole directory is staged in a hidden sibling and renamed into place (``files.atomic_directory``).
+The whole directory is staged in a hidden sibling and renamed into place (``files.atomic_directory``); on
+an object store it is uploaded with the marker last.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from flax import nnx
 from ..config import ConfigError, TotoConfig
 from ..models.toto2.config import Toto2Config
 from .arrays import restore_arrays
+from .. import storage
 from .files import CheckpointError, atomic_directory
 from .placement import abstract_model, flat_shardings
 
@@ -42,17 +44,17 @@ def _checkpointer():
 
 def is_native_checkpoint(path: str | Path) -> bool:
     """True for a directory in the native layout, complete or not (``load_native`` says what is missing)."""
-    path = Path(path)
+    path = storage.as_path(path)
     return path.is_dir() and ((path / MARKER_FILE).is_file() or (path / STATE_DIR).is_dir())
 
 
 def save_native(model, directory: str | Path, *, overwrite: bool = False) -> Path:
     import orbax.checkpoint as ocp
 
-    directory = Path(directory)
+    directory = storage.as_path(directory)
     state = nnx.to_pure_dict(nnx.state(model))
     parameters = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state))
-    with atomic_directory(directory, overwrite=overwrite) as staging:
+    with atomic_directory(directory, overwrite=overwrite, last=MARKER_FILE) as staging:
         with _checkpointer() as checkpointer:  # synchronous: the arrays are on disk when it returns
             checkpointer.save((staging / STATE_DIR).absolute(), args=ocp.args.StandardSave(state))
         (staging / CONFIG_FILE).write_text(json.dumps(model.config.to_dict(), indent=2) + "\n")

@@ -17,6 +17,7 @@ from flax import nnx
 from ..config import ConfigError, TotoConfig
 from ..models import is_toto2
 from ..models.toto2.config import Toto2Config, is_toto2_config
+from .. import storage
 from .files import CheckpointError, atomic_directory
 from .placement import abstract_model, flat_shardings
 from .rules import Layout, path
@@ -112,7 +113,7 @@ def torch_tensors_to_state(config, tensors: dict[str, np.ndarray], abstract_stat
 
 # ---- directory level ------------------------------------------------------------------------------------
 def is_torch_checkpoint(location: str | Path) -> bool:
-    location = Path(location)
+    location = storage.as_path(location)
     return (location / WEIGHTS_FILE).is_file() or (location / INDEX_FILE).is_file() or location.suffix == ".safetensors"
 
 
@@ -216,9 +217,9 @@ def export_torch(model, directory: str | Path, *, overwrite: bool = False) -> Pa
     """
     from safetensors.numpy import save_file
 
-    directory = Path(directory)
+    directory = storage.as_path(directory)
     tensors = torch_tensors(model)
-    with atomic_directory(directory, overwrite=overwrite) as staging:
+    with atomic_directory(directory, overwrite=overwrite, last=WEIGHTS_FILE) as staging:
         save_file(tensors, str(staging / WEIGHTS_FILE), metadata={"format": "pt"})
         (staging / CONFIG_FILE).write_text(json.dumps(model.config.to_reference_dict(), indent=2) + "\n")
     return directory

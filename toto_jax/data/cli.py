@@ -22,7 +22,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         ),
     )
     convert.add_argument("input", help="directory of CSV files (searched recursively)")
-    convert.add_argument("output", help="output directory for part-*.parquet files")
+    convert.add_argument("output", help="output directory for part-*.parquet files (local, gs:// or s3://)")
     convert.add_argument("--rows-per-group", type=int, default=64, help="Parquet row group size (default 64)")
     convert.add_argument("--rows-per-file", type=int, default=10_000, help="rows per output file (default 10000)")
     convert.set_defaults(func=run_convert)
@@ -33,13 +33,14 @@ def run_convert(args: argparse.Namespace) -> int:
     """Runs ``toto-jax data convert``; prints a JSON summary and returns the exit code."""
     from toto_jax.data.convert import convert_csv_directory
     from toto_jax.data.quality import DataError
+    from toto_jax.storage import StorageError
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         summary = convert_csv_directory(
             args.input, args.output, rows_per_group=args.rows_per_group, rows_per_file=args.rows_per_file
         )
-    except DataError as error:
+    except (DataError, StorageError) as error:
         print(f"toto-jax data convert: error: {error}", file=sys.stderr)
         return 2
     print(json.dumps({"series": summary["series"], "files": summary["files"], "skipped": summary["skipped"]}, indent=2))

@@ -14,6 +14,7 @@ import logging
 import os
 import pathlib
 
+from toto_jax import storage
 from toto_jax.data import quality, sources
 from toto_jax.data.quality import DataError
 
@@ -28,7 +29,8 @@ def convert_csv_directory(
 ) -> dict:
     """Converts every CSV under ``input_dir`` into Parquet files in ``output_dir``.
 
-    Small row groups keep random access cheap for the lazy Parquet source.
+    Small row groups keep random access cheap for the lazy Parquet source. ``output_dir`` may be a ``gs://``
+    or ``s3://`` URL (``toto-jax[cloud]``); its bucket is checked before any CSV is read.
     Returns {"series": written rows, "files": written paths, "skipped": {path: reason}}.
     """
     import pyarrow as pa
@@ -38,7 +40,8 @@ def convert_csv_directory(
         raise DataError("rows_per_group and rows_per_file must be positive")
     input_dir = pathlib.Path(input_dir)
     csv_files = sources._list_files(input_dir, (".csv",))
-    output_dir = pathlib.Path(output_dir)
+    storage.check_access(output_dir)
+    output_dir = storage.as_path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     log = quality.BadDataLog(str(input_dir))
 
@@ -94,7 +97,8 @@ def convert_csv_directory(
             schema=schema,
         )
         path = output_dir / f"part-{file_number:05d}.parquet"
-        pq.write_table(table, path, row_group_size=rows_per_group)
+        with path.open("wb") as stream:
+            pq.write_table(table, stream, row_group_size=rows_per_group)
         written.append(str(path))
     logger.info("converted %d series from %s into %d Parquet file(s)", len(rows), input_dir, len(written))
     return {"series": len(rows), "files": written, "skipped": skipped}

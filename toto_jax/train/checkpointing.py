@@ -7,8 +7,13 @@ Layout of a run directory (``--workdir``)::
     WORKDIR/metrics.jsonl, WORKDIR/tensorboard/
 
 Arrays are stored as flat ``{dotted.path: array}`` dicts so the files do not depend on how Flax/optax
-containers flatten. Saves are atomic (orbax writes a temporary directory and renames it); on restore a
-latest checkpoint that cannot be read is skipped with a warning and the previous one is used.
+containers flatten. Saves are atomic (orbax writes a temporary directory and renames it; on gs://, where
+nothing renames, it writes ``commit_success.txt`` last); on restore a latest checkpoint that cannot be
+read is skipped with a warning and the previous one is used.
+
+``WORKDIR`` may be local or ``gs://`` (orbax-checkpoint writes its arrays through TensorStore's GCS
+driver). ``s3://`` run directories are refused at start: this orbax builds OCDBT stores for local and GCS
+paths only.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from .. import storage
 from ..checkpoint.arrays import check_stored_shapes, restore_arrays
 from ..config import TotoConfig
 from ..models.toto1.toto import Toto
@@ -31,6 +37,18 @@ from .config import MeshConfig
 CHECKPOINTS = "checkpoints"
 ITEMS = ("params", "opt_state", "meta", "data", "config")
 FORMAT = "toto-jax-run-1"
+COMMIT_FILE = "commit_success.txt"  # orbax's completion marker where it cannot rename (gs://)
+
+
+def run_path(workdir: str | Path):
+    """``workdir`` as an absolute local path (orbax needs one) or a ``gs://`` path; s3:// is refused."""
+    if storage.scheme(workdir) == "s3":
+        raise storage.StorageError(
+            f"{workdir}: run directories on s3:// are not supported (orbax-checkpoint writes its array stores "
+            "to local and gs:// paths only); use gs:// or a local/shared filesystem"
+        )
+    path = storage.as_path(workdir)
+    return path if storage.is_remote(workdir) else path.absolute()
 
 
 def flatten(tree: Any) -> dict[str, Any]:
@@ -70,7 +88,7 @@ class RunCheckpoints:
     """Save/restore training checkpoints of one run directory."""
 
     def __init__(self, workdir: str | Path, keep_last: int = 3, keep_every: int | None = None, async_save: bool = True):
-        self.directory = Path(workdir).absolute() / CHECKPOINTS
+        self.directory = run_path(workdir) / CHECKPOINTS
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep_last,
             keep_period=keep_every,
@@ -145,9 +163,14 @@ class RunCheckpoints:
 def _step_directories(path: Path) -> list[Path]:
     """``[path]`` when it is one step of a run, else the finished steps under it, newest first.
 
-    Orbax renames a step's temporary directory to its number only once the save is complete.
+    Orbax renames a step's temporary directory to its number only once the save is complete; on gs://
+    it writes the step in place and ``commit_success.txt`` last.
     """
-    is_step = lambda p: (p / "params").is_dir() and (p / "config").is_dir()  # noqa: E731
+    remote = storage.is_remote(path)
+
+    def is_step(p) -> bool:
+        return (p / "params").is_dir() and (p / "config").is_dir() and (not remote or (p / COMMIT_FILE).is_file())
+
     if is_step(path):
         return [path]
     root = path / CHECKPOINTS if (path / CHECKPOINTS).is_dir() else path
@@ -157,7 +180,7 @@ def _step_directories(path: Path) -> list[Path]:
 
 def is_run_directory(path: str | Path) -> bool:
     """True for a training run directory (``WORKDIR``), its ``checkpoints`` folder, or one step in it."""
-    path = Path(path)
+    path = run_path(path) if storage.scheme(path) != "s3" else storage.as_path(path)
     return path.is_dir() and bool(_step_directories(path))
 
 
@@ -166,7 +189,7 @@ def load_model_from_run(path: str | Path, dtype: str | None = None, mesh=None, r
 
     Tries steps from the newest down, skipping unreadable ones with a warning.
     """
-    path = Path(path).absolute()  # orbax needs absolute paths
+    path = run_path(path)  # orbax needs absolute paths
     candidates = _step_directories(path) if path.is_dir() else []
     if not candidates:
         raise FileNotFoundError(f"no training checkpoint found in {path}")
@@ -182,7 +205,7 @@ def load_model_from_run(path: str | Path, dtype: str | None = None, mesh=None, r
 
 def read_run_config(path: str | Path) -> dict:
     """The training config (dict form) saved with the newest finished checkpoint under ``path``."""
-    candidates = _step_directories(Path(path).absolute())
+    candidates = _step_directories(run_path(path))
     if not candidates:
         raise FileNotFoundError(f"no training checkpoint found in {path}")
     with ocp.Checkpointer(ocp.JsonCheckpointHandler()) as checkpointer:

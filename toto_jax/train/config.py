@@ -14,6 +14,7 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
+from .. import storage
 from ..config import ConfigError, TotoConfig
 from ..data.config import DataConfig
 from ..sharding import DEFAULT_RULES
@@ -43,6 +44,9 @@ class CheckpointConfig:
     keep_last: int = 3  # most recent checkpoints kept
     keep_every: int | None = None  # also keep every checkpoint whose step is a multiple of this
     async_save: bool = True
+    # also save when this many minutes passed since the last save (checked at logging.every steps);
+    # these checkpoints are pruned by keep_last / keep_every like the others
+    every_minutes: float | None = None
 
 
 @dataclasses.dataclass
@@ -65,6 +69,8 @@ class TrainConfig:
     steps: int = 1000
     seed: int = 0
     num_exogenous_variables: int = 0  # the last variates of each sample; excluded from the loss
+    # JAX's persistent compilation cache (local, gs:// or s3://): restarts load compiled programs
+    compilation_cache_dir: str | None = None
 
     def validate(self) -> None:
         if self.steps < 1:
@@ -84,6 +90,8 @@ class TrainConfig:
                 raise ConfigError(f"mesh.rules entries must be [logical_name, mesh_axes], got {rule!r}")
         if self.checkpoint.every < 1 or self.checkpoint.keep_last < 1 or self.logging.every < 1:
             raise ConfigError("checkpoint.every, checkpoint.keep_last and logging.every must be >= 1")
+        if self.checkpoint.every_minutes is not None and not self.checkpoint.every_minutes > 0:
+            raise ConfigError(f"checkpoint.every_minutes must be > 0, got {self.checkpoint.every_minutes}")
         self.optimizer.validate()
         self.data.validate()
         if self.data.batch_size % self.optimizer.accumulation_steps:
@@ -207,6 +215,6 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
     return TrainConfig.from_dict(apply_overrides(values, overrides))
 
 
-def dump_config(config: TrainConfig, path: str | Path) -> None:
-    with open(path, "w") as f:
-        yaml.safe_dump(config.to_dict(), f, sort_keys=False)
+def dump_config(config: TrainConfig, path) -> None:
+    """Write the config as YAML to ``path`` (local, or an object-store path such as ``epath.Path``)."""
+    storage.as_path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))

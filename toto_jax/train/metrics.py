@@ -1,4 +1,8 @@
-"""Training metrics: a JSONL file and TensorBoard event files (written directly, no TensorFlow needed)."""
+"""Training metrics: a JSONL file and TensorBoard event files (written directly, no TensorFlow needed).
+
+In a ``gs://`` run directory, where objects cannot be appended to, both files are written locally and
+uploaded whole at most every ``UPLOAD_SECONDS`` and when the run stops.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,10 @@ import struct
 import time
 from pathlib import Path
 from typing import Mapping
+
+from .. import storage
+
+UPLOAD_SECONDS = 30.0
 
 # ---- TensorBoard event files: TFRecord framing of hand-encoded ``Event`` protocol buffers ------------
 
@@ -75,7 +83,7 @@ def frame_record(data: bytes) -> bytes:
 
 def read_records(path: str | Path) -> list[bytes]:
     """TFRecord payloads of a file, checking both checksums (for tests and tooling)."""
-    raw = Path(path).read_bytes()
+    raw = storage.as_path(path).read_bytes()
     records, offset = [], 0
     while offset < len(raw):
         header = raw[offset : offset + 8]
@@ -90,18 +98,51 @@ def read_records(path: str | Path) -> list[bytes]:
     return records
 
 
+class AppendFile:
+    """A file opened for appending, locally or in an object store (a local copy uploaded by ``flush``)."""
+
+    def __init__(self, path, mode: str):
+        self.path = path
+        self.remote = storage.is_remote(path)
+        if not self.remote:
+            self.file = open(path, mode)
+            return
+        import tempfile
+
+        self.scratch = tempfile.TemporaryDirectory(prefix="toto-jax-metrics-")
+        self.local = Path(self.scratch.name) / path.name
+        if path.exists():  # a resumed run appends to what the previous one uploaded
+            self.local.write_bytes(path.read_bytes())
+        self.file = open(self.local, mode)
+        self.uploaded_at = time.monotonic()
+
+    def write(self, data) -> None:
+        self.file.write(data)
+        self.flush()
+
+    def flush(self, force: bool = False) -> None:
+        self.file.flush()
+        if self.remote and (force or time.monotonic() - self.uploaded_at >= UPLOAD_SECONDS):
+            storage.filesystem(self.path).put_file(str(self.local), str(self.path))
+            self.uploaded_at = time.monotonic()
+
+    def close(self) -> None:
+        self.flush(force=True)
+        self.file.close()
+        if self.remote:
+            self.scratch.cleanup()
+
+
 class EventWriter:
-    def __init__(self, directory: str | Path):
-        directory = Path(directory)
+    def __init__(self, directory):
+        directory = storage.as_path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         name = f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}.{os.getpid()}"
-        self.file = open(directory / name, "ab")
+        self.file = AppendFile(directory / name, "ab")
         self.file.write(frame_record(encode_event(time.time(), 0, file_version="brain.Event:2")))
-        self.file.flush()
 
     def scalars(self, step: int, values: Mapping[str, float]) -> None:
         self.file.write(frame_record(encode_event(time.time(), step, scalars=values)))
-        self.file.flush()
 
     def close(self) -> None:
         self.file.close()
@@ -110,14 +151,14 @@ class EventWriter:
 class MetricsLogger:
     """Appends ``{"step": n, ...}`` lines to ``metrics.jsonl`` and, optionally, TensorBoard scalars."""
 
-    def __init__(self, workdir: str | Path, tensorboard: bool = True, enabled: bool = True):
+    def __init__(self, workdir, tensorboard: bool = True, enabled: bool = True):
         self.enabled = enabled
         self.events = None
         if not enabled:
             return
-        workdir = Path(workdir)
+        workdir = storage.as_path(workdir)
         workdir.mkdir(parents=True, exist_ok=True)
-        self.jsonl = open(workdir / "metrics.jsonl", "a")
+        self.jsonl = AppendFile(workdir / "metrics.jsonl", "a")
         if tensorboard:
             self.events = EventWriter(workdir / "tensorboard")
 
@@ -126,7 +167,6 @@ class MetricsLogger:
             return
         values = {k: float(v) for k, v in values.items()}
         self.jsonl.write(json.dumps({"step": int(step), **values}) + "\n")
-        self.jsonl.flush()
         if self.events is not None:
             self.events.scalars(step, {f"train/{k}": v for k, v in values.items()})
 
@@ -139,5 +179,5 @@ class MetricsLogger:
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
-    with open(path) as f:
+    with storage.as_path(path).open() as f:
         return [json.loads(line) for line in f if line.strip()]

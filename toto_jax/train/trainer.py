@@ -263,10 +263,13 @@ def train(
 ) -> TrainState:
     """Train to ``config.steps``, resuming from the latest readable checkpoint in ``workdir``."""
     from ..data import make_iterator
-    from .checkpointing import RunCheckpoints, read_run_config
+    from .. import storage
+    from .checkpointing import RunCheckpoints, read_run_config, run_path
     from .metrics import MetricsLogger
+    from .preemption import SaveClock, StopSignals
 
-    workdir = Path(workdir)
+    storage.check_access(workdir)  # a missing or unreachable bucket fails here, before anything compiles
+    workdir = run_path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     is_writer = jax.process_index() == 0
     checkpoints = RunCheckpoints(
@@ -327,6 +330,8 @@ def train(
         progress = tqdm(total=config.steps, initial=start, desc="train", dynamic_ncols=True)
     config_dict = config.to_dict()
     interval_start, interval_steps = time.perf_counter(), 0
+    save_clock = SaveClock(config.checkpoint.every_minutes)
+    stop_signals = StopSignals().install()  # SIGTERM / SIGINT: finish the step, save, return early
     try:
         for step in range(start, config.steps):
             batch = program.put_batch(next(iterator))
@@ -336,7 +341,9 @@ def train(
             if step == start:  # keep compilation out of the throughput figures
                 jax.block_until_ready(metrics)
                 interval_start, interval_steps = time.perf_counter(), 0
+            time_due = False
             if done % config.logging.every == 0 or done == config.steps:
+                time_due = save_clock.due()
                 values = {k: float(v) for k, v in jax.device_get(metrics).items()}
                 if interval_steps:  # none when only the (compiling) first step ran since the last record
                     steps_per_second = interval_steps / (time.perf_counter() - interval_start)
@@ -347,7 +354,9 @@ def train(
                 if progress is not None:
                     progress.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{values['lr']:.2e}")
                 interval_start, interval_steps = time.perf_counter(), 0
-            if done % config.checkpoint.every == 0 or done == config.steps:
+            stopping = stop_signals.reached(done)
+            if done % config.checkpoint.every == 0 or done == config.steps or time_due or stopping:
+                save_clock.saved()
                 checkpoints.wait()  # one save in flight at a time
                 params, opt_state = state.params, state.opt_state
                 if config.checkpoint.async_save:  # the next step donates (frees) these buffers
@@ -357,7 +366,11 @@ def train(
                 )
             if progress is not None:
                 progress.update(1)
+            if stopping:
+                log.warning("stop signal: saved step %d; the same command resumes from it", done)
+                break
     finally:
+        stop_signals.restore()
         checkpoints.wait()
         checkpoints.close()
         logger.close()

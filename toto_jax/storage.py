@@ -1,0 +1,132 @@
+"""Paths on local disk, Google Cloud Storage (``gs://``) and S3 (``s3://``) behind one type.
+
+Local paths stay ``pathlib.Path``; object-store URLs become ``etils.epath.Path`` (the path type orbax uses),
+whose fsspec backend reads and writes them through gcsfs / s3fs (the ``toto-jax[cloud]`` extra). Both offer
+the same ``/``, ``exists``, ``is_dir``, ``iterdir``, ``open``, ``read_text``, ``write_text``, ``mkdir``,
+``rmtree`` calls, so code written against one works on the other.
+
+Object stores have no atomic directory rename: writers put their completeness marker last and readers
+trust a directory only once it is there. Endpoints and credentials come from the clients' usual
+environment: ``STORAGE_EMULATOR_HOST`` / ``TENSORSTORE_GCS_HTTP_URL`` / application-default credentials for
+GCS, ``AWS_ENDPOINT_URL`` / ``AWS_ACCESS_KEY_ID`` / ... for S3.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pathlib
+import tempfile
+from typing import Iterator, Union
+
+# gcsfs >= 2025.10 asks the gRPC storage-control API for every bucket's layout (zonal / hierarchical)
+# before opening a file; without credentials or against an emulator that call retries for about a
+# minute, and an unknown answer is not cached, so every open waits again. toto-jax needs neither layout:
+# it is off unless the user turns it on (GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT=true) before gcsfs loads.
+os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+
+REMOTE_PREFIXES = ("gs://", "s3://")
+CLIENT_PACKAGES = {"gs": "gcsfs", "s3": "s3fs"}
+
+AnyPath = Union[pathlib.Path, "epath.Path"]  # noqa: F821 - etils is imported lazily
+
+
+class StorageError(ValueError):
+    """An object-store path that cannot be used: client missing, bucket missing or unreachable, no access."""
+
+
+def is_remote(path) -> bool:
+    return str(path).startswith(REMOTE_PREFIXES)
+
+
+def scheme(path) -> str | None:
+    """'gs', 's3' or None (local)."""
+    return str(path).split("://", 1)[0] if is_remote(path) else None
+
+
+def as_path(path) -> AnyPath:
+    """``gs://`` / ``s3://`` URLs as ``epath.Path``; anything else as ``pathlib.Path``."""
+    if not is_remote(path):
+        return pathlib.Path(path)
+    _require_client(scheme(path))
+    from etils import epath
+
+    return epath.Path(str(path))
+
+
+def _require_client(name: str) -> None:
+    import importlib.util
+
+    package = CLIENT_PACKAGES[name]
+    if importlib.util.find_spec(package) is None:
+        raise StorageError(f"{name}:// paths need the {package} package: pip install 'toto-jax[cloud]'")
+
+
+def filesystem(path):
+    """The fsspec filesystem of an object-store URL (gcsfs / s3fs), e.g. for pyarrow."""
+    import fsspec
+
+    _require_client(scheme(path))
+    return fsspec.filesystem(scheme(path))
+
+
+def bucket_of(path) -> str:
+    return str(path).split("://", 1)[1].split("/", 1)[0]
+
+
+def check_access(path) -> None:
+    """Fail fast, naming ``path``, when its bucket is missing or unreachable or the credentials are refused
+    (a no-op for local paths). Meant for start-up, before any long work depends on the bucket."""
+    if not is_remote(path):
+        return
+    fs = filesystem(path)
+    bucket = f"{scheme(path)}://{bucket_of(path)}"
+    try:
+        fs.ls(bucket_of(path), detail=False)  # one request that needs the bucket and read access to it
+    except FileNotFoundError:
+        raise StorageError(f"{path}: bucket {bucket} does not exist") from None
+    except Exception as error:  # noqa: BLE001 - clients raise many types (HTTP, auth, connection) for the same fact
+        detail = str(error).splitlines()[0][:300] if str(error) else type(error).__name__
+        raise StorageError(f"{path}: cannot reach bucket {bucket} ({type(error).__name__}: {detail})") from None
+    finally:
+        fs.invalidate_cache()  # a listing cached now would hide what this run writes later
+
+
+def rmtree(path: AnyPath) -> None:
+    if is_remote(path):
+        filesystem(path).rm(str(path), recursive=True)
+    else:
+        import shutil
+
+        shutil.rmtree(path)
+
+
+@contextlib.contextmanager
+def local_copy(path: AnyPath) -> Iterator[pathlib.Path]:
+    """``path`` itself when local; else a temporary local copy of the remote file or directory, removed
+    afterwards (for readers that need local files: memory-mapped safetensors, orbax on s3://)."""
+    if not is_remote(path):
+        yield pathlib.Path(path)
+        return
+    with tempfile.TemporaryDirectory(prefix="toto-jax-download-") as scratch:
+        local = pathlib.Path(scratch) / (path.name or "root")
+        fs = filesystem(path)
+        fs.invalidate_cache()  # listings cached before another writer replaced the directory are stale
+        if fs.isdir(str(path)):
+            local.mkdir()
+            fs.get(str(path).rstrip("/") + "/", str(local) + "/", recursive=True)
+        else:
+            fs.get(str(path), str(local))
+        yield local
+
+
+def upload_directory(local: pathlib.Path, destination: AnyPath, *, last: str | None = None) -> None:
+    """Copy the files under ``local`` to the remote ``destination``; the file named ``last`` (the
+    completeness marker) goes up only after all the others."""
+    fs = filesystem(destination)
+    fs.invalidate_cache()
+    root = str(destination).rstrip("/")
+    files = sorted(p for p in pathlib.Path(local).rglob("*") if p.is_file())
+    deferred = [p for p in files if last is not None and p.relative_to(local).as_posix() == last]
+    for file in [p for p in files if p not in deferred] + deferred:
+        fs.put_file(str(file), f"{root}/{file.relative_to(local).as_posix()}")
