@@ -25,9 +25,9 @@ from .rope import RotaryTables, rotary_tables, xpos_key_recentre
 
 TIME = "time"
 VARIATE = "variate"
-# Stages of at most this many repeats run unrolled: a scanned loop stacks every step's saved activations
-# into [repeats, ...] buffers for the backward pass (zero-filled, written and re-read: on CPU 12-14 % of
-# the small.yaml gradient), which a short stage does not need to bound its compile time.
+# Stages of at most this many repeats run as a Python loop: a scanned stage stacks every step's saved
+# activations into [repeats, ...] buffers for the backward pass (filled, written and sliced again), which
+# a short stage does not need to bound its compile time.
 UNROLLED_STAGE_REPEATS = 4
 
 
@@ -229,8 +229,16 @@ class Transformer(nnx.Module):
 
             if config.remat:
                 step = jax.checkpoint(step, prevent_cse=False)
-            unroll = stage.repeats <= UNROLLED_STAGE_REPEATS
-            x, stage_cache = jax.lax.scan(step, x, (params, stage_cache, stage_keys), unroll=unroll)
+            xs = (params, stage_cache, stage_keys)
+            if stage.repeats <= UNROLLED_STAGE_REPEATS:
+                # A Python loop: ``scan(unroll=True)`` would still stack the saved activations.
+                outputs = []
+                for repeat in range(stage.repeats):
+                    x, output = step(x, jax.tree.map(lambda a, repeat=repeat: a[repeat], xs))
+                    outputs.append(output)
+                stage_cache = jax.tree.map(lambda *a: jnp.stack(a), *outputs)
+            else:
+                x, stage_cache = jax.lax.scan(step, x, xs)
             new_keys.append(None if stage_cache is None else stage_cache[0])
             new_values.append(None if stage_cache is None else stage_cache[1])
         if cache is not None:
