@@ -195,7 +195,10 @@ class AffineTransformed:
 
 
 class StudentTHead(nnx.Module):
-    """Projects each time step's embedding to mixture parameters (k = 1 for the single Student-T head)."""
+    """Projects each time step's embedding to mixture parameters (k = 1 for the single Student-T head).
+
+    The model applies it through ``projection`` and ``from_projected``, so that it can fold the
+    unembedding into the projection (``Toto.distribution``)."""
 
     def __init__(self, embed_dim: int, components: int, mixture: bool, *, rngs: nnx.Rngs):
         axes = ("embed", "mixture")
@@ -204,10 +207,19 @@ class StudentTHead(nnx.Module):
         self.scale_proj = Dense(embed_dim, components, axes, rngs=rngs)
         self.mixture_weights = Dense(embed_dim, components, axes, rngs=rngs) if mixture else None
 
-    def __call__(self, h) -> StudentTMixture:
-        h = h.astype(jnp.float32)
-        df = 2.0 + jnp.maximum(jax.nn.softplus(self.df(h)), _EPS)
-        loc = self.loc_proj(h)
-        scale = jnp.maximum(jax.nn.softplus(self.scale_proj(h)), _EPS)
-        logits = self.mixture_weights(h) if self.mixture_weights is not None else jnp.zeros_like(loc)
-        return StudentTMixture(df, loc, scale, logits)
+    def projection(self) -> tuple[jax.Array, jax.Array]:
+        """The four (three) projections as one float32 kernel [embed, parameters * components] and bias."""
+        denses = [self.df, self.loc_proj, self.scale_proj]
+        if self.mixture_weights is not None:
+            denses.append(self.mixture_weights)
+        kernel = jnp.concatenate([d.kernel[...] for d in denses], axis=-1).astype(jnp.float32)
+        bias = jnp.concatenate([d.bias[...] for d in denses], axis=-1).astype(jnp.float32)
+        return kernel, bias
+
+    def from_projected(self, projected) -> StudentTMixture:
+        """``projected``: ``h @ kernel + bias`` of ``projection()`` [..., parameters * components]."""
+        parts = jnp.split(projected, 4 if self.mixture_weights is not None else 3, axis=-1)
+        df = 2.0 + jnp.maximum(jax.nn.softplus(parts[0]), _EPS)
+        scale = jnp.maximum(jax.nn.softplus(parts[2]), _EPS)
+        logits = parts[3] if self.mixture_weights is not None else jnp.zeros_like(parts[1])
+        return StudentTMixture(df, parts[1], scale, logits)

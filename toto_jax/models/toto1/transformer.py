@@ -1,7 +1,7 @@
 """Pre-norm transformer whose layers alternate time-wise and variate-wise attention.
 
 Layers are grouped into *stages* whose parameters are stacked along a leading ``layers`` axis and run
-with ``lax.scan``, so compile time does not grow with depth:
+with ``lax.scan``, so compile time does not grow with depth (stages of a few repeats are unrolled):
 - several repeats of the ``spacewise_every_n_layers`` block -> one stage scanning over the blocks;
 - a single block (Toto-Open-Base: 1 variate layer + 11 time layers) -> one stage per run of equal layers.
 """
@@ -25,6 +25,12 @@ from .rope import RotaryTables, rotary_tables, xpos_key_recentre
 
 TIME = "time"
 VARIATE = "variate"
+# Without a KV cache (training, whole-series forward), stages of at most this many repeats run as a Python
+# loop: a scanned stage stacks every step's saved activations into [repeats, ...] buffers for the backward
+# pass (filled, written and sliced again), which a short stage does not need to bound its compile time.
+# Cached decoding keeps the scan: there the loop's static weight slices are copied before each matmul
+# (2.3x slower on weight-bound 7-row steps, CPU); the scan reads its weights about as fast as unstacked ones.
+UNROLLED_STAGE_REPEATS = 4
 
 
 def layer_kinds(config: TotoConfig) -> list[str]:
@@ -225,7 +231,16 @@ class Transformer(nnx.Module):
 
             if config.remat:
                 step = jax.checkpoint(step, prevent_cse=False)
-            x, stage_cache = jax.lax.scan(step, x, (params, stage_cache, stage_keys))
+            xs = (params, stage_cache, stage_keys)
+            if cache is None and stage.repeats <= UNROLLED_STAGE_REPEATS:
+                # A Python loop: ``scan(unroll=True)`` would still stack the saved activations.
+                outputs = []
+                for repeat in range(stage.repeats):
+                    x, output = step(x, jax.tree.map(lambda a, repeat=repeat: a[repeat], xs))
+                    outputs.append(output)
+                stage_cache = jax.tree.map(lambda *a: jnp.stack(a), *outputs)
+            else:
+                x, stage_cache = jax.lax.scan(step, x, xs)
             new_keys.append(None if stage_cache is None else stage_cache[0])
             new_values.append(None if stage_cache is None else stage_cache[1])
         if cache is not None:
