@@ -25,6 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import machine_load  # benchmarks/, this script's own directory
+
 VARIATES, CONTEXT, HORIZON = 7, 512, 96
 
 
@@ -150,7 +152,7 @@ def main() -> None:
         print(json.dumps(run_reference(args.checkpoint, args.samples, args.reference_repeats)))
         return
 
-    load_before = os.getloadavg()
+    load_before = machine_load.load_average()
     with tempfile.TemporaryDirectory() as directory:
         checkpoint = Path(directory)
         make_checkpoint(checkpoint)
@@ -180,11 +182,7 @@ def main() -> None:
         r = results[side]
         print(f"peak RSS {side:<10}{r['peak_rss_mib']:>8.0f} MiB "
               f"(after loading the model: {r['rss_before_mib']:.0f} MiB)")
-    load_after = os.getloadavg()
-    print(f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f} ({os.cpu_count()} cores)")
-    if max(load_before[0], load_after[0]) > os.cpu_count():
-        print("WARNING: the machine was loaded; PyTorch's thread pool slows far more than XLA under load, so "
-              "this ratio is not a result. Re-run on an idle machine.")
+    machine_load.report(load_before)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from forecast import peak_rss_mib, timed  # noqa: E402
+import machine_load  # noqa: E402
 
 BATCH, CONTEXT, HORIZON = 8, 2048, 1024
 SHAPES = {
@@ -115,8 +116,8 @@ def main() -> None:
         print(json.dumps(run(args.checkpoint, repeats)))
         return
 
-    load_before = os.getloadavg()
-    print(f"load average before {load_before[0]:.2f} ({os.cpu_count()} cores)")
+    load_before = machine_load.load_average()
+    print(f"load average before {load_before:.2f} ({os.cpu_count()} cores)")
     print(f"Toto 2.0, random weights, batch {BATCH} x 1 variate, context {CONTEXT}, horizon {HORIZON} in one pass, "
           f"CPU ({os.cpu_count()} cores)")  # fmt: skip
     print(f"{'shape':<8}{'toto-2 s':>10}{'toto-jax s':>12}{'jax compile s':>15}{'speed-up':>10}"
@@ -138,11 +139,7 @@ def main() -> None:
         print(f"{shape:<8}{reference['warm_s']:>10.3f}{jax_side['warm_s']:>12.3f}{jax_side['compile_s']:>15.2f}"
               f"{reference['warm_s'] / jax_side['warm_s']:>9.1f}x{reference['peak_rss_mib']:>12.0f}"
               f"{jax_side['peak_rss_mib']:>14.0f}", flush=True)  # fmt: skip
-    load_after = os.getloadavg()
-    print(f"load average after {load_after[0]:.2f} ({os.cpu_count()} cores)")
-    if max(load_before[0], load_after[0]) > os.cpu_count():
-        print("WARNING: the machine was loaded; PyTorch's thread pool slows far more than XLA under load, so "
-              "this ratio is not a result. Re-run on an idle machine.")
+    machine_load.report(load_before)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,8 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+import machine_load  # noqa: E402  benchmarks/, this script's own directory
+
 from toto_jax.data import make_iterator  # noqa: E402
 from toto_jax.sharding import make_mesh  # noqa: E402
 from toto_jax.train.config import load_config  # noqa: E402
@@ -106,7 +108,7 @@ def main() -> None:
     parser.add_argument("--skip-base", action="store_true", help="skip the Toto-Open-Base shape and its compile time")
     args = parser.parse_args()
 
-    load_before = os.getloadavg()
+    load_before = machine_load.load_average()
     peak = measure_matmul_peak(jnp.float32)
     print(f"matmul peak {peak / 1e9:.1f} GFLOP/s (float32, measured); MFU is model flops / step time / peak")
     config = load_config(args.config, [f"data.batch_size={args.batch}", "mesh.shape=[1,1,1]"])
@@ -136,12 +138,7 @@ def main() -> None:
         print(f"151M step (bf16, remat, 12 layers) compile {total:.1f} s (trace {traced:.1f} s) "
               f"at batch 1 x 2 variates x 512 steps (target <= 60 s)")  # fmt: skip
 
-    load_after = os.getloadavg()
-    cores = os.cpu_count()
-    print(f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f} ({cores} cores)")
-    if max(load_before[0], load_after[0]) > cores:
-        print("WARNING: the machine was loaded (load average above the core count); these ratios are not a "
-              "result. Re-run on an idle machine.")
+    machine_load.report(load_before)
 
 
 if __name__ == "__main__":
