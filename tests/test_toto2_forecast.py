@@ -182,3 +182,24 @@ def test_tools_dispatch_on_a_toto2_checkpoint(tmp_path, capsys):
     entry = {"target": values[:, 0], "start": pd.Period("2024-01-01 00:00", freq="h")}
     (gluonts_forecast,) = TotoPredictor(model, 12).predict([entry])
     np.testing.assert_allclose(gluonts_forecast.quantile(0.5), single.median[0, 0], rtol=1e-6)
+
+
+def test_memory_budget_splits_the_series_over_calls():
+    """A budget too small for the batch splits it over calls with the same result; one that cannot hold a
+    single series is refused by name."""
+    _, model = _pair("gqa_variate_last")
+    from flax import nnx
+
+    from toto_jax.forecasting.decode import working_bytes
+    from toto_jax.forecasting.quantile import _PROGRAMS
+
+    x = _series(7)
+    compiled = len(_PROGRAMS)
+    whole = toto_jax.forecast(model, x, 12)
+    assert len(_PROGRAMS) == compiled + 1
+    whole_bytes = working_bytes(list(_PROGRAMS.values())[-1], nnx.state(model))
+    split = toto_jax.forecast(model, x, 12, options=ForecastOptions(memory_budget=whole_bytes - 1))
+    assert len(_PROGRAMS) == compiled + 2  # a program for one series at a time was compiled and used
+    np.testing.assert_allclose(split.quantiles, whole.quantiles, rtol=1e-6)
+    with pytest.raises(ForecastError, match="one series needs .* beyond the memory budget"):
+        toto_jax.forecast(model, x, 12, options=ForecastOptions(memory_budget=1))
