@@ -3,16 +3,14 @@ every tensor perturbed so that each one matters, saved as published checkpoints 
 
 from __future__ import annotations
 
-import json
 import warnings
-from pathlib import Path
 
 import numpy as np
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
-    import safetensors.torch
     import torch
+    from reference import save_reference  # noqa: F401  (the same state_dict + config.json layout for toto-2)
     from toto2 import Toto2Model, Toto2ModelConfig
 
 # Small shapes covering the architecture's switches (the six configurations and more).
@@ -58,14 +56,6 @@ def make_reference(config: dict, seed: int = 0, head_gain: float = 1.0) -> Toto2
             if name.startswith("output_head.") and name.endswith(("linear2.weight", "skip_proj.weight")):
                 tensor.mul_(head_gain)
     return model.eval()
-
-
-def save_reference(model: Toto2Model, config: dict, directory: Path) -> Path:
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    safetensors.torch.save_file(model.state_dict(), str(directory / "model.safetensors"))
-    (directory / "config.json").write_text(json.dumps(config))
-    return directory
 
 
 def reference_forward(model: Toto2Model, series, mask, series_ids):

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from flax import nnx
 from reference import make_reference, reference_config, save_reference
+from train_runs import finished_steps
 
 from toto_jax.data import make_iterator
 from toto_jax.sharding import make_mesh
@@ -50,13 +51,6 @@ def environment(cache: Path | None = None) -> dict[str, str]:
         env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
         env["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
     return env
-
-
-def finished_steps(workdir: Path) -> list[int]:
-    root = workdir / "checkpoints"
-    if not root.is_dir():
-        return []
-    return sorted(int(p.name) for p in root.iterdir() if p.name.isdigit() and (p / "_CHECKPOINT_METADATA").exists())
 
 
 @pytest.fixture(scope="module")

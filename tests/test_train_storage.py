@@ -18,6 +18,7 @@ import jax
 import numpy as np
 import pytest
 from flax import nnx
+from train_runs import finished_steps
 
 from toto_jax import storage
 from toto_jax.cli import main as cli_main
@@ -35,13 +36,6 @@ def command(workdir: str, cache: str, *overrides: str) -> list[str]:
         "--steps", str(STEPS), "--checkpoint-every", str(EVERY), "--compilation-cache-dir", cache,
         "logging.every=2", "logging.progress_bar=false", "logging.peak_flops_per_device=1e12", *overrides,
     ]  # fmt: skip
-
-
-def finished_steps(workdir: Path) -> list[int]:
-    root = workdir / "checkpoints"
-    if not root.is_dir():
-        return []
-    return sorted(int(p.name) for p in root.iterdir() if p.name.isdigit() and (p / "_CHECKPOINT_METADATA").exists())
 
 
 @pytest.fixture(scope="module")
