@@ -29,10 +29,10 @@ CONFIGS = {
              spacewise_first=False, k_components=8),
         True,
     ),
-    "std_mean_student_t_time_only": (
+    "std_mean_student_t_time_only_labels": (
         dict(patch_size=4, num_heads=2, num_layers=2, spacewise_every_n_layers=-1, k_components=None,
              scaler="std_mean"),
-        False,
+        True,
     ),
     "causal_std_mean_labels": (dict(scaler="causal_std_mean", num_layers=2), True),
 }  # fmt: skip
@@ -57,7 +57,8 @@ def make_inputs(patch, batch=2, variates=3, seed=0, level=50.0):
     return series, padding_mask, id_mask
 
 
-def reference_forecast(reference, series, padding_mask, id_mask, horizon, num_samples=None, use_kv_cache=True):
+def reference_forecast(reference, series, padding_mask, id_mask, horizon, num_samples=None, use_kv_cache=True,
+                       future_exogenous=None):  # fmt: skip
     batch, variates, time = series.shape
     inputs = MaskedTimeseries(
         series=torch.tensor(series),
@@ -65,10 +66,12 @@ def reference_forecast(reference, series, padding_mask, id_mask, horizon, num_sa
         id_mask=torch.tensor(id_mask),
         timestamp_seconds=torch.zeros(batch, variates, time, dtype=torch.int64),
         time_interval_seconds=torch.ones(batch, variates, dtype=torch.int64),
+        num_exogenous_variables=0 if future_exogenous is None else future_exogenous.shape[1],
     )
     with torch.no_grad():
         return TotoForecaster(reference.model).forecast(
-            inputs, horizon, num_samples=num_samples, samples_per_batch=num_samples or 1, use_kv_cache=use_kv_cache
+            inputs, horizon, num_samples=num_samples, samples_per_batch=num_samples or 1, use_kv_cache=use_kv_cache,
+            future_exogenous_variables=None if future_exogenous is None else torch.tensor(future_exogenous),
         )
 
 
@@ -85,7 +88,8 @@ def pairs(tmp_path_factory):
     return out
 
 
-MEAN_CONFIGS = ["mixture3_causal_patch", "patch16_time_first_k8_labels", "std_mean_student_t_time_only"]
+MEAN_CONFIGS = ["mixture3_causal_patch", "patch16_time_first_k8_labels", "std_mean_student_t_time_only_labels"]
+LABELLED_CONFIGS = ["patch16_time_first_k8_labels", "std_mean_student_t_time_only_labels", "causal_std_mean_labels"]
 
 
 @pytest.mark.parametrize("name", MEAN_CONFIGS)
@@ -146,6 +150,83 @@ def test_mean_path_matches_reference_without_cache(pairs):
     for actual, expected in results.values():
         assert np.abs(actual - expected).max() < 0.1 * mode_gap
 
+
+
+# ---- known future covariates ---------------------------------------------------------------------
+def future_covariates(series, count: int, horizon: int, seed=5):
+    """Known futures of the last ``count`` variates that continue their context's level and scale."""
+    rng = np.random.default_rng(seed)
+    tail = series[:, -count:, -8:]
+    return (tail.mean(-1, keepdims=True) + tail.std(-1, keepdims=True) * rng.normal(size=tail.shape[:2] + (horizon,))
+            ).astype(np.float32)  # fmt: skip
+
+
+@pytest.mark.parametrize("name", LABELLED_CONFIGS)
+def test_covariates_match_reference(pairs, name):
+    """Mean path with known future covariates vs the reference's ``forecast(..., future_exogenous_variables)``:
+    variate labels mark the last variates as exogenous, their known values replace the predicted ones after
+    every patch; cached decode, and the uncached one for the last config. One and two covariates, a horizon
+    that is not a multiple of the patch size. Changing the covariates changes the targets' forecast where
+    variate attention carries it (not in the time-only config), so the comparison covers their effect; the
+    result holds the target variates only."""
+    reference, model, _ = pairs[name]
+    patch = model.config.patch_size
+    series, padding_mask, id_mask = make_inputs(patch)
+    horizon = 2 * patch - 3
+    for count in (1, 2):
+        known = future_covariates(series, count, horizon)
+        for use_kv_cache in (True, False) if name == "causal_std_mean_labels" else (True,):
+            expected = reference_forecast(reference, series, padding_mask, id_mask, horizon, future_exogenous=known,
+                                          use_kv_cache=use_kv_cache).mean.numpy()  # fmt: skip
+            np.testing.assert_array_equal(expected[:, -count:], known)  # the reference keeps them as given
+            actual = forecast(model, series, horizon, padding_mask=padding_mask, id_mask=id_mask,
+                              options=REFERENCE.replace(use_kv_cache=use_kv_cache), future_exogenous_variables=known)
+            assert actual.mean.shape == (2, 3 - count, horizon)
+            assert relative_error(actual.mean, expected[:, :-count]) <= TOLERANCE, (name, count, use_kv_cache)
+    shifted = forecast(model, series, horizon, padding_mask=padding_mask, id_mask=id_mask, options=REFERENCE,
+                       future_exogenous_variables=known + 5 * known.std())  # fmt: skip
+    if model.config.spacewise_every_n_layers > 0:
+        assert relative_error(shifted.mean, actual.mean) > 1e-3
+    else:  # time attention only: nothing carries one variate's values to another
+        np.testing.assert_array_equal(shifted.mean, actual.mean)
+
+
+@pytest.mark.parametrize("sampling", ["independent", "comonotone"])
+def test_sample_paths_keep_the_known_covariates(pairs, sampling):
+    """Every sample path feeds back the known covariate values, never draws of its own, in both sampling
+    modes and with the default options (standardised in float64, so equal to float32 rounding); the
+    targets' paths still vary."""
+    from toto_jax.forecasting.api import _Decoder, _prepare
+    from toto_jax.forecasting.covariates import known_future
+
+    _, model, _ = pairs["causal_std_mean_labels"]
+    patch = model.config.patch_size
+    series, _, _ = make_inputs(patch)
+    horizon = 3 * patch
+    known = future_covariates(series, 1, horizon)
+    options = ForecastOptions(sampling=sampling)
+    prepared, *_ = _prepare(model, series, horizon, 16, None, None, options)
+    paths = _Decoder(model, prepared, 16, options, known_future(known, prepared, horizon)).run(seed=0)
+    fed_back = paths[:, :, 2, :horizon] * prepared.unit[:, None, 2] + prepared.shift[:, None, 2]
+    np.testing.assert_allclose(fed_back, np.broadcast_to(known[:, None, 0], fed_back.shape), rtol=1e-5, atol=1e-5)
+    result = forecast(model, series, horizon, 16, options=options, future_exogenous_variables=known)
+    assert result.samples.shape == (2, 2, horizon, 16)
+    assert result.samples.std(axis=-1).min() > 0
+
+
+def test_covariate_errors_name_the_problem(pairs):
+    """A model without variate labels, covariates that do not cover the horizon or hold NaN: named errors."""
+    series, _, _ = make_inputs(8)
+    _, unlabelled, _ = pairs["mixture3_causal_patch"]
+    with pytest.raises(ForecastError, match=r"no variate labels, so it cannot tell the 1 covariate\(s\) \(variates 2"):
+        forecast(unlabelled, series, 8, future_exogenous_variables=np.zeros((1, 8)))
+    _, model, _ = pairs["causal_std_mean_labels"]
+    with pytest.raises(ForecastError, match=r"cover 6 steps, shorter than the horizon \(8\)"):
+        forecast(model, series, 8, future_exogenous_variables=np.zeros((1, 6)))
+    bad = np.zeros((2, 2, 8))
+    bad[1, 0, 3] = np.nan
+    with pytest.raises(ForecastError, match=r"series 1, covariate 0 \(variate 1\): future value at step 3 is not finite"):
+        forecast(model, series, 8, future_exogenous_variables=bad)
 
 # ---- sample paths -------------------------------------------------------------------------------
 NUM_PATHS = 2000

@@ -22,7 +22,7 @@ from typing import Any, Mapping
 
 from toto_jax.data.quality import DataError
 
-SOURCE_TYPES = ("synthetic", "parquet", "csv")
+SOURCE_TYPES = ("synthetic", "parquet", "csv", "arrays")  # arrays: in-memory series given to train() (fine-tuning)
 
 
 @dataclasses.dataclass

@@ -54,6 +54,8 @@ def build_source(source: SourceConfig, config: DataConfig, position: int):
         )
     if source.type == "csv":
         return sources.CsvSource(source.path, name=name)
+    if source.type == "arrays":
+        raise DataError(f"data source {name}: an 'arrays' source holds in-memory series, given to train(source_objects=...)")
     raise DataError(f"unknown data source type {source.type!r}")
 
 

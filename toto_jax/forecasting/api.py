@@ -13,6 +13,7 @@ from flax import nnx
 from ..models import is_toto2
 from ..models.toto1 import Toto, validate_inputs
 from . import decode, plan
+from .covariates import KnownFuture, known_future, target_index
 from .inputs import ForecastError, TimeIndex, prepare_context, read_rows
 from .options import ForecastOptions
 from .preprocessing import clip_context_outliers, normalize_context, value_bounds
@@ -192,9 +193,12 @@ def forecast(model, series, horizon: int, num_samples: int | None = None, paddin
 
     Toto 2.0 models (``model.config.family == "toto2"``) forecast the nine quantiles 0.1 ... 0.9 in one
     pass (or in blocks, ``ForecastOptions.decode_block_size``): ``num_samples`` stays None and the result
-    has ``quantiles``. Their ``future_exogenous_variables`` ([n_exog, horizon] or [batch, n_exog, horizon])
-    are the known future values of the series' last ``n_exog`` variates (covariates: they are not
-    forecast, and the result holds only the other variates).
+    has ``quantiles``.
+
+    ``future_exogenous_variables`` ([n_exog, horizon] or [batch, n_exog, horizon]) are the known future
+    values of the series' last ``n_exog`` variates (covariates: they are not forecast, and the result holds
+    only the other variates). A Toto 1.0 model needs variate labels for them (``config.variate_labels``, as
+    fine-tuning with covariates gives); every decoded patch keeps the known values, in every sample path.
     """
     prepared, horizon, num_samples, options = _prepare(model, series, horizon, num_samples, padding_mask, id_mask,
                                                         options)  # fmt: skip
@@ -202,8 +206,15 @@ def forecast(model, series, horizon: int, num_samples: int | None = None, paddin
         from .quantile import forecast_quantile_model
 
         return forecast_quantile_model(model, prepared, horizon, options, future_exogenous_variables)
+    known = None
     if future_exogenous_variables is not None:
-        raise ForecastError("future_exogenous_variables are supported for Toto 2.0 models only so far")
+        known = known_future(future_exogenous_variables, prepared, horizon)
+        if not model.config.variate_labels:
+            raise ForecastError(
+                f"this Toto 1.0 model has no variate labels, so it cannot tell the {known.count} covariate(s) "
+                f"(variates {known.targets} and up) from the targets: fine-tune it with covariates (toto-jax finetune "
+                "--covariates), or forecast every variate without future_exogenous_variables"
+            )
     observed = int(prepared.valid.any(axis=1).sum(axis=-1).max())
     if prepared.generated >= LONG_HORIZON_RATIO * observed:
         warnings.warn(
@@ -212,16 +223,18 @@ def forecast(model, series, horizon: int, num_samples: int | None = None, paddin
             f"the value cap (ForecastOptions.value_cap={options.value_cap}) bounds them",
             stacklevel=2,
         )
-    decoder = _Decoder(model, prepared, num_samples, options)
+    decoder = _Decoder(model, prepared, num_samples, options, known)
     paths = decoder.run(seed)
     # [batch, paths, variate, steps] -> each series' horizon after its own trailing gap, back in data space
     window = prepared.trailing[:, None, None, None] + np.arange(horizon)
     paths = np.take_along_axis(paths, np.broadcast_to(window, paths.shape[:3] + (horizon,)), axis=-1)
     paths = (paths * prepared.unit[:, None] + prepared.shift[:, None]).astype(prepared.rows.dtype)
+    targets = prepared.values.shape[1] if known is None else known.targets
+    paths, index = paths[:, :, :targets], target_index(prepared.rows.index, targets)
     if num_samples is None:
-        return Forecast(mean=paths[:, 0], index=prepared.rows.index)
+        return Forecast(mean=paths[:, 0], index=index)
     samples = np.moveaxis(paths, 1, -1)
-    return Forecast(mean=samples.mean(axis=-1), samples=samples, index=prepared.rows.index)
+    return Forecast(mean=samples.mean(axis=-1), samples=samples, index=index)
 
 
 def memory_plan(model: Toto, series, horizon: int, num_samples: int | None = None, padding_mask=None,
@@ -244,11 +257,13 @@ def _check_float32_range(values, valid, options: ForecastOptions) -> None:
         )
 
 
-def _layout(values, valid, ids, shapes: plan.Shapes, patch: int):
-    """Right-pad contexts to their bucket, append room for the generated patches, pad the variates.
+def _layout(prepared: _Prepared, known: KnownFuture | None, shapes: plan.Shapes, patch: int):
+    """Right-pad contexts to their bucket, append room for the generated patches, pad the variates, and
+    write known future covariates where their patches will be generated (with their mask; None without).
 
     Generated steps keep the last context id (the reference's ``dummy_id_mask``). Extra variates are empty
     and get ids of their own, so variate attention never mixes them in."""
+    values, ids = prepared.values, prepared.ids
     batch, variates, length = values.shape
     total = shapes.context_bucket + shapes.steps * patch
     buffer = np.zeros((batch, shapes.variates, total), np.float32)
@@ -257,9 +272,14 @@ def _layout(values, valid, ids, shapes: plan.Shapes, patch: int):
     group[:, :variates] = ids[:, :, -1:]
     group[:, variates:] = ids.max() + 1 + np.arange(shapes.variates - variates, dtype=np.int32)[:, None]
     buffer[:, :variates, :length] = values
-    mask[:, :variates, :length] = valid
+    mask[:, :variates, :length] = prepared.valid
     group[:, :variates, :length] = ids
-    return buffer, mask, group
+    given = None
+    if known is not None:
+        given = np.zeros(buffer.shape, bool)
+        covariates = slice(known.targets, variates)
+        buffer[:, covariates, length:], given[:, covariates, length:] = known.place(total - length, prepared.trailing)
+    return buffer, mask, group, given
 
 
 def _pad_rows(array, size: int):
@@ -270,13 +290,15 @@ def _pad_rows(array, size: int):
 class _Decoder:
     """The planned compiled calls of one forecast: chunks of series x sample paths within the budget."""
 
-    def __init__(self, model: Toto, prepared: _Prepared, num_samples: int | None, options: ForecastOptions):
+    def __init__(self, model: Toto, prepared: _Prepared, num_samples: int | None, options: ForecastOptions,
+                 known: KnownFuture | None = None):  # fmt: skip
         config = model.config
         self.patch = patch = config.patch_size
         self.batch, self.variates, self.context = batch, variates, context = prepared.values.shape
         self.shapes = shapes = plan.decode_shapes(context, variates, -(-prepared.generated // patch), patch,
                                                   options.bucket)  # fmt: skip
-        self.buffer, self.mask, self.group = _layout(prepared.values, prepared.valid, prepared.ids, shapes, patch)
+        self.buffer, self.mask, self.group, self.known = _layout(prepared, known, shapes, patch)
+        self.num_exogenous = 0 if known is None else known.count
         self.low = self.high = None
         if prepared.low is not None:
             pad = ((0, 0), (0, shapes.variates - variates), (0, 0))
@@ -316,7 +338,7 @@ class _Decoder:
         shapes = self.shapes
         self.series_size = series = plan.bucket_count(chunks.series) if self.options.bucket else chunks.series
         self.spec = spec = decode.DecodeSpec(shapes.context_bucket, chunks.paths, self.sampling,
-                                             self.options.use_kv_cache)  # fmt: skip
+                                             self.options.use_kv_cache, self.num_exogenous)  # fmt: skip
         rows = tuple(jax.ShapeDtypeStruct((series,) + self.buffer.shape[1:], a.dtype)
                      for a in (self.buffer, self.mask, self.group))  # fmt: skip
         encoded = self.encode = None
@@ -325,8 +347,9 @@ class _Decoder:
             self.encode = decode.compiled("encode", self.graphdef, (spec,), arguments)
             encoded = self.encode.out_info
         bounds = None if self.low is None else jax.ShapeDtypeStruct((series, shapes.variates, 1), np.float32)
-        arguments = (self.params, encoded, *rows, bounds, bounds, jax.ShapeDtypeStruct((series * chunks.paths,), np.uint32),
-                     self.key, self.context_length)  # fmt: skip
+        known = None if self.known is None else jax.ShapeDtypeStruct((series,) + self.known.shape[1:], bool)
+        arguments = (self.params, encoded, *rows, bounds, bounds, known,
+                     jax.ShapeDtypeStruct((series * chunks.paths,), np.uint32), self.key, self.context_length)  # fmt: skip
         self.prefill = decode.compiled("prefill", self.graphdef, (spec,), arguments)
         state = self.prefill.out_info
         self.advances = {
@@ -349,14 +372,14 @@ class _Decoder:
         for first_series, first_path in self.calls:
             stop = min(first_series + chunks.series, self.batch)
             rows = [_pad_rows(a[first_series:stop], self.series_size) for a in (self.buffer, self.mask, self.group)]
-            bounds = [None if b is None else _pad_rows(b[first_series:stop], self.series_size)
-                      for b in (self.low, self.high)]  # fmt: skip
+            extras = [None if b is None else _pad_rows(b[first_series:stop], self.series_size)
+                      for b in (self.low, self.high, self.known)]  # fmt: skip
             if self.encode is not None and encoded_series != first_series:  # once per chunk of series
                 encoded, encoded_series = self.encode(self.params, *rows, self.context_length), first_series
             # Row (series s, path p) draws from stream s * num_samples + p, whatever the chunking.
             streams = (first_series + np.arange(self.series_size))[:, None] * self.total_paths + first_path
             row_keys = (streams + np.arange(chunks.paths)[None]).reshape(-1).astype(np.uint32)
-            state = self.prefill(self.params, encoded, *rows, *bounds, row_keys, key, self.context_length)
+            state = self.prefill(self.params, encoded, *rows, *extras, row_keys, key, self.context_length)
             if shapes.first_steps > 1:
                 state = self.advances[shapes.first_steps - 1](self.params, state)
             for _ in range(shapes.segments):

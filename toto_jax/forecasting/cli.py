@@ -52,6 +52,14 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing --output / --plot (the input is never overwritten)")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0, help="seed of the sample paths")
+    parser.add_argument("--covariates", default=None,
+                        help="comma-separated columns that are covariates: known in the future (from "
+                             "--future-covariates), not forecast. A Toto 1.0 checkpoint needs variate labels "
+                             "(toto-jax finetune --covariates gives them) and sees them one patch ahead, as it was "
+                             "fine-tuned")  # fmt: skip
+    parser.add_argument("--future-covariates", type=Path, default=None,
+                        help="CSV/Parquet with the covariates' values for the horizon: the input's layout (wide: its "
+                             "timestamp column; long: unique_id, ds) and the --covariates columns")  # fmt: skip
     add_options_arguments(parser)
     parser.set_defaults(func=run)
 
@@ -120,7 +128,39 @@ def _check_arguments(args: argparse.Namespace):
     if args.samples is not None and args.samples <= 0:
         raise ValueError(f"--samples must be positive, got {args.samples}")
     options = options_from_args(args)
+    if (args.covariates is None) != (args.future_covariates is None):
+        raise ValueError("--covariates and --future-covariates go together: name the columns and the file of their "
+                         "future values")  # fmt: skip
+    if args.future_covariates is not None and not args.future_covariates.is_file():
+        raise FileNotFoundError(f"--future-covariates file not found: {args.future_covariates}")
     return _parse_quantiles(args.quantiles or DEFAULT_QUANTILES), options
+
+
+def covariate_names(text: str | None) -> list[str]:
+    names = [] if text is None else [part.strip() for part in text.split(",") if part.strip()]
+    if text is not None and not names:
+        raise ValueError(f"--covariates must name at least one column, got {text!r}")
+    return names
+
+
+def with_future_covariates(model, table, future: np.ndarray):
+    """The table's series with their covariates led one patch for a Toto 1.0 model (as fine-tuning trains
+    them), and the future values to pass as ``future_exogenous_variables``; Toto 2.0 takes them as they are."""
+    from ..models import is_toto2
+    from .covariates import lead_covariates
+
+    if is_toto2(model):
+        return table.values, future
+    if not model.config.variate_labels:
+        raise ValueError(f"--covariates {table.covariates}: this Toto 1.0 checkpoint has no variate labels to tell "
+                         "covariates from targets; fine-tune it with toto-jax finetune --covariates first")  # fmt: skip
+    count = len(table.covariates)
+    series, led_future = [], []
+    for values, known in zip(table.values, future):
+        context, ahead = lead_covariates(values[-count:], known, model.config.patch_size)
+        series.append(np.concatenate([values[:-count], context]))
+        led_future.append(ahead)
+    return series, np.stack(led_future)
 
 
 def _levels_for(model, args: argparse.Namespace, levels: list[float]) -> list[float]:
@@ -168,15 +208,21 @@ def _forecast_file(args, levels: list[float], options, input_path: Path, output:
     from . import tabular
     from .api import forecast
 
-    table = tabular.parse_table(tabular.read_table(input_path))
+    table = tabular.parse_table(tabular.read_table(input_path), covariate_names(args.covariates))
+    series, future = table.values, None
+    if table.covariates:
+        future = tabular.read_future_covariates(args.future_covariates, table, args.horizon)
 
     if model is None:
         import toto_jax
 
         model = toto_jax.load(args.checkpoint)
     levels = _levels_for(model, args, levels)
+    if future is not None:
+        series, future = with_future_covariates(model, table, future)
     # The values stay float64: the options normalize them in float64 before the model's float32.
-    result = forecast(model, table.values, args.horizon, num_samples=args.samples, seed=args.seed, options=options)
+    result = forecast(model, series, args.horizon, num_samples=args.samples, seed=args.seed, options=options,
+                      future_exogenous_variables=future)  # fmt: skip
     columns = {"mean": result.mean}
     if levels:
         columns["median"] = result.median
@@ -202,7 +248,7 @@ def _render(table, result, levels, horizon, title: str | None = None) -> bytes:
     quantiles = result.quantile(levels) if levels else None
     centre = result.median if levels else result.mean
     for b, (values, stamps) in enumerate(zip(table.values, table.timestamps)):
-        for v in range(values.shape[0]):
+        for v in range(values.shape[0] - len(table.covariates)):
             name = table.names[v] if table.layout == "wide" else table.names[b]
             history.append((name, stamps, values[v]))
             future_times.append(future[b])

@@ -4,7 +4,10 @@ Every series lives in a fixed-size buffer ``[rows, variate, context_bucket + ste
 (left-padded) context at ``[0, c)`` followed by room for the generated patches. ``c`` is traced, so
 contexts of one bucket share a program; right-padding the context to its bucket is exact because time
 attention is causal and the scaler only looks at valid points (its global statistics are limited to the
-first ``c`` steps, like the reference's ``scaling_prefix_length``).
+first ``c`` steps, like the reference's ``scaling_prefix_length``). Known future values of covariates are
+written into the buffer up front and flagged in ``known``: a generated patch keeps them (the reference's
+injection after each patch), and causal attention and the causal scaler never look ahead of the patch
+being generated.
 
 - ``encode_context`` (with the KV cache) encodes each series' context once into a fixed-size cache and
   the first predictive distribution; ``prefill`` broadcasts them and the buffer to a chunk of sample
@@ -41,6 +44,7 @@ class DecodeSpec:
     paths: int  # sample paths per series in one call (1 for the mean path)
     sampling: str | None  # None: the mean path
     use_kv_cache: bool
+    num_exogenous: int = 0  # the last variates are covariates (variate labels tell the model so)
 
 
 @jax.tree_util.register_dataclass
@@ -53,6 +57,7 @@ class DecodeState:
     ids: jax.Array  # [rows, variate, time] variate groups
     low: jax.Array | None  # [rows, variate, 1] bounds for decoded values (None: no cap)
     high: jax.Array | None
+    known: jax.Array | None  # [rows, variate, time] generated steps whose values are given (None: none are)
     row_keys: jax.Array  # [rows] uint32: which random stream each row draws from
     key: jax.Array  # the forecast's seed key
     context_length: jax.Array  # int32 scalar
@@ -94,6 +99,9 @@ def _predict(spec: DecodeSpec, state: DecodeState, distribution, loc, scale):
 
 def _write(state: DecodeState, values, patch: int) -> DecodeState:
     start = state.context_length + state.step * patch
+    if state.known is not None:  # known future covariates stay as given (written into the buffer up front)
+        given = jax.lax.dynamic_slice_in_dim(state.buffer, start, patch, axis=2)
+        values = jnp.where(jax.lax.dynamic_slice_in_dim(state.known, start, patch, axis=2), given, values)
     buffer = jax.lax.dynamic_update_slice_in_dim(state.buffer, values.astype(state.buffer.dtype), start, axis=2)
     return dataclasses.replace(state, buffer=buffer, step=state.step + 1)
 
@@ -122,7 +130,8 @@ def decode_step(model: Toto, spec: DecodeSpec, state: DecodeState) -> DecodeStat
         state = dataclasses.replace(state, cache=cache)
     else:
         encoded = state.buffer.shape[-1] - patch  # the last generated patch is never fed back
-        hidden, _ = model.encode(scaled.scaled[..., :encoded], state.ids[..., :encoded])
+        hidden, _ = model.encode(scaled.scaled[..., :encoded], state.ids[..., :encoded],
+                                 num_exogenous_variables=spec.num_exogenous)  # fmt: skip
         hidden = jax.lax.dynamic_slice_in_dim(hidden, start // patch, 1, axis=2)
     values = _predict(spec, state, model.distribution(hidden), _patch_of(scaled.loc, start, patch),
                       _patch_of(scaled.scale, start, patch))  # fmt: skip
@@ -144,11 +153,12 @@ def encode_context(graphdef, spec: DecodeSpec, params, buffer, context_mask, ids
     """Encode each series' context once into its KV cache (rows are series)."""
     model: Toto = nnx.merge(graphdef, params)
     patch = model.config.patch_size
-    state = DecodeState(buffer, context_mask, ids, None, None, None, None, context_length, jnp.int32(0), None)
+    state = DecodeState(buffer, context_mask, ids, None, None, None, None, None, context_length, jnp.int32(0), None)
     context_patches = context_length // patch
     scaled = _scaled(model, state)
     cache = model.init_cache(buffer.shape[0], buffer.shape[1], buffer.shape[-1] // patch)
-    hidden, cache = model.encode(scaled.scaled[..., : spec.context_bucket], ids[..., : spec.context_bucket], cache)
+    hidden, cache = model.encode(scaled.scaled[..., : spec.context_bucket], ids[..., : spec.context_bucket], cache,
+                                 num_exogenous_variables=spec.num_exogenous)  # fmt: skip
     labels = model.num_prepended_tokens
     cache = cache.recentre_keys(context_patches + labels, spec.context_bucket // patch + labels, model.config.head_dim)
     cache = cache.with_length(context_patches + labels)
@@ -158,12 +168,12 @@ def encode_context(graphdef, spec: DecodeSpec, params, buffer, context_mask, ids
 
 
 def prefill(graphdef, spec: DecodeSpec, params, encoded: EncodedContext | None, buffer, context_mask, ids, low, high,
-            row_keys, key, context_length) -> DecodeState:  # fmt: skip
+            known, row_keys, key, context_length) -> DecodeState:  # fmt: skip
     """Rows of the inputs are series; rows of the result are series x ``spec.paths``, with patch 0 written.
     With the KV cache, ``encoded`` (``encode_context``'s, shared by every chunk of paths) is broadcast to the
     paths; without it, patch 0 is an ordinary ``decode_step``."""
     model: Toto = nnx.merge(graphdef, params)
-    shared = _repeat_rows((buffer, context_mask, ids, low, high), spec.paths)
+    shared = _repeat_rows((buffer, context_mask, ids, low, high, known), spec.paths)
     if encoded is None:
         return decode_step(model, spec, DecodeState(*shared, row_keys, key, context_length, jnp.int32(0), None))
     distribution, loc, scale = _repeat_rows((encoded.distribution, encoded.loc, encoded.scale), spec.paths)

@@ -4,8 +4,6 @@ stay within the memory budget, and quantiles mapped back to data space."""
 
 from __future__ import annotations
 
-import dataclasses
-
 import jax
 import numpy as np
 from flax import nnx
@@ -13,6 +11,7 @@ from flax import nnx
 from ..models.toto2.config import QUANTILE_LEVELS
 from ..models.toto2.forecast import QuantileSpec, compiled_forecast
 from . import decode
+from .covariates import known_future, target_index
 from .inputs import ForecastError
 
 # The mean of the distribution whose quantile function is linear between the knots 0.1 ... 0.9 and flat
@@ -27,31 +26,6 @@ def _program(graphdef, spec: QuantileSpec, arguments: tuple):
     if key not in _PROGRAMS:
         _PROGRAMS[key] = compiled_forecast.lower(graphdef, spec, *arguments).compile()
     return _PROGRAMS[key]
-
-
-def _future_covariates(future, prepared, horizon: int) -> np.ndarray:
-    """[batch, n_exog, horizon] float64 from [n_exog, horizon] or [batch, n_exog, horizon], checked by name."""
-    batch, variates = prepared.values.shape[:2]
-    future = np.asarray(future, np.float64)
-    if future.ndim == 2:
-        future = np.broadcast_to(future, (batch, *future.shape))
-    if future.ndim != 3 or future.shape[0] != batch:
-        raise ForecastError(
-            f"future_exogenous_variables must have shape [n_exog, horizon] or [batch={batch}, n_exog, horizon], "
-            f"got {np.shape(future)}"
-        )
-    n_exog = future.shape[1]
-    if not 0 < n_exog < variates:
-        raise ForecastError(f"future_exogenous_variables has {n_exog} covariates; the series have {variates} variates, "
-                            "of which the last n_exog are the covariates and at least one is forecast")  # fmt: skip
-    if future.shape[2] < horizon:
-        raise ForecastError(f"future_exogenous_variables cover {future.shape[2]} steps, shorter than the horizon ({horizon})")
-    missing = np.argwhere(~np.isfinite(future[..., :horizon]))
-    if missing.size:
-        series, covariate, step = (int(x) for x in missing[0])
-        raise ForecastError(f"series {series}, covariate {covariate} (variate {variates - n_exog + covariate}): "
-                            f"future value at step {step} is not finite")  # fmt: skip
-    return future[..., :horizon]
 
 
 def forecast_quantile_model(model, prepared, horizon: int, options, future_exogenous_variables):
@@ -77,13 +51,9 @@ def forecast_quantile_model(model, prepared, horizon: int, options, future_exoge
     is_target = np.ones((batch, variates), bool)
     targets = variates
     if future_exogenous_variables is not None:
-        known = _future_covariates(future_exogenous_variables, prepared, horizon)
-        n_exog = known.shape[1]
-        targets = variates - n_exog
-        known = (known - prepared.shift[:, targets:]) / prepared.unit[:, targets:]
-        for row, gap in enumerate(prepared.trailing):  # a trailing gap's steps come before the known horizon
-            future[row, targets:, gap : gap + horizon] = known[row]
-            future_mask[row, targets:, gap : gap + horizon] = True
+        known = known_future(future_exogenous_variables, prepared, horizon)
+        targets = known.targets
+        future[:, targets:], future_mask[:, targets:] = known.place(steps, prepared.trailing)
         is_target[:, targets:] = False
     series_ids = prepared.ids[:, :, -1]
 
@@ -116,8 +86,6 @@ def forecast_quantile_model(model, prepared, horizon: int, options, future_exoge
     quantiles = np.moveaxis(out, 0, -1)[:, :targets]  # [batch, target variate, horizon, level]
     quantiles = (quantiles * prepared.unit[:, :targets, :, None] + prepared.shift[:, :targets, :, None])
     quantiles = quantiles.astype(prepared.rows.dtype)
-    index = prepared.rows.index
-    if index is not None and targets < variates:
-        index = [dataclasses.replace(ix, variates=ix.variates[:targets]) for ix in index]
+    index = target_index(prepared.rows.index, targets)
     return Forecast(mean=(quantiles @ MEAN_WEIGHTS).astype(quantiles.dtype), index=index, quantiles=quantiles,
                     quantile_levels=QUANTILE_LEVELS)  # fmt: skip

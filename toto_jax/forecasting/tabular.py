@@ -20,6 +20,7 @@ import os
 import secrets
 import warnings
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -41,6 +42,7 @@ class SeriesTable:
     timestamps: list[pd.DatetimeIndex]  # one per entry of ``values``
     frequency: list[pd.DateOffset | pd.Timedelta]
     timestamp_column: str = "ds"
+    covariates: list[str] = dataclasses.field(default_factory=list)  # the last rows of every ``values`` array
 
     def future_timestamps(self, horizon: int) -> list[pd.DatetimeIndex]:
         return [future_timestamps(stamps[-1], freq, horizon) for stamps, freq in zip(self.timestamps, self.frequency)]
@@ -155,43 +157,86 @@ def _timestamp_column(frame: pd.DataFrame) -> str:
     )
 
 
-def parse_table(frame: pd.DataFrame) -> SeriesTable:
+def parse_table(frame: pd.DataFrame, covariates: Sequence[str] = ()) -> SeriesTable:
+    """``covariates``: columns that are covariates of the series (known-future values, not forecast); they
+    become the last variates of every series (wide: of the one series; long: of each ``unique_id``'s)."""
     if frame.empty:
         raise TableError("the input table is empty")
+    covariates = [str(c) for c in covariates]
+    columns = [str(c) for c in frame.columns]
+    missing = [c for c in covariates if c not in columns]
+    if missing:
+        raise TableError(f"covariate column(s) {missing} are not in the table (its columns: {columns})")
     if set(LONG_COLUMNS) <= set(frame.columns):
-        return _parse_long(frame)
-    return _parse_wide(frame)
+        return _parse_long(frame, covariates)
+    return _parse_wide(frame, covariates)
 
 
-def _parse_long(frame: pd.DataFrame) -> SeriesTable:
+def _parse_long(frame: pd.DataFrame, covariates: list[str]) -> SeriesTable:
+    if set(covariates) & set(LONG_COLUMNS):
+        raise TableError(f"covariates {sorted(set(covariates) & set(LONG_COLUMNS))} name a column of the long layout")
     names, values, timestamps, frequencies = [], [], [], []
     for unique_id, group in frame.groupby("unique_id", sort=False):
         name = str(unique_id)
         stamps = _parse_timestamps(group["ds"], f"series {name!r}")
         order = np.argsort(stamps.asi8, kind="stable")
         stamps = stamps[order]
-        y = _numeric(group["y"], f"column 'y' of series {name!r}")[order]
-        if np.all(np.isnan(y)):
+        rows = np.array([_numeric(group[c], f"column {c!r} of series {name!r}")[order] for c in ["y", *covariates]])
+        if np.all(np.isnan(rows[0])):
             raise TableError(f"series {name!r} has no observed values (all NaN)")
+        empty = [c for c, row in zip(covariates, rows[1:]) if np.all(np.isnan(row))]
+        if empty:
+            raise TableError(f"series {name!r}: covariate column(s) {empty} have no observed values (all NaN)")
         frequencies.append(infer_frequency(stamps, name))
         names.append(name)
-        values.append(y[None, :])
+        values.append(rows)
         timestamps.append(stamps)
-    return SeriesTable("long", names, values, timestamps, frequencies, "ds")
+    return SeriesTable("long", names, values, timestamps, frequencies, "ds", covariates)
 
 
-def _parse_wide(frame: pd.DataFrame) -> SeriesTable:
+def _parse_wide(frame: pd.DataFrame, covariates: list[str]) -> SeriesTable:
     time_column = _timestamp_column(frame)
-    variates = [c for c in frame.columns if c != time_column]
-    if not variates:
-        raise TableError(f"no value columns besides the timestamp column {time_column!r}")
+    if str(time_column) in covariates:
+        raise TableError(f"covariate {str(time_column)!r} is the timestamp column")
+    targets = [c for c in frame.columns if c != time_column and str(c) not in covariates]
+    if not targets:
+        raise TableError(f"no value columns besides the timestamp column {time_column!r} and the covariates")
+    by_name = {str(c): c for c in frame.columns}
+    variates = targets + [by_name[c] for c in covariates]
     stamps = _parse_timestamps(frame[time_column], f"column {time_column!r}")
     rows = np.array([_numeric(frame[c], f"column {c!r}") for c in variates])
     empty = [str(c) for c, row in zip(variates, rows) if np.all(np.isnan(row))]
     if empty:
         raise TableError(f"column(s) {empty} have no observed values (all NaN)")
     frequency = infer_frequency(stamps, str(time_column))
-    return SeriesTable("wide", [str(c) for c in variates], [rows], [stamps], [frequency], str(time_column))
+    return SeriesTable("wide", [str(c) for c in targets], [rows], [stamps], [frequency], str(time_column), covariates)
+
+
+def read_future_covariates(path: str | Path, table: SeriesTable, horizon: int) -> np.ndarray:
+    """Known covariate values for the ``horizon`` steps after every series of ``table``: [series, covariate,
+    horizon] float64. The file has the table's layout: wide, its timestamp column and the covariate columns;
+    long, ``unique_id``, ``ds`` and the covariate columns. Every step must be present, every value observed."""
+    frame = read_table(path)
+    layout_columns = [table.timestamp_column] if table.layout == "wide" else ["unique_id", "ds"]
+    missing = [c for c in layout_columns + table.covariates if c not in [str(x) for x in frame.columns]]
+    if missing:
+        raise TableError(f"{path}: column(s) {missing} missing (future covariates need {layout_columns + table.covariates})")
+    frame = frame.rename(columns={c: str(c) for c in frame.columns})
+    groups = [frame] if table.layout == "wide" else [frame[frame["unique_id"].astype(str) == n] for n in table.names]
+    out = np.empty((len(groups), len(table.covariates), horizon))
+    for row, (group, future) in enumerate(zip(groups, table.future_timestamps(horizon))):
+        where = f"{path}" + ("" if table.layout == "wide" else f", series {table.names[row]!r}")
+        stamps = _parse_timestamps(group[layout_columns[-1]], where)
+        position = pd.Index(stamps).get_indexer(future)
+        if (position < 0).any():
+            raise TableError(f"{where}: no row for {future[int(np.flatnonzero(position < 0)[0])]}; the future "
+                             f"covariates must cover the {horizon} steps after the input's last timestamp")  # fmt: skip
+        for index, name in enumerate(table.covariates):
+            values = _numeric(group[name], f"{where}: column {name!r}")[position]
+            if np.isnan(values).any():
+                raise TableError(f"{where}: column {name!r} has no value at {future[int(np.flatnonzero(np.isnan(values))[0])]}")
+            out[row, index] = values
+    return out
 
 
 def forecast_frame(table: SeriesTable, horizon: int, columns: dict[str, np.ndarray]) -> pd.DataFrame:

@@ -33,6 +33,7 @@ from ..config import TotoConfig
 from ..models.toto1.toto import Toto
 from ..sharding import DEFAULT_RULES, state_shardings
 from .config import MeshConfig
+from .validation import BEST_DIRECTORY
 
 CHECKPOINTS = "checkpoints"
 ITEMS = ("params", "opt_state", "meta", "data", "config")
@@ -185,11 +186,17 @@ def is_run_directory(path: str | Path) -> bool:
 
 
 def load_model_from_run(path: str | Path, dtype: str | None = None, mesh=None, rules=None) -> Toto:
-    """The model of a run's latest complete checkpoint (or of the given step directory).
+    """The model of a run: its best by validation (``WORKDIR/best``, kept by fine-tuning) when it has one,
+    else its latest complete checkpoint (or the given step directory).
 
     Tries steps from the newest down, skipping unreadable ones with a warning.
     """
     path = run_path(path)  # orbax needs absolute paths
+    best = path / BEST_DIRECTORY
+    if best.is_dir():
+        from ..checkpoint import load
+
+        return load(best, dtype=dtype, mesh=mesh, rules=rules)
     candidates = _step_directories(path) if path.is_dir() else []
     if not candidates:
         raise FileNotFoundError(f"no training checkpoint found in {path}")

@@ -1,7 +1,7 @@
 """Training configuration: one YAML file -> ``TrainConfig``, with ``key=value`` overrides in dotted names.
 
 Sections: ``model`` (``TotoConfig`` fields), ``data`` (``DataConfig``), ``optimizer`` (``OptimizerConfig``),
-``loss``, ``mesh`` (shape and logical-axis rules), ``checkpoint``, ``logging``; plus top-level ``steps``,
+``loss``, ``mesh`` (shape and logical-axis rules), ``checkpoint``, ``logging``, ``validation`` (fine-tuning); plus top-level ``steps``,
 ``seed`` and ``num_exogenous_variables``. Unknown keys are rejected with the name of the offending key.
 """
 
@@ -58,6 +58,16 @@ class LoggingConfig:
 
 
 @dataclasses.dataclass
+class ValidationConfig:
+    """Held-out validation, used when training is given series to hold out from (``toto-jax finetune``)."""
+
+    held_out: int | None = None  # last steps of every series held out; None: 10 % of the shortest, >= one patch
+    every: int = 100  # steps between validation passes (and the last step)
+    patience: int | None = 5  # passes without improvement before stopping early; None: never
+    max_windows: int = 64  # validation windows, the most recent first
+
+
+@dataclasses.dataclass
 class TrainConfig:
     model: TotoConfig = dataclasses.field(default_factory=TotoConfig)
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
@@ -66,6 +76,7 @@ class TrainConfig:
     mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
     checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
     logging: LoggingConfig = dataclasses.field(default_factory=LoggingConfig)
+    validation: ValidationConfig = dataclasses.field(default_factory=ValidationConfig)
     steps: int = 1000
     seed: int = 0
     num_exogenous_variables: int = 0  # the last variates of each sample; excluded from the loss
@@ -92,6 +103,12 @@ class TrainConfig:
             raise ConfigError("checkpoint.every, checkpoint.keep_last and logging.every must be >= 1")
         if self.checkpoint.every_minutes is not None and not self.checkpoint.every_minutes > 0:
             raise ConfigError(f"checkpoint.every_minutes must be > 0, got {self.checkpoint.every_minutes}")
+        if self.validation.every < 1 or self.validation.max_windows < 1:
+            raise ConfigError("validation.every and validation.max_windows must be >= 1")
+        if self.validation.patience is not None and self.validation.patience < 1:
+            raise ConfigError(f"validation.patience must be >= 1 or null, got {self.validation.patience}")
+        if self.validation.held_out is not None and self.validation.held_out < 1:
+            raise ConfigError(f"validation.held_out must be >= 1 or null, got {self.validation.held_out}")
         self.optimizer.validate()
         self.data.validate()
         if self.data.batch_size % self.optimizer.accumulation_steps:
@@ -105,7 +122,7 @@ class TrainConfig:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         out["model"] = self.model.to_dict()
         out["data"] = self.data.to_dict()
-        for name in ("optimizer", "loss", "mesh", "checkpoint", "logging"):
+        for name in ("optimizer", "loss", "mesh", "checkpoint", "logging", "validation"):
             out[name] = dataclasses.asdict(getattr(self, name))
         return copy.deepcopy(out)
 
@@ -121,6 +138,7 @@ class TrainConfig:
             "mesh": lambda v: _section(MeshConfig, v, "mesh"),
             "checkpoint": lambda v: _section(CheckpointConfig, v, "checkpoint"),
             "logging": lambda v: _section(LoggingConfig, v, "logging"),
+            "validation": lambda v: _section(ValidationConfig, v, "validation"),
         }
         kwargs = {name: build(values.pop(name)) for name, build in sections.items() if name in values}
         config = cls(**kwargs, **values)

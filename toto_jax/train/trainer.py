@@ -130,6 +130,8 @@ class TrainProgram:
         (series, padding_mask, id_mask), (target, target_mask) = split_batch(
             batch["series"], batch["padding_mask"], batch["id_mask"], self.model_config.patch_size
         )
+        if "scored" in batch:  # validation: only the held-out steps count
+            target_mask = target_mask & batch["scored"][..., self.model_config.patch_size :]
         output = self.model(params)(
             series,
             padding_mask,
@@ -147,6 +149,27 @@ class TrainProgram:
             weights=self.loss_weights,
         )
         return terms.loss, terms
+
+    def validation_loss(self, params, windows: dict[str, np.ndarray]) -> float:
+        """Mean training loss over the scored points of ``windows`` (``validation.validation_windows``), in
+        chunks of the batch size; every process passes the same windows."""
+        if not hasattr(self, "_validation_terms"):
+            def terms(params, batch):
+                with use_mesh(self.mesh, self.rules):
+                    return self._loss_sums(params, batch, None)[1]
+
+            sharding = dict.fromkeys(windows, self.batch_sharding)
+            self._validation_terms = jax.jit(terms, in_shardings=(self.state_sharding.params, sharding),
+                                             compiler_options=self.compiler_options)  # fmt: skip
+        size = self.config.data.batch_size * jax.process_count()
+        total = LossTerms(*(np.zeros((), np.float32),) * 4)
+        for start in range(0, len(windows["series"]), size):
+            chunk = {key: value[start : start + size] for key, value in windows.items()}
+            missing = size - len(chunk["series"])  # the last chunk: rows that score nothing
+            chunk = {key: np.concatenate([value, np.zeros((missing,) + value.shape[1:], value.dtype)])
+                     for key, value in chunk.items()}  # fmt: skip
+            total = total + jax.device_get(self._validation_terms(params, chunk))
+        return float(total.loss / max(float(total.count), 1.0))
 
     def _step(self, state: TrainState, batch):
         with use_mesh(self.mesh, self.rules):
@@ -185,6 +208,12 @@ class TrainProgram:
         params = optax.apply_updates(params, updates)
         metrics = {**terms.means(), "grad_norm": grad_norm, "lr": self.schedule(step), "valid_points": terms.count}
         return TrainState(params, opt_state, step + 1, rng), metrics
+
+
+def _save_model(model, directory) -> None:
+    from ..checkpoint import save
+
+    save(model, directory, overwrite=True)
 
 
 def _batch_mesh_axes(sharding: NamedSharding) -> set[str]:
@@ -231,9 +260,11 @@ def measure_matmul_peak(dtype=jnp.float32, size: int = 2048, repeats: int = 5) -
 # ---- the loop ----------------------------------------------------------------------------------
 
 
-def _initial_params(init_from: str | Path):
+def _initial_params(init_from):
     from .checkpointing import is_run_directory, load_model_from_run
 
+    if isinstance(init_from, nnx.Module):
+        return init_from
     if is_run_directory(init_from):
         return load_model_from_run(init_from)
     from ..checkpoint import load
@@ -257,11 +288,15 @@ def train(
     config: TrainConfig,
     workdir: str | Path,
     *,
-    init_from: str | Path | None = None,
+    init_from=None,
     mesh=None,
     source_objects=None,
+    validation=None,
 ) -> TrainState:
-    """Train to ``config.steps``, resuming from the latest readable checkpoint in ``workdir``."""
+    """Train to ``config.steps``, resuming from the latest readable checkpoint in ``workdir``.
+
+    ``init_from``: a checkpoint path or a loaded model to start from (fine-tuning). ``validation``: a
+    ``validation.Validation`` (held-out windows, best model, early stopping)."""
     from ..data import make_iterator
     from .. import storage
     from .checkpointing import RunCheckpoints, read_run_config, run_path
@@ -309,6 +344,11 @@ def train(
         iterator.set_state(restored.data_state)
         start = restored.step
         log.info("resumed from step %d", start)
+    if validation is not None:
+        validation.restore(start, is_writer)
+        if validation.stopped:
+            log.info("validation stopped this run early at step %d (best at step %d)", start, validation.best_step)
+            return state
 
     logger = MetricsLogger(workdir, tensorboard=config.logging.tensorboard, enabled=is_writer)
     flops = training_flops_per_step(
@@ -355,6 +395,13 @@ def train(
                     progress.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{values['lr']:.2e}")
                 interval_start, interval_steps = time.perf_counter(), 0
             stopping = stop_signals.reached(done)
+            if validation is not None and validation.due(done, config.steps):
+                loss = program.validation_loss(state.params, validation.windows)
+                if validation.record(done, loss, lambda path: _save_model(program.model(state.params), path),
+                                     is_writer):  # fmt: skip
+                    log.info("validation loss has not improved for %d passes: stopping", validation.patience)
+                    stopping = True
+                logger.write(done, {"validation_loss": loss})
             if done % config.checkpoint.every == 0 or done == config.steps or time_due or stopping:
                 save_clock.saved()
                 checkpoints.wait()  # one save in flight at a time
