@@ -161,14 +161,17 @@ def polar_express(matrix, *, epsilon: float, dtype=jnp.bfloat16):
     norm = jnp.sqrt(jnp.sum(jnp.square(x.astype(jnp.float32)), axis=(-2, -1), keepdims=True)).astype(dtype)
     x = x / (norm * POLAR_EXPRESS_SAFETY + epsilon)
     rows_side = x.shape[-2] < x.shape[-1]
-    for a, b, c in POLAR_EXPRESS_COEFFICIENTS:
+
+    def iteration(x, coefficients):
+        a, b, c = (coefficient.astype(dtype) for coefficient in coefficients)
         if rows_side:
             gram = x @ jnp.swapaxes(x, -1, -2)
-            x = a * x + (b * gram + c * (gram @ gram)) @ x
-        else:
-            gram = jnp.swapaxes(x, -1, -2) @ x
-            x = a * x + x @ (b * gram + c * (gram @ gram))
-    return x
+            return a * x + (b * gram + c * (gram @ gram)) @ x, None
+        gram = jnp.swapaxes(x, -1, -2) @ x
+        return a * x + x @ (b * gram + c * (gram @ gram)), None
+
+    # A loop, not five unrolled copies: one per matrix of the model, compile time matters.
+    return jax.lax.scan(iteration, x, jnp.asarray(POLAR_EXPRESS_COEFFICIENTS, jnp.float32))[0]
 
 
 class UmupNorMuonState(NamedTuple):
