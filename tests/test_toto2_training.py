@@ -4,7 +4,7 @@ layout), and steps of the u-muP AdamW and NorMuon (vs dd-unit-scaling's ``AdamW`
 latter on dion's NorMuon; skipped where dion is not installed).
 
 Tolerance: 1e-4 relative per tensor (norm of the difference over the reference's norm), for gradients,
-parameters after the steps and the steps themselves (parameter changes) up to UPDATE_TOLERANCE.
+parameters after two optimiser steps and the steps themselves (the parameter changes).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from toto_jax.models.toto2 import Toto2Config
 from toto_jax.train import umup
 
 TOLERANCE = 1e-4
-UPDATE_TOLERANCE = TOLERANCE
+WEIGHT_DECAY = 0.1  # lr-independent in both; NorMuon's cautious decay included
 # Every kind of parameter: biases, q/k norm weights, layer norm weights, per-dimension scales, grouped heads.
 OPTIMIZER_CONFIG = config_dict(num_groups=2, num_layers=2, attn_bias=True, mlp_bias=True, per_dim_scale=True,
                                norm_include_weight=True, qk_norm_include_weight=True)  # fmt: skip
@@ -138,7 +138,7 @@ def jax_steps(tx, params, gradients):
     return params
 
 
-def compare_parameters(reference, model, before, after_tree, *, update_tolerance):
+def compare_parameters(reference, model, before, after_tree):
     """Parameters after the steps, and the steps themselves, per tensor against the reference's."""
     after = torch_layout(model, after_tree)
     worst_param, worst_update = ("", 0.0), ("", 0.0)
@@ -148,8 +148,7 @@ def compare_parameters(reference, model, before, after_tree, *, update_tolerance
         worst_update = max(worst_update, (name, relative(after[name] - before[name], expected - before[name])),
                            key=lambda t: t[1])  # fmt: skip
     assert worst_param[1] <= TOLERANCE, worst_param
-    assert worst_update[1] <= update_tolerance, worst_update
-    return worst_param, worst_update
+    assert worst_update[1] <= TOLERANCE, worst_update
 
 
 def test_param_specs_follow_reference_mup_types(optimizer_setup):
@@ -160,8 +159,8 @@ def test_param_specs_follow_reference_mup_types(optimizer_setup):
         return umup.MUP_TYPES.index(mup_type) * 100 + (depth or 0)
 
     coded = jax.tree_util.tree_map_with_path(
-        lambda path, leaf: np.full(leaf.shape, code(specs[umup._spec_path(path)].mup_type,
-                                                    specs[umup._spec_path(path)].depth), np.float32),
+        lambda path, leaf: np.full(leaf.shape, code(specs[umup.spec_path(path)].mup_type,
+                                                    specs[umup.spec_path(path)].depth), np.float32),
         params,
     )  # fmt: skip
     in_torch_layout = torch_layout(model, coded)
@@ -171,7 +170,7 @@ def test_param_specs_follow_reference_mup_types(optimizer_setup):
     assert fan_ins == {OPTIMIZER_CONFIG["d_model"]}
 
 
-def test_adamw_matches_dd_unit_scaling(optimizer_setup, weight_decay=0.1):
+def test_adamw_matches_dd_unit_scaling(optimizer_setup):
     import dd_unit_scaling as uu
 
     reference, model, params, torch_gradients, jax_gradients, specs = optimizer_setup
@@ -180,13 +179,13 @@ def test_adamw_matches_dd_unit_scaling(optimizer_setup, weight_decay=0.1):
     names, parameters = zip(*reference.named_parameters())
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        optimizer = uu.AdamW(parameters, lr=0.05, weight_decay=weight_decay)
+        optimizer = uu.AdamW(parameters, lr=0.05, weight_decay=WEIGHT_DECAY)
     torch_steps(parameters, [optimizer], torch_gradients, names)
-    tx = umup.umup_adamw(specs, 0.05, weight_decay=weight_decay)
-    compare_parameters(reference, model, before, jax_steps(tx, params, jax_gradients), update_tolerance=TOLERANCE)
+    tx = umup.umup_adamw(specs, 0.05, weight_decay=WEIGHT_DECAY)
+    compare_parameters(reference, model, before, jax_steps(tx, params, jax_gradients))
 
 
-def reference_normuon(parameters, lr, weight_decay):
+def reference_normuon(parameters, lr):
     """dd-unit-scaling's NorMuon (dion's, its arguments and learning-rate rule) with Polar Express run in
     float32 instead of bfloat16: bfloat16 rounding grows through the five iterations to ~10% of the update
     (torch bfloat16 vs float32, or torch vs XLA in bfloat16), which no implementation reproduces bit for bit."""
@@ -203,8 +202,8 @@ def reference_normuon(parameters, lr, weight_decay):
             x = a * x + (update @ x if x.size(-2) <= x.size(-1) else x @ update)
         return x
 
-    groups = scaled_parameters(parameters, _lr_scale_func_muon, lr=lr, weight_decay=weight_decay)
-    return dion.NorMuon(groups, lr=lr, mu=0.95, muon_beta2=0.95, weight_decay=weight_decay, epsilon=1e-7,
+    groups = scaled_parameters(parameters, _lr_scale_func_muon, lr=lr, weight_decay=WEIGHT_DECAY)
+    return dion.NorMuon(groups, lr=lr, mu=0.95, muon_beta2=0.95, weight_decay=WEIGHT_DECAY, epsilon=1e-7,
                         nesterov=True, cautious_wd=True, adjust_lr="spectral_norm",
                         newton_schulz_func=polar_express_float32)  # fmt: skip
 
@@ -216,7 +215,7 @@ def eager_torch():
         yield
 
 
-def test_normuon_matches_dd_unit_scaling(optimizer_setup, eager_torch, weight_decay=0.1):
+def test_normuon_matches_dd_unit_scaling(optimizer_setup, eager_torch):
     """Matrices by NorMuon (cautious weight decay included), vectors by AdamW: two steps as the reference's."""
     import dd_unit_scaling as uu
 
@@ -228,11 +227,11 @@ def test_normuon_matches_dd_unit_scaling(optimizer_setup, eager_torch, weight_de
     vectors = [p for p in parameters if p.ndim < 2]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        optimizers = [reference_normuon(matrices, 0.2, weight_decay), uu.AdamW(vectors, lr=0.05, weight_decay=weight_decay)]
+        optimizers = [reference_normuon(matrices, 0.2), uu.AdamW(vectors, lr=0.05, weight_decay=WEIGHT_DECAY)]
     torch_steps(parameters, optimizers, torch_gradients, names)
-    normuon = dict(learning_rate=0.2, weight_decay=weight_decay, orthogonalisation_dtype=jnp.float32)
-    tx = umup.umup_normuon_adamw(specs, normuon, dict(learning_rate=0.05, weight_decay=weight_decay))
-    compare_parameters(reference, model, before, jax_steps(tx, params, jax_gradients), update_tolerance=TOLERANCE)
+    normuon = dict(learning_rate=0.2, weight_decay=WEIGHT_DECAY, orthogonalisation_dtype=jnp.float32)
+    tx = umup.umup_normuon_adamw(specs, normuon, dict(learning_rate=0.05, weight_decay=WEIGHT_DECAY))
+    compare_parameters(reference, model, before, jax_steps(tx, params, jax_gradients))
 
 
 def test_adamw_on_sharded_parameters(optimizer_setup):
@@ -246,7 +245,7 @@ def test_adamw_on_sharded_parameters(optimizer_setup):
         spec = PartitionSpec(*(None,) * (x.ndim - 1), "model") if x.ndim and x.shape[-1] % 2 == 0 else PartitionSpec()
         return jax.device_put(x, NamedSharding(mesh, spec))
 
-    tx = umup.umup_adamw(specs, 0.05, weight_decay=0.1)
+    tx = umup.umup_adamw(specs, 0.05, weight_decay=WEIGHT_DECAY)
     expected = jax_steps(tx, params, jax_gradients)
     actual = jax_steps(tx, jax.tree.map(sharded, params), [jax.tree.map(sharded, g) for g in jax_gradients])
     kernel = actual["transformer"]["groups"]["layers"][0]["attention"]["q_proj"]["kernel"][...]

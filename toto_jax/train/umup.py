@@ -94,7 +94,7 @@ def muon_lr_scale(spec: ParamSpec) -> float:
 
 
 # ---- tree plumbing ---------------------------------------------------------------------------------------
-def _spec_path(path) -> tuple:
+def spec_path(path) -> tuple:
     """A jax tree path as the names ``param_specs`` uses, ignoring an ``nnx.Variable``'s ``value`` attribute."""
     names = []
     for entry in path:
@@ -108,7 +108,7 @@ def _spec_path(path) -> tuple:
 
 
 def _map_with_specs(specs: dict[tuple, ParamSpec], fn, tree, *rest):
-    return jax.tree_util.tree_map_with_path(lambda path, *leaves: fn(specs[_spec_path(path)], *leaves), tree, *rest)
+    return jax.tree_util.tree_map_with_path(lambda path, *leaves: fn(specs[spec_path(path)], *leaves), tree, *rest)
 
 
 def _multiplier(schedule: Schedule | None, count) -> jax.Array:
@@ -221,7 +221,7 @@ def umup_normuon(
         return jnp.concatenate(blocks, axis=-1), [b.shape[-1] for b in blocks]
 
     def flat(tree) -> dict[tuple, jax.Array]:
-        return {_spec_path(path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+        return {spec_path(path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
     def init(params):
         flat_params = flat(params)
@@ -259,7 +259,7 @@ def umup_normuon(
                 block = normalised[..., start:stop].reshape(param.shape)
                 decayed = param * (param * block >= 0) if cautious_weight_decay else param
                 steps[path] = (-multiplier * (rate * block + weight_decay * decayed)).astype(param.dtype)
-        new_updates = jax.tree_util.tree_map_with_path(lambda path, _: steps[_spec_path(path)], updates)
+        new_updates = jax.tree_util.tree_map_with_path(lambda path, _: steps[spec_path(path)], updates)
         return new_updates, UmupNorMuonState(state.count + 1, new_momentum, variance)
 
     return optax.GradientTransformation(init, update)

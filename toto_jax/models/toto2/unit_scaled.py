@@ -159,7 +159,8 @@ class PerDimScale(nnx.Module):
 
     def __call__(self, x):
         p = scale_grad(self.per_dim_scale[...], 1.0, PER_DIM_PARAM_GRAD_SCALE)
-        softplus = scale_grad(jax.nn.softplus(scale_grad(p, 1.0, SOFTPLUS_INPUT_GRAD_SCALE)), SOFTPLUS_OUTPUT_SCALE, 1.0)
+        softplus = jax.nn.softplus(scale_grad(p, 1.0, SOFTPLUS_INPUT_GRAD_SCALE))
+        softplus = scale_grad(softplus, SOFTPLUS_OUTPUT_SCALE, 1.0)
         factor = scale_grad((softplus / math.log(2.0)).astype(x.dtype), 1.0, batch_grad_scale(x, x.shape[-1]))
         return scale_grad(scale_grad(x, 1.0, PER_DIM_OUTPUT_SCALE) * factor, PER_DIM_OUTPUT_SCALE, 1.0)
 
