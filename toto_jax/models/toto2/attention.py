@@ -14,10 +14,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 from ...layers.attention import attend
-from ...layers.norm import RMSNorm
 from ...sharding import constrain
 from .config import Toto2Config
-from .unit_scaled import PerDimScale, ScaledDense
+from .unit_scaled import PerDimScale, ScaledDense, ScaledRMSNorm
 
 ROPE_BASE = 10000.0
 XPOS_SCALE_BASE = 256.0
@@ -74,18 +73,16 @@ class _Attention(nnx.Module):
     def __init__(self, config: Toto2Config, *, dtype, rngs: nnx.Rngs):
         d, heads, kv_heads = config.d_model, config.num_heads, config.kv_heads
         bias = config.attn_bias
-        self.q_proj = ScaledDense(d, (heads, config.head_dim), ("embed", "heads", "head_dim"), use_bias=bias,
-                                  dtype=dtype, rngs=rngs)  # fmt: skip
-        self.k_proj = ScaledDense(d, (kv_heads, config.head_dim), ("embed", "kv_heads", "head_dim"), use_bias=bias,
-                                  dtype=dtype, rngs=rngs)  # fmt: skip
-        self.v_proj = ScaledDense(d, (kv_heads, config.value_dim), ("embed", "kv_heads", "head_dim"), use_bias=bias,
-                                  dtype=dtype, rngs=rngs)  # fmt: skip
         # The reference's fused in_proj has fan-in d_model: the split projections keep its output scale.
+        in_proj = dict(fused_with="in_proj", use_bias=bias, dtype=dtype, rngs=rngs)
+        self.q_proj = ScaledDense(d, (heads, config.head_dim), ("embed", "heads", "head_dim"), **in_proj)
+        self.k_proj = ScaledDense(d, (kv_heads, config.head_dim), ("embed", "kv_heads", "head_dim"), **in_proj)
+        self.v_proj = ScaledDense(d, (kv_heads, config.value_dim), ("embed", "kv_heads", "head_dim"), **in_proj)
         self.out_proj = ScaledDense(heads * config.value_dim, d, ("heads", "embed"), use_bias=bias, dtype=dtype,
                                     rngs=rngs)  # fmt: skip
         norm = dict(eps=config.norm_eps, use_scale=config.qk_norm_weight, axis_name="head_dim")
-        self.q_norm = RMSNorm(config.head_dim, **norm) if config.qk_norm else None
-        self.k_norm = RMSNorm(config.head_dim, **norm) if config.qk_norm else None
+        self.q_norm = ScaledRMSNorm(config.head_dim, **norm) if config.qk_norm else None
+        self.k_norm = ScaledRMSNorm(config.head_dim, **norm) if config.qk_norm else None
         self.per_dim_scale = PerDimScale(config.head_dim) if config.per_dim_scale else None
         self.scale = 1.0 / config.head_dim
 

@@ -12,11 +12,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from ...layers.norm import RMSNorm
 from ...sharding import constrain
 from .attention import LayerCache, Rotary, TimeAttention, VariateAttention
 from .config import Toto2Config
-from .unit_scaled import SwiGLU, residual_add
+from .unit_scaled import ScaledRMSNorm, SwiGLU, residual_add, residual_split
 
 TIME = "time"
 VARIATE = "variate"
@@ -72,8 +71,8 @@ class Toto2Layer(nnx.Module):
     def __init__(self, kind: str, config: Toto2Config, *, dtype, rngs: nnx.Rngs):
         self.kind = kind
         norm = dict(eps=config.norm_eps, use_scale=config.norm_include_weight)
-        self.norm1 = RMSNorm(config.d_model, **norm)
-        self.norm2 = RMSNorm(config.d_model, **norm)
+        self.norm1 = ScaledRMSNorm(config.d_model, **norm)
+        self.norm2 = ScaledRMSNorm(config.d_model, **norm)
         attention_cls = TimeAttention if kind == TIME else VariateAttention
         self.attention = attention_cls(config, dtype=dtype, rngs=rngs)
         self.ffn = SwiGLU(config.d_model, config.ff_dim, use_bias=config.mlp_bias, dtype=dtype, rngs=rngs)
@@ -83,13 +82,15 @@ class Toto2Layer(nnx.Module):
 
     def __call__(self, x, rotary: Rotary, time_mask, variate_mask, cache: LayerCache | None, offset):
         attention_tau, mlp_tau = self.attention_tau[...], self.mlp_tau[...]
-        normed = self.norm1(x)
+        branch, skip = residual_split(x, attention_tau)
+        normed = self.norm1(branch)
         if self.kind == TIME:
             attended, cache = self.attention(normed, rotary, time_mask, cache, offset)
         else:
             attended = self.attention(normed, variate_mask)
-        x = residual_add(attended.astype(x.dtype), x, attention_tau)
-        x = residual_add(self.ffn(self.norm2(x)).astype(x.dtype), x, mlp_tau)
+        x = residual_add(attended.astype(x.dtype), skip, attention_tau)
+        branch, skip = residual_split(x, mlp_tau)
+        x = residual_add(self.ffn(self.norm2(branch)).astype(x.dtype), skip, mlp_tau)
         return constrain(x, ("batch", "variate", "time", "activation_embed")), cache
 
 
@@ -128,7 +129,11 @@ class Toto2Transformer(nnx.Module):
         for layer in self.groups.layers:  # nnx.vmap names the stacked axis only on non-scalar variables
             for tau in (layer.attention_tau, layer.mlp_tau):
                 tau.set_metadata(logical_axes=("layers",))
-        self.out_norm = RMSNorm(config.d_model, eps=config.norm_eps, use_scale=config.norm_include_weight)
+        # u-muP's depth rule: optimisers scale the learning rates of the layer stack by num_layers ** -1/2.
+        for _, node in nnx.iter_graph(self.groups):
+            if isinstance(node, nnx.Param):
+                node.set_metadata(mup_depth=config.num_layers)
+        self.out_norm = ScaledRMSNorm(config.d_model, eps=config.norm_eps, use_scale=config.norm_include_weight)
 
     def __call__(self, x, rotary: Rotary, time_mask, variate_mask, cache: KVCache | None = None, offset=0):
         """x: [batch, variate, tokens, embed]. With a cache, this call's keys are written at ``offset``."""
