@@ -41,21 +41,6 @@ def make_table(length=400, ids=("a", "b")) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def shared_compilation_cache(tmp_path_factory):
-    """The runs of this file compile the same programs (new jit closures each run): a persistent cache, for
-    this file only, compiles them once."""
-    from toto_jax.compilation_cache import enable_compilation_cache
-
-    names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-             "jax_persistent_cache_min_entry_size_bytes")  # fmt: skip
-    before = {name: getattr(jax.config, name) for name in names}
-    enable_compilation_cache(str(tmp_path_factory.mktemp("compilation_cache")))
-    yield
-    for name, value in before.items():
-        jax.config.update(name, value)
-
-
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     config = reference_config(num_layers=2, spacewise_every_n_layers=2)
@@ -121,7 +106,9 @@ def test_early_stopping_ends_the_run_and_stays_ended(checkpoint, tmp_path):
 
 def test_cli_round_trip_and_named_errors(checkpoint, tmp_path, capsys):
     """toto-jax finetune on a long CSV with a covariate, then toto-jax forecast --checkpoint WORKDIR with the
-    covariate's future values: a forecast of y per series, covariates not forecast. Bad input is named."""
+    covariate's future values: a forecast of y per series, covariates not forecast, equal to the API's. Bad
+    input is named: a missing covariate column, future covariates missing a step, covariates for a
+    checkpoint without variate labels; nothing is written."""
     frame = make_table()
     frame.to_csv(tmp_path / "metrics.csv", index=False)
     workdir = tmp_path / "run"
@@ -158,6 +145,10 @@ def test_cli_round_trip_and_named_errors(checkpoint, tmp_path, capsys):
                  "load", "--future-covariates", str(tmp_path / "short.csv"), "--horizon", "16", "--output",
                  str(tmp_path / "other.csv")]) == 2  # fmt: skip
     assert "series 'a': no row for 2025-01-18 06:00:00" in capsys.readouterr().err
+    assert main(["forecast", "--input", str(tmp_path / "metrics.csv"), "--checkpoint", str(checkpoint), "--covariates",
+                 "load", "--future-covariates", str(tmp_path / "future.csv"), "--horizon", "16", "--output",
+                 str(tmp_path / "other.csv")]) == 2  # fmt: skip
+    assert "--covariates ['load']: this Toto 1.0 checkpoint has no variate labels" in capsys.readouterr().err
     assert not (tmp_path / "other.csv").exists()
 
 

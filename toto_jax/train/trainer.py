@@ -394,14 +394,14 @@ def train(
                 if progress is not None:
                     progress.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{values['lr']:.2e}")
                 interval_start, interval_steps = time.perf_counter(), 0
-            stopping = stop_signals.reached(done)
+            signalled = stop_signals.reached(done)
+            converged = False
             if validation is not None and validation.due(done, config.steps):
                 loss = program.validation_loss(state.params, validation.windows)
-                if validation.record(done, loss, lambda path: _save_model(program.model(state.params), path),
-                                     is_writer):  # fmt: skip
-                    log.info("validation loss has not improved for %d passes: stopping", validation.patience)
-                    stopping = True
+                converged = validation.record(done, loss, lambda path: _save_model(program.model(state.params), path),
+                                              is_writer)  # fmt: skip
                 logger.write(done, {"validation_loss": loss})
+            stopping = signalled or converged
             if done % config.checkpoint.every == 0 or done == config.steps or time_due or stopping:
                 save_clock.saved()
                 checkpoints.wait()  # one save in flight at a time
@@ -413,7 +413,11 @@ def train(
                 )
             if progress is not None:
                 progress.update(1)
-            if stopping:
+            if converged:
+                log.info("stopped early at step %d: no better validation loss for %d passes (best at step %d)",
+                         done, validation.patience, validation.best_step)  # fmt: skip
+                break
+            if signalled:
                 log.warning("stop signal: saved step %d; the same command resumes from it", done)
                 break
     finally:
