@@ -7,6 +7,7 @@ Compiles dominate the run time, so the inputs of the tests share shape buckets w
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 import pytest
 import torch
@@ -227,6 +228,27 @@ def test_covariate_errors_name_the_problem(pairs):
     bad[1, 0, 3] = np.nan
     with pytest.raises(ForecastError, match=r"series 1, covariate 0 \(variate 1\): future value at step 3 is not finite"):
         forecast(model, series, 8, future_exogenous_variables=bad)
+
+
+def test_decode_is_partitioned_over_devices_with_the_same_paths(pairs):
+    """``ForecastOptions(devices=8)`` on the 8 virtual CPU devices: encode, prefill and the decode scan are
+    partitioned 8 ways (rows of series x paths split over a ``data`` mesh, the KV cache with them, weights
+    replicated), and every sample path equals the one-device run's (draws are keyed by series and path)."""
+    from toto_jax.forecasting.api import _Decoder, _prepare
+
+    _, model, _ = pairs["mixture3_causal_patch"]
+    patch = model.config.patch_size
+    series, padding_mask, id_mask = make_inputs(patch, batch=3)
+    options = REFERENCE.replace(devices=8)
+    prepared, *_ = _prepare(model, series, 2 * patch, 4, padding_mask, id_mask, options)
+    decoder = _Decoder(model, prepared, 4, options)
+    for program in (decoder.encode, decoder.prefill, *decoder.advances.values()):
+        assert "num_partitions=8" in program.as_text()
+    buffer_sharding = decoder.prefill.input_shardings[0][2]
+    assert buffer_sharding.spec == jax.sharding.PartitionSpec("data") and len(buffer_sharding.device_set) == 8
+    split = decoder.run(seed=3)
+    one = _Decoder(model, prepared, 4, REFERENCE).run(seed=3)
+    assert relative_error(split, one) <= TOLERANCE
 
 # ---- sample paths -------------------------------------------------------------------------------
 NUM_PATHS = 2000

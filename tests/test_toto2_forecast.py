@@ -10,6 +10,7 @@ import functools
 import tempfile
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 from reference2 import (
@@ -203,3 +204,20 @@ def test_memory_budget_splits_the_series_over_calls():
     np.testing.assert_allclose(split.quantiles, whole.quantiles, rtol=1e-6)
     with pytest.raises(ForecastError, match="one series needs .* beyond the memory budget"):
         toto_jax.forecast(model, x, 12, options=ForecastOptions(memory_budget=1))
+
+
+def test_series_split_over_devices_give_the_same_quantiles():
+    """``ForecastOptions(devices=4)``: the compiled pass is partitioned over 4 of the 8 virtual CPU devices,
+    its inputs split along the series, and the quantiles equal the one-device run's."""
+    _, model = _pair("gqa_variate_last")
+    from toto_jax.forecasting.quantile import _PROGRAMS
+
+    x = np.concatenate([_series(7), _series(8)])[:3]
+    one = toto_jax.forecast(model, x, 12)
+    split = toto_jax.forecast(model, x, 12, options=ForecastOptions(devices=4))
+    program = list(_PROGRAMS.values())[-1]
+    assert "num_partitions=4" in program.as_text()
+    assert program.input_shardings[0][-1].spec == jax.sharding.PartitionSpec("data") and len(program.input_shardings[0][-1].device_set) == 4
+    np.testing.assert_allclose(split.quantiles, one.quantiles, rtol=1e-5, atol=1e-6 * np.abs(one.quantiles).max())
+    with pytest.raises(ForecastError, match="ForecastOptions.devices is 99, but this process has 8 local devices"):
+        toto_jax.forecast(model, x, 12, options=ForecastOptions(devices=99))

@@ -16,6 +16,7 @@ from . import decode, plan
 from .covariates import KnownFuture, known_future, target_index
 from .inputs import ForecastError, TimeIndex, prepare_context, read_rows
 from .options import ForecastOptions
+from .placement import RowPlacement, forecast_devices
 from .preprocessing import clip_context_outliers, normalize_context, value_bounds
 
 # A horizon this many times the context or longer gets a warning: autoregressive paths that far out
@@ -306,12 +307,14 @@ class _Decoder:
         self.total_paths = num_samples or 1
         self.sampling = None if num_samples is None else options.sampling
         self.options = options
-        self.graphdef, self.params = nnx.split(model)
-        self.context_length = jnp.int32(context)
-        self.key = jax.random.key(0)
+        self.placement = placement = RowPlacement(forecast_devices(options.devices))
+        self.graphdef, params = nnx.split(model)
+        self.params = placement.put(params, rows=False)
+        self.context_length = placement.put(jnp.int32(context), rows=False)
+        self.key = placement.put(jax.random.key(0), rows=False)
 
         chunks = plan.first_chunks(config, shapes, batch, self.total_paths, options.use_kv_cache,
-                                   options.memory_budget, options.bucket)  # fmt: skip
+                                   options.memory_budget * placement.count, options.bucket)  # fmt: skip
         while True:
             self._compile(chunks)
             # The encoded contexts stay alive while their chunks of paths decode.
@@ -336,20 +339,21 @@ class _Decoder:
 
     def _compile(self, chunks: plan.Chunks) -> None:
         shapes = self.shapes
-        self.series_size = series = plan.bucket_count(chunks.series) if self.options.bucket else chunks.series
+        series = plan.bucket_count(chunks.series) if self.options.bucket else chunks.series
+        self.series_size = series = self.placement.row_multiple(series)
+        abstract = self.placement.abstract
         self.spec = spec = decode.DecodeSpec(shapes.context_bucket, chunks.paths, self.sampling,
                                              self.options.use_kv_cache, self.num_exogenous)  # fmt: skip
-        rows = tuple(jax.ShapeDtypeStruct((series,) + self.buffer.shape[1:], a.dtype)
-                     for a in (self.buffer, self.mask, self.group))  # fmt: skip
+        rows = tuple(abstract((series,) + self.buffer.shape[1:], a.dtype) for a in (self.buffer, self.mask, self.group))
         encoded = self.encode = None
         if self.options.use_kv_cache:
             arguments = (self.params, *rows, self.context_length)
             self.encode = decode.compiled("encode", self.graphdef, (spec,), arguments)
             encoded = self.encode.out_info
-        bounds = None if self.low is None else jax.ShapeDtypeStruct((series, shapes.variates, 1), np.float32)
-        known = None if self.known is None else jax.ShapeDtypeStruct((series,) + self.known.shape[1:], bool)
-        arguments = (self.params, encoded, *rows, bounds, bounds, known,
-                     jax.ShapeDtypeStruct((series * chunks.paths,), np.uint32), self.key, self.context_length)  # fmt: skip
+        bounds = None if self.low is None else abstract((series, shapes.variates, 1), np.float32)
+        known = None if self.known is None else abstract((series,) + self.known.shape[1:], bool)
+        arguments = (self.params, encoded, *rows, bounds, bounds, known, abstract((series * chunks.paths,), np.uint32),
+                     self.key, self.context_length)  # fmt: skip
         self.prefill = decode.compiled("prefill", self.graphdef, (spec,), arguments)
         state = self.prefill.out_info
         self.advances = {
@@ -360,7 +364,7 @@ class _Decoder:
     def run(self, seed: int) -> np.ndarray:
         """Sample paths (or the mean path) [batch, paths, variate, steps * patch] in model-input space."""
         shapes, chunks, options = self.shapes, self.chunks, self.options
-        key = jax.random.key(seed)
+        key = self.placement.put(jax.random.key(seed), rows=False)
         units = len(self.calls) * (1 + shapes.segments)
         bar = None
         if options.progress if options.progress is not None else units > 1:
@@ -371,14 +375,15 @@ class _Decoder:
         encoded, encoded_series = None, None
         for first_series, first_path in self.calls:
             stop = min(first_series + chunks.series, self.batch)
-            rows = [_pad_rows(a[first_series:stop], self.series_size) for a in (self.buffer, self.mask, self.group)]
-            extras = [None if b is None else _pad_rows(b[first_series:stop], self.series_size)
+            put = self.placement.put
+            rows = [put(_pad_rows(a[first_series:stop], self.series_size)) for a in (self.buffer, self.mask, self.group)]
+            extras = [None if b is None else put(_pad_rows(b[first_series:stop], self.series_size))
                       for b in (self.low, self.high, self.known)]  # fmt: skip
             if self.encode is not None and encoded_series != first_series:  # once per chunk of series
                 encoded, encoded_series = self.encode(self.params, *rows, self.context_length), first_series
             # Row (series s, path p) draws from stream s * num_samples + p, whatever the chunking.
             streams = (first_series + np.arange(self.series_size))[:, None] * self.total_paths + first_path
-            row_keys = (streams + np.arange(chunks.paths)[None]).reshape(-1).astype(np.uint32)
+            row_keys = put((streams + np.arange(chunks.paths)[None]).reshape(-1).astype(np.uint32))
             state = self.prefill(self.params, encoded, *rows, *extras, row_keys, key, self.context_length)
             if shapes.first_steps > 1:
                 state = self.advances[shapes.first_steps - 1](self.params, state)

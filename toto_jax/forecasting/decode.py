@@ -196,9 +196,10 @@ _PROGRAMS: dict = {}
 
 
 def _signature(tree):
-    return tuple((a.shape, str(a.dtype)) if hasattr(a, "shape") else a for a in jax.tree.leaves(tree)), str(
-        jax.tree.structure(tree)
-    )
+    def leaf(a):
+        return (a.shape, str(a.dtype), str(getattr(a, "sharding", None))) if hasattr(a, "shape") else a
+
+    return tuple(leaf(a) for a in jax.tree.leaves(tree)), str(jax.tree.structure(tree))
 
 
 def compiled(kind: str, graphdef, static: tuple, arguments: tuple):

@@ -58,6 +58,9 @@ class ForecastOptions:
       size), feeding each block's medians back (None: the whole horizon in one pass, toto-2's default).
     - ``scaler_fallback_min_obs`` (Toto 2.0): leading patches seen by fewer observations take the scaler
       statistics of the first this-many observations (0: off, the reference's ``forecast`` default).
+    - ``devices``: how many local devices share the work: series and sample paths are split over them,
+      the parameters replicated (None: every local accelerator, one device on CPU). Results do not depend
+      on it; ``memory_budget`` is per device.
     """
 
     context_length: int | None = None
@@ -72,6 +75,7 @@ class ForecastOptions:
     progress: bool | None = None
     decode_block_size: int | None = None
     scaler_fallback_min_obs: int = DEFAULT_SCALER_FALLBACK_MIN_OBS
+    devices: int | None = None
 
     def __post_init__(self):
         def positive_number(name, value, allow_none=True):
@@ -110,6 +114,9 @@ class ForecastOptions:
             raise ValueError(
                 f"ForecastOptions.scaler_fallback_min_obs must be a non-negative integer, got {self.scaler_fallback_min_obs!r}"
             )
+        if self.devices is not None and (isinstance(self.devices, bool) or not isinstance(self.devices, int)
+                                         or self.devices < 1):  # fmt: skip
+            raise ValueError(f"ForecastOptions.devices must be a positive integer or None, got {self.devices!r}")
         if self.progress is not None and not isinstance(self.progress, bool):
             raise ValueError(f"ForecastOptions.progress must be True, False or None, got {self.progress!r}")
 
@@ -172,6 +179,9 @@ def add_options_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--scaler-fallback-min-obs", type=int, default=None, metavar="N",
                        help=f"Toto 2.0: leading patches with fewer observations use the first N's statistics "
                             f"(0: off; default {default.scaler_fallback_min_obs})")  # fmt: skip
+    group.add_argument("--devices", type=int, default=None, metavar="N",
+                       help="local devices to split the series and sample paths over (default: every local "
+                            "accelerator, one device on CPU)")  # fmt: skip
 
 
 def options_from_args(args: argparse.Namespace) -> ForecastOptions:
@@ -179,7 +189,8 @@ def options_from_args(args: argparse.Namespace) -> ForecastOptions:
     with every flag given on top."""
     options = ForecastOptions.reference() if args.reference_options else ForecastOptions()
     changes = {}
-    for name in ("context_length", "gaps", "normalize", "sampling", "decode_block_size", "scaler_fallback_min_obs"):
+    for name in ("context_length", "gaps", "normalize", "sampling", "decode_block_size", "scaler_fallback_min_obs",
+                 "devices"):  # fmt: skip
         if getattr(args, name) is not None:
             changes[name] = getattr(args, name)
     for name in ("clip_outliers", "value_cap"):

@@ -13,6 +13,7 @@ from ..models.toto2.forecast import QuantileSpec, compiled_forecast
 from . import decode
 from .covariates import known_future, target_index
 from .inputs import ForecastError
+from .placement import RowPlacement, forecast_devices
 
 # The mean of the distribution whose quantile function is linear between the knots 0.1 ... 0.9 and flat
 # beyond them: 0.1 of mass at each outer knot, plus the trapezoid rule in between.
@@ -22,7 +23,7 @@ _PROGRAMS: dict = {}
 
 
 def _program(graphdef, spec: QuantileSpec, arguments: tuple):
-    key = (graphdef, spec, tuple((a.shape, a.dtype) for a in jax.tree.leaves(arguments)))
+    key = (graphdef, spec, tuple((a.shape, a.dtype, str(a.sharding)) for a in jax.tree.leaves(arguments)))
     if key not in _PROGRAMS:
         _PROGRAMS[key] = compiled_forecast.lower(graphdef, spec, *arguments).compile()
     return _PROGRAMS[key]
@@ -57,29 +58,31 @@ def forecast_quantile_model(model, prepared, horizon: int, options, future_exoge
         is_target[:, targets:] = False
     series_ids = prepared.ids[:, :, -1]
 
+    placement = RowPlacement(forecast_devices(options.devices))
     graphdef, state = nnx.split(model)
+    state = placement.put(state, rows=False)
     arrays = (values, valid, future, future_mask, series_ids, is_target)
-    chunk = batch
+    chunk = placement.row_multiple(batch)
     while True:
-        shapes = tuple(jax.ShapeDtypeStruct((chunk,) + a.shape[1:], a.dtype) for a in arrays)
+        shapes = tuple(placement.abstract((chunk,) + a.shape[1:], a.dtype) for a in arrays)
         program = _program(graphdef, spec, (state, *shapes))
         needed = decode.working_bytes(program, state)
         if needed <= options.memory_budget:
             break
-        if chunk == 1:
+        if chunk <= placement.count:
             raise ForecastError(
                 f"one series needs {needed / 2**30:.2f} GiB of working memory ({variates} variates, {context} context "
                 f"steps, {steps} steps to forecast), beyond the memory budget of {options.memory_budget / 2**30:.2f} "
                 "GiB: raise ForecastOptions.memory_budget, shorten context_length or the horizon"
             )
-        chunk = -(-chunk // 2)
+        chunk = placement.row_multiple(-(-chunk // 2))
     out = np.empty((len(QUANTILE_LEVELS), batch, variates, steps), np.float32)
     for start in range(0, batch, chunk):
         stop = min(start + chunk, batch)
         rows = [a[start:stop] for a in arrays]
         if stop - start < chunk:  # the last chunk reuses the program: pad with copies of its last series
             rows = [np.concatenate([r, np.repeat(r[-1:], chunk - len(r), axis=0)]) for r in rows]
-        out[:, start:stop] = np.asarray(program(state, *rows))[:, : stop - start]
+        out[:, start:stop] = np.asarray(program(state, *placement.put(rows)))[:, : stop - start]
 
     window = prepared.trailing[:, None, None] + np.arange(horizon)
     out = np.take_along_axis(out, np.broadcast_to(window, out.shape[:3] + (horizon,)), axis=-1)
