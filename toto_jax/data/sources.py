@@ -20,6 +20,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from toto_jax import storage
 from toto_jax.data import quality, synthetic
 from toto_jax.data.quality import DataError
 
@@ -207,7 +208,8 @@ class ParquetSource:
         for file in files:
             try:
                 if file.endswith(PARQUET_SUFFIXES):
-                    metadata = pq.ParquetFile(file).metadata
+                    with _open(file) as stream:
+                        metadata = pq.ParquetFile(stream).metadata
                     problem = _check_target_schema(metadata.schema.to_arrow_schema(), file)
                     group_rows = [metadata.row_group(i).num_rows for i in range(metadata.num_row_groups)]
                 else:
@@ -273,7 +275,8 @@ class ParquetSource:
         if file.endswith(PARQUET_SUFFIXES):
             import pyarrow.parquet as pq
 
-            column = pq.ParquetFile(file).read_row_group(group, columns=["target"]).column("target")
+            with _open(file) as stream:  # one row group's byte ranges, also from a bucket
+                column = pq.ParquetFile(stream).read_row_group(group, columns=["target"]).column("target")
         else:
             column = _read_arrow(file).column("target")
         with self._cache_lock:
@@ -309,11 +312,18 @@ class ParquetSource:
         return f"ParquetSource(name={self.name!r}, files={len(self._files)}, rows={len(self)})"
 
 
+def _open(file: str):
+    """A binary stream of a local file or a ``gs://`` / ``s3://`` object (read in ranges, never copied whole)."""
+    if storage.is_remote(file):
+        return storage.filesystem(file).open(file, "rb")
+    return open(file, "rb")
+
+
 def _read_arrow(path: str):
-    """Memory-maps an Arrow IPC file (file or stream format) without copying."""
+    """Memory-maps an Arrow IPC file (file or stream format) without copying; objects in buckets are read."""
     import pyarrow as pa
 
-    with pa.memory_map(path, "r") as source:
+    with (_open(path) if storage.is_remote(path) else pa.memory_map(path, "r")) as source:
         try:
             return pa.ipc.open_file(source).read_all()
         except pa.ArrowInvalid:
@@ -325,6 +335,9 @@ def _list_files(path, suffixes: tuple[str, ...]) -> list[str]:
     paths = [path] if isinstance(path, (str, os.PathLike)) else list(path)
     files: list[str] = []
     for entry in paths:
+        if storage.is_remote(entry):
+            files.extend(_list_remote(str(entry), suffixes))
+            continue
         entry = pathlib.Path(entry)
         if entry.is_dir():
             files.extend(str(p) for p in sorted(entry.rglob("*")) if p.is_file() and p.name.lower().endswith(suffixes))
@@ -335,6 +348,18 @@ def _list_files(path, suffixes: tuple[str, ...]) -> list[str]:
     if not files:
         raise DataError(f"no files ending in {suffixes} under {path}")
     return files
+
+
+def _list_remote(url: str, suffixes: tuple[str, ...]) -> list[str]:
+    storage.check_access(url)
+    fs = storage.filesystem(url)
+    prefix = f"{storage.scheme(url)}://"
+    if fs.isfile(url):
+        return [url]
+    found = sorted(prefix + name for name in fs.find(url) if name.lower().endswith(suffixes))
+    if not found and not fs.isdir(url):
+        raise DataError(f"data path does not exist: {url}")
+    return found
 
 
 # --------------------------------------------------------------------------
@@ -353,7 +378,8 @@ def read_csv_series(path: str) -> dict:
     """
     import pandas as pd
 
-    frame = pd.read_csv(path)
+    with _open(path) as stream:
+        frame = pd.read_csv(stream)
     lower = {column.lower(): column for column in frame.columns}
     time_column = next((lower[name] for name in TIME_COLUMN_NAMES if name in lower), None)
     value_columns = [
