@@ -107,17 +107,18 @@ class TrainProgram:
     # ---- state -------------------------------------------------------------------------------
     def init(self, seed: int, params=None) -> TrainState:
         """Fresh state: random parameters from ``seed`` (or the given ones), new optimiser state, step 0."""
-        model_config = self.model_config
+        if not hasattr(self, "_create"):  # compiled once per program (runs sharing a program reuse it)
+            model_config = self.model_config
 
-        def create(params):
-            if params is None:
-                params = nnx.state(build_model(model_config, rngs=nnx.Rngs(seed)), nnx.Param)
-            return TrainState(params, self.tx.init(params), jnp.zeros((), jnp.int32), jax.random.PRNGKey(seed))
+            def create(seed, params):
+                if params is None:
+                    params = nnx.state(build_model(model_config, rngs=nnx.Rngs(jax.random.key(seed))), nnx.Param)
+                return TrainState(params, self.tx.init(params), jnp.zeros((), jnp.int32), jax.random.PRNGKey(seed))
 
+            self._create = jax.jit(create, out_shardings=self.state_sharding, compiler_options=self.compiler_options)
         if params is not None:
             params = jax.device_put(params, self.state_sharding.params)
-            return jax.jit(create, out_shardings=self.state_sharding, compiler_options=self.compiler_options)(params)
-        return jax.jit(lambda: create(None), out_shardings=self.state_sharding, compiler_options=self.compiler_options)()
+        return self._create(jnp.asarray(seed, jnp.uint32), params)
 
     def place(self, state: TrainState) -> TrainState:
         return jax.device_put(state, self.state_sharding)
@@ -173,15 +174,16 @@ class TrainProgram:
         series, observed, series_ids = toto2_objective.model_inputs(
             batch["series"], batch["padding_mask"], batch["id_mask"]
         )
+        counted = observed
         if "scored" in batch:
             scored = batch["scored"].reshape(*batch["scored"].shape[:-1], -1, patch).any(-1)
             hidden = jnp.repeat(scored, patch, axis=-1)
-            observed = observed & batch["scored"]
+            counted = observed & batch["scored"]
         else:
             hidden = batch["hidden"]
         output = self.model(params)(series, observed, series_ids, hidden=hidden)
         terms = toto2_objective.quantile_loss_terms(
-            output, series, observed, hidden, patch, self.config.num_exogenous_variables
+            output, series, counted, hidden, patch, self.config.num_exogenous_variables
         )
         return terms.loss, terms
 
@@ -363,11 +365,13 @@ def train(
     mesh=None,
     source_objects=None,
     validation=None,
+    program: TrainProgram | None = None,
 ) -> TrainState:
     """Train to ``config.steps``, resuming from the latest readable checkpoint in ``workdir``.
 
     ``init_from``: a checkpoint path or a loaded model to start from (fine-tuning). ``validation``: a
-    ``validation.Validation`` (held-out windows, best model, early stopping)."""
+    ``validation.Validation`` (held-out windows, best model, early stopping). ``program``: an already compiled
+    ``TrainProgram`` for this config's model (its mesh is used), so that several runs compile once (tests)."""
     from ..data import make_iterator
     from .. import storage
     from .checkpointing import RunCheckpoints, read_run_config, run_path
@@ -388,8 +392,10 @@ def train(
         loaded = _initial_params(init_from)
         config = _merge_init_config(config, loaded.config)
         init_params = nnx.state(loaded, nnx.Param)
-    mesh = build_mesh(config) if mesh is None else mesh
-    program = TrainProgram(config, mesh)
+    if program is None:
+        program = TrainProgram(config, build_mesh(config) if mesh is None else mesh)
+    elif program.model_config != config.model:
+        raise ValueError("the given TrainProgram was built for another model config than this run's")
     if is_writer:
         dump_config(config, workdir / "config.yaml")
 
