@@ -25,6 +25,7 @@ from toto_jax.models.toto2.forecast import QuantileSpec, forecast_quantiles
 from toto_jax.models.toto2.model import Toto2Output
 from toto_jax.sharding import make_mesh
 from toto_jax.train import toto2_objective
+from toto_jax.train.checkpointing import load_model_from_run
 from toto_jax.train.config import TrainConfig, load_config
 from toto_jax.train.optimizer import make_optimizer
 from toto_jax.train.toto2_objective import MaskingConfig, hidden_spans, pinball_loss, quantile_loss_terms
@@ -189,6 +190,10 @@ def test_resume_is_bit_exact(config, program, tmp_path):
     resumed = run(8, tmp_path / "interrupted")
     assert int(resumed.step) == 8
     for a, b in zip(jax.tree.leaves(jax.device_get(straight)), jax.tree.leaves(jax.device_get(resumed))):
+        np.testing.assert_array_equal(a, b)
+    loaded = load_model_from_run(tmp_path / "interrupted")  # a Toto 2.0 model, taus included
+    assert isinstance(loaded, Toto2) and loaded.config == config.model
+    for a, b in zip(jax.tree.leaves(nnx.state(loaded, nnx.Param)), jax.tree.leaves(jax.device_get(resumed.params))):
         np.testing.assert_array_equal(a, b)
 
 

@@ -27,7 +27,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
 from ..config import TotoConfig
-from ..models import build_model, is_toto2
+from ..models import build_model, is_toto2, split_for_training
 from ..models.toto2.config import Toto2Config
 from ..sharding import constrain, logical_to_pspec, make_mesh, state_shardings, use_mesh
 from . import toto2_objective
@@ -78,10 +78,7 @@ class TrainProgram:
         self.terms_type = toto2_objective.QuantileLossTerms if self.is_toto2 else LossTerms
 
         model_config = self.model_config
-        abstract_model = nnx.eval_shape(lambda: build_model(model_config, rngs=nnx.Rngs(0)))
-        self.graphdef, abstract_params, self.rest = nnx.split(abstract_model, nnx.Param, ...)
-        if jax.tree.leaves(self.rest):  # computed from the config alone; the parameters' part is compiled away
-            self.rest = jax.jit(lambda: nnx.split(build_model(model_config, rngs=nnx.Rngs(0)), nnx.Param, ...)[2])()
+        self.graphdef, abstract_params, self.rest = split_for_training(model_config)
         self.tx = make_optimizer(config.optimizer, abstract_params, model_config.family)
         abstract_opt = jax.eval_shape(self.tx.init, abstract_params)
         self.abstract_state = TrainState(
