@@ -1,6 +1,7 @@
 """Train-step speed of toto-jax vs the reference (toto-ts 0.2.0, PyTorch) on the same CPU.
 
     python benchmarks/train.py [--config experiments/configs/small.yaml] [--batch 8] [--steps 10] [--skip-base]
+                               [--toto2 experiments/configs/toto2_small.yaml]
 
 Both sides run the same model config on the same batch: the reference's fine-tuning step
 (``TotoForFinetuning`` loss, ``backward``, ``AdamW.step``) and this project's jitted train step (one
@@ -9,7 +10,8 @@ the measured float32 matmul peak of this machine, for the given config and for t
 architecture at batch 4 x 8 variates x 1024 steps (float32, no remat, as the reference runs), then the
 compile time of the Toto-Open-Base training step (bfloat16, remat) at a small batch. Both sides are
 interleaved in one run; the load average is printed before and after, and a ratio measured above the
-core count is flagged as not a result.
+core count is flagged as not a result. ``--toto2 CONFIG`` also times a Toto 2.0 config's step (toto-jax only:
+toto-2 ships no training step) with its own optimiser and masking.
 """
 
 from __future__ import annotations
@@ -35,7 +37,12 @@ import machine_load  # noqa: E402  benchmarks/, this script's own directory
 from toto_jax.data import make_iterator  # noqa: E402
 from toto_jax.sharding import make_mesh  # noqa: E402
 from toto_jax.train.config import load_config  # noqa: E402
-from toto_jax.train.trainer import TrainProgram, measure_matmul_peak, training_flops_per_step  # noqa: E402
+from toto_jax.train.trainer import (  # noqa: E402
+    TrainProgram,
+    measure_matmul_peak,
+    toto2_training_flops_per_step,
+    training_flops_per_step,
+)
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -99,6 +106,33 @@ def compare(config, batch_size: int, steps: int, peak: float) -> None:
     print(f"  speed-up        {ref / ours:9.2f}x (target >= 1.5x); model flops/step {flops / 1e9:.2f} G")
 
 
+def time_toto2(config, steps: int, peak: float) -> None:
+    """Median step time, samples/s and MFU of a Toto 2.0 config's jitted train step (one device)."""
+    data, model = config.data, config.model
+    print(f"Toto 2.0: batch {data.batch_size} x {data.num_variates} variates x {data.context_length} + "
+          f"{model.patch_size} steps, {model.num_layers} layers x {model.d_model} wide, {model.dtype}, "
+          f"optimizer {config.optimizer.resolved_name(model.family)}")  # fmt: skip
+    program = TrainProgram(config, make_mesh((1, 1, 1), devices=jax.devices()[:1]))
+    state = program.init(config.seed)
+    batch = program.put_batch(next(make_iterator(data)))
+    start = time.perf_counter()
+    state, metrics = program.step(state, batch)
+    jax.block_until_ready(metrics)
+    first = time.perf_counter() - start
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        state, metrics = program.step(state, batch)
+        jax.block_until_ready(metrics)
+        times.append(time.perf_counter() - start)
+    step = statistics.median(times)
+    flops = toto2_training_flops_per_step(model, data.batch_size, data.num_variates,
+                                          data.context_length + model.patch_size)  # fmt: skip
+    print(f"  toto-jax step   {step * 1e3:9.1f} ms  ({data.batch_size / step:8.1f} samples/s, "
+          f"MFU {flops / step / peak:.1%}), first call incl. compile {first:.1f} s; "
+          f"model flops/step {flops / 1e9:.2f} G")  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=str(ROOT / "experiments/configs/small.yaml"))
@@ -106,6 +140,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10, help="timed steps per side")
     parser.add_argument("--base-steps", type=int, default=3, help="timed steps per side at the Toto-Open-Base shape")
     parser.add_argument("--skip-base", action="store_true", help="skip the Toto-Open-Base shape and its compile time")
+    parser.add_argument("--toto2", metavar="CONFIG", help="also time this Toto 2.0 training config")
     args = parser.parse_args()
 
     load_before = machine_load.load_average()
@@ -137,6 +172,9 @@ def main() -> None:
         total = time.perf_counter() - start
         print(f"151M step (bf16, remat, 12 layers) compile {total:.1f} s (trace {traced:.1f} s) "
               f"at batch 1 x 2 variates x 512 steps (target <= 60 s)")  # fmt: skip
+
+    if args.toto2:
+        time_toto2(load_config(args.toto2, ["mesh.shape=[1,1,1]", "data.num_workers=0"]), args.steps, peak)
 
     machine_load.report(load_before)
 

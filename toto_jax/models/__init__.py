@@ -22,3 +22,15 @@ def build_model(config, rngs=None):
     from .toto1 import Toto
 
     return Toto(config, rngs=rngs)
+
+
+def split_for_training(config):
+    """(graphdef, abstract parameters, non-parameter state) of a model of ``config``, nothing allocated but the
+    non-parameter state (Toto 2.0's residual taus, fixed by the config), computed without the parameters."""
+    import jax
+    from flax import nnx
+
+    graphdef, params, rest = nnx.split(nnx.eval_shape(lambda: build_model(config, rngs=nnx.Rngs(0))), nnx.Param, ...)
+    if jax.tree.leaves(rest):  # the parameters' initialisation is compiled away
+        rest = jax.jit(lambda: nnx.split(build_model(config, rngs=nnx.Rngs(0)), nnx.Param, ...)[2])()
+    return graphdef, params, rest

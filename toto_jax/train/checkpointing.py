@@ -29,10 +29,9 @@ from flax import nnx
 
 from .. import storage
 from ..checkpoint.arrays import check_stored_shapes, restore_arrays
-from ..config import TotoConfig
-from ..models.toto1.toto import Toto
+from ..models import split_for_training
 from ..sharding import DEFAULT_RULES, state_shardings
-from .config import MeshConfig
+from .config import MeshConfig, model_config_from_dict
 from .validation import BEST_DIRECTORY
 
 CHECKPOINTS = "checkpoints"
@@ -185,7 +184,7 @@ def is_run_directory(path: str | Path) -> bool:
     return path.is_dir() and bool(_step_directories(path))
 
 
-def load_model_from_run(path: str | Path, dtype: str | None = None, mesh=None, rules=None) -> Toto:
+def load_model_from_run(path: str | Path, dtype: str | None = None, mesh=None, rules=None):
     """The model of a run: its best by validation (``WORKDIR/best``, kept by fine-tuning) when it has one,
     else its latest complete checkpoint (or the given step directory).
 
@@ -219,13 +218,12 @@ def read_run_config(path: str | Path) -> dict:
         return checkpointer.restore(candidates[0] / "config")
 
 
-def _load_step(step_dir: Path, dtype, mesh, rules) -> Toto:
+def _load_step(step_dir: Path, dtype, mesh, rules):
     config = read_run_config(step_dir)
-    model_config = TotoConfig.from_dict(config["model"])
+    model_config = model_config_from_dict(config["model"])
     if dtype is not None:
         model_config = model_config.replace(dtype=dtype)
-    abstract = nnx.eval_shape(lambda: Toto(model_config, rngs=nnx.Rngs(0)))
-    graphdef, abstract_params, rest = nnx.split(abstract, nnx.Param, ...)
+    graphdef, abstract_params, rest = split_for_training(model_config)
     shardings = None
     if mesh is not None:
         if rules is None:  # the run's own rules

@@ -1,7 +1,7 @@
 """Training configuration: one YAML file -> ``TrainConfig``, with ``key=value`` overrides in dotted names.
 
-Sections: ``model`` (``TotoConfig`` fields), ``data`` (``DataConfig``), ``optimizer`` (``OptimizerConfig``),
-``loss``, ``mesh`` (shape and logical-axis rules), ``checkpoint``, ``logging``, ``validation`` (fine-tuning); plus top-level ``steps``,
+Sections: ``model`` (``TotoConfig`` fields, or ``Toto2Config`` fields with ``family: toto2``), ``data``
+(``DataConfig``), ``optimizer`` (``OptimizerConfig``), ``loss`` (Toto 1.0), ``masking`` (Toto 2.0), ``mesh`` (shape and logical-axis rules), ``checkpoint``, ``logging``, ``validation`` (fine-tuning); plus top-level ``steps``,
 ``seed`` and ``num_exogenous_variables``. Unknown keys are rejected with the name of the offending key.
 """
 
@@ -17,8 +17,26 @@ import yaml
 from .. import storage
 from ..config import ConfigError, TotoConfig
 from ..data.config import DataConfig
+from ..models.toto2.config import Toto2Config
 from ..sharding import DEFAULT_RULES
 from .optimizer import OptimizerConfig
+from .toto2_objective import MaskingConfig
+
+MODEL_CONFIGS = {"toto1": TotoConfig, "toto2": Toto2Config}  # by ``model.family``
+
+
+def model_config_from_dict(values: Mapping[str, Any]) -> TotoConfig | Toto2Config:
+    """The ``model`` section: ``family`` (default toto1) picks the config class of the other keys."""
+    values = dict(values)
+    family = values.pop("family", "toto1")
+    if family not in MODEL_CONFIGS:
+        raise ConfigError(f"model.family must be one of {sorted(MODEL_CONFIGS)}, got {family!r}")
+    return MODEL_CONFIGS[family].from_dict(values)
+
+
+def model_config_to_dict(config: TotoConfig | Toto2Config) -> dict[str, Any]:
+    values = config.to_dict()
+    return values if config.family == "toto1" else {"family": config.family, **values}
 
 
 @dataclasses.dataclass
@@ -69,7 +87,7 @@ class ValidationConfig:
 
 @dataclasses.dataclass
 class TrainConfig:
-    model: TotoConfig = dataclasses.field(default_factory=TotoConfig)
+    model: TotoConfig | Toto2Config = dataclasses.field(default_factory=TotoConfig)
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
     loss: LossConfig = dataclasses.field(default_factory=LossConfig)
@@ -77,6 +95,7 @@ class TrainConfig:
     checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
     logging: LoggingConfig = dataclasses.field(default_factory=LoggingConfig)
     validation: ValidationConfig = dataclasses.field(default_factory=ValidationConfig)
+    masking: MaskingConfig = dataclasses.field(default_factory=MaskingConfig)
     steps: int = 1000
     seed: int = 0
     num_exogenous_variables: int = 0  # the last variates of each sample; excluded from the loss
@@ -109,7 +128,13 @@ class TrainConfig:
             raise ConfigError(f"validation.patience must be >= 1 or null, got {self.validation.patience}")
         if self.validation.held_out is not None and self.validation.held_out < 1:
             raise ConfigError(f"validation.held_out must be >= 1 or null, got {self.validation.held_out}")
-        self.optimizer.validate()
+        self.optimizer.validate(self.model.family)
+        self.masking.validate()
+        if self.model.family == "toto2" and self.model.num_output_patches != 1:
+            raise ConfigError(
+                f"model.num_output_patches must be 1 for training (got {self.model.num_output_patches}): "
+                "the objective trains the next-patch output only"
+            )
         self.data.validate()
         if self.data.batch_size % self.optimizer.accumulation_steps:
             raise ConfigError(
@@ -120,9 +145,9 @@ class TrainConfig:
     # ---- dict form ------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        out["model"] = self.model.to_dict()
+        out["model"] = model_config_to_dict(self.model)
         out["data"] = self.data.to_dict()
-        for name in ("optimizer", "loss", "mesh", "checkpoint", "logging", "validation"):
+        for name in ("optimizer", "loss", "mesh", "checkpoint", "logging", "validation", "masking"):
             out[name] = dataclasses.asdict(getattr(self, name))
         return copy.deepcopy(out)
 
@@ -131,7 +156,7 @@ class TrainConfig:
         values = dict(values)
         _reject_unknown(values, {f.name for f in dataclasses.fields(cls)}, "")
         sections = {
-            "model": lambda v: TotoConfig.from_dict(_mapping(v, "model")),
+            "model": lambda v: model_config_from_dict(_mapping(v, "model")),
             "data": lambda v: DataConfig.from_dict(_mapping(v, "data")),
             "optimizer": lambda v: _section(OptimizerConfig, v, "optimizer"),
             "loss": lambda v: _section(LossConfig, v, "loss"),
@@ -139,6 +164,7 @@ class TrainConfig:
             "checkpoint": lambda v: _section(CheckpointConfig, v, "checkpoint"),
             "logging": lambda v: _section(LoggingConfig, v, "logging"),
             "validation": lambda v: _section(ValidationConfig, v, "validation"),
+            "masking": lambda v: _section(MaskingConfig, v, "masking"),
         }
         kwargs = {name: build(values.pop(name)) for name, build in sections.items() if name in values}
         config = cls(**kwargs, **values)

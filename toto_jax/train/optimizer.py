@@ -1,4 +1,12 @@
-"""AdamW with a warmup-stable-decay (1-sqrt) learning-rate schedule and global-norm gradient clipping."""
+"""Optimisers with a warmup-stable-decay (1-sqrt) learning-rate schedule and global-norm gradient clipping.
+
+``optimizer.name``: ``adamw`` (plain AdamW on every parameter; Toto 1.0's default), ``umup_adamw`` and
+``umup_normuon`` (NorMuon on the matrices, AdamW on biases and norms; Toto 2.0's default), the last two with
+the u-muP per-parameter rates of ``umup`` read from the parameters' metadata. For the u-muP ones the schedule
+is a multiplier of ``learning_rate`` (as a torch LambdaLR), and ``weight_decay`` keeps torch AdamW's meaning
+at the peak rate: each step decays by ``learning_rate * weight_decay * multiplier``, whatever a parameter's
+own u-muP rate.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +15,17 @@ import dataclasses
 import jax.numpy as jnp
 import optax
 
+from . import umup
+
+OPTIMIZERS = ("adamw", "umup_adamw", "umup_normuon")
+DEFAULT_OPTIMIZER = {"toto1": "adamw", "toto2": "umup_normuon"}  # by model family
+
 
 @dataclasses.dataclass
 class OptimizerConfig:
     """Fields of the YAML ``optimizer:`` section."""
 
+    name: str | None = None  # None: the model family's default (DEFAULT_OPTIMIZER)
     learning_rate: float = 1e-4  # peak (stable-phase) rate
     min_learning_rate: float = 1e-5  # start of warmup and end of decay
     warmup_steps: int = 200
@@ -23,8 +37,20 @@ class OptimizerConfig:
     weight_decay: float = 0.01
     max_grad_norm: float | None = 1.0  # None: no clipping
     accumulation_steps: int = 1  # microbatches per step (the batch is split, gradients summed)
+    # umup_normuon (dion's defaults, as dd-unit-scaling's NorMuon)
+    momentum: float = 0.95
+    normuon_beta2: float = 0.95  # EMA of each output neuron's mean square update
 
-    def validate(self) -> None:
+    def resolved_name(self, family: str = "toto1") -> str:
+        return self.name or DEFAULT_OPTIMIZER[family]
+
+    def validate(self, family: str = "toto1") -> None:
+        if self.name is not None and self.name not in OPTIMIZERS:
+            raise ValueError(f"optimizer.name must be one of {OPTIMIZERS} or null, got {self.name!r}")
+        if self.resolved_name(family).startswith("umup") and family != "toto2":
+            raise ValueError(f"optimizer.name {self.name!r} needs u-muP parameters: model.family toto2")
+        if not (0 <= self.momentum < 1 and 0 <= self.normuon_beta2 < 1):
+            raise ValueError("optimizer.momentum and optimizer.normuon_beta2 must be in [0, 1)")
         if self.learning_rate <= 0 or self.min_learning_rate < 0:
             raise ValueError("optimizer.learning_rate must be > 0 and optimizer.min_learning_rate >= 0")
         for name in ("warmup_steps", "stable_steps", "decay_steps"):
@@ -67,16 +93,31 @@ def schedule_from_config(config: OptimizerConfig) -> optax.Schedule:
     )
 
 
-def make_optimizer(config: OptimizerConfig) -> optax.GradientTransformation:
-    """AdamW on every parameter (as the reference: weight decay applies to all of them)."""
-    config.validate()
-    adamw = optax.adamw(
-        schedule_from_config(config),
-        b1=config.beta1,
-        b2=config.beta2,
-        eps=config.eps,
-        weight_decay=config.weight_decay,
-    )
+def make_optimizer(config: OptimizerConfig, params=None, family: str = "toto1") -> optax.GradientTransformation:
+    """The configured optimiser behind optional clipping. ``params``: the (abstract) ``nnx.State`` of
+    parameters, whose metadata the u-muP optimisers read; plain AdamW decays every parameter, as the
+    Toto 1.0 reference does."""
+    config.validate(family)
+    name = config.resolved_name(family)
+    if name == "adamw":
+        optimizer = optax.adamw(
+            schedule_from_config(config), b1=config.beta1, b2=config.beta2, eps=config.eps,
+            weight_decay=config.weight_decay,
+        )  # fmt: skip
+    else:
+        if params is None:
+            raise ValueError(f"optimizer {name!r} needs the model's parameters (their u-muP metadata)")
+        specs = umup.param_specs(params)
+        peak = config.learning_rate
+        multiplier = lambda count: schedule_from_config(config)(count) / peak  # noqa: E731
+        adamw = dict(learning_rate=peak, b1=config.beta1, b2=config.beta2, eps=config.eps,
+                     weight_decay=peak * config.weight_decay, schedule=multiplier)  # fmt: skip
+        if name == "umup_adamw":
+            optimizer = umup.umup_adamw(specs, **adamw)
+        else:
+            normuon = dict(learning_rate=peak, momentum=config.momentum, beta2=config.normuon_beta2,
+                           weight_decay=peak * config.weight_decay, schedule=multiplier)  # fmt: skip
+            optimizer = umup.umup_normuon_adamw(specs, normuon, adamw)
     if config.max_grad_norm is None:
-        return adamw
-    return optax.chain(optax.clip_by_global_norm(config.max_grad_norm), adamw)
+        return optimizer
+    return optax.chain(optax.clip_by_global_norm(config.max_grad_norm), optimizer)

@@ -3,6 +3,11 @@
 The model is split once into a graph definition and float32 parameters; a train step is one
 ``jax.jit`` of a pure function ``(TrainState, batch) -> (TrainState, metrics)`` with explicit shardings
 (from the parameters' logical axes and the config's rules) and the state donated.
+
+Both model families train here; they differ in the model built and the loss (``_loss_sums``): Toto 1.0's
+next-patch mixture likelihood (``loss``), Toto 2.0's masked-span pinball loss (``toto2_objective``), whose
+hidden spans are drawn inside the step from ``fold_in(rng, step)`` so that a resumed run draws the same ones.
+Non-parameter model state (Toto 2.0's residual taus) is fixed by the config: a constant of the program.
 """
 
 from __future__ import annotations
@@ -22,9 +27,11 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
 from ..config import TotoConfig
-from ..models.toto1.toto import Toto
+from ..models import build_model, is_toto2, split_for_training
+from ..models.toto2.config import Toto2Config
 from ..sharding import constrain, logical_to_pspec, make_mesh, state_shardings, use_mesh
-from .config import TrainConfig, dump_config
+from . import toto2_objective
+from .config import TrainConfig, dump_config, model_config_from_dict
 from .loss import LossTerms, LossWeights, loss_terms, split_batch
 from .optimizer import make_optimizer, schedule_from_config
 
@@ -32,6 +39,7 @@ log = logging.getLogger(__name__)
 
 BATCH_KEYS = ("series", "padding_mask", "id_mask")
 BATCH_AXES = ("batch", "variate", "time")
+MASK_STREAM = 1  # fold_in tag of the masking key, apart from dropout's keys
 
 
 class TrainState(NamedTuple):
@@ -55,7 +63,8 @@ def global_batch(local_batch: dict[str, np.ndarray], sharding: NamedSharding) ->
 class TrainProgram:
     """Model structure, optimiser, shardings and the compiled init/step for one config and mesh."""
 
-    def __init__(self, config: TrainConfig, mesh, model_config: TotoConfig | None = None, compiler_options=None):
+    def __init__(self, config: TrainConfig, mesh, model_config: TotoConfig | Toto2Config | None = None,
+                 compiler_options=None):  # fmt: skip
         """``compiler_options``: XLA options for the compiled programs, e.g. ``{"xla_backend_optimization_level":
         0}`` trades step speed for faster compiles (tests)."""
         self.config = config
@@ -63,15 +72,14 @@ class TrainProgram:
         self.model_config = model_config or config.model
         self.mesh = mesh
         self.rules = config.mesh.rule_tuples()
-        self.tx = make_optimizer(config.optimizer)
         self.schedule = schedule_from_config(config.optimizer)
         self.loss_weights = LossWeights(**dataclasses.asdict(config.loss))
+        self.is_toto2 = is_toto2(self.model_config)
+        self.terms_type = toto2_objective.QuantileLossTerms if self.is_toto2 else LossTerms
 
         model_config = self.model_config
-        abstract_model = nnx.eval_shape(lambda: Toto(model_config, rngs=nnx.Rngs(0)))
-        self.graphdef, abstract_params, self.rest = nnx.split(abstract_model, nnx.Param, ...)
-        if jax.tree.leaves(self.rest):
-            raise ValueError("the model holds non-parameter state, which training does not carry")
+        self.graphdef, abstract_params, self.rest = split_for_training(model_config)
+        self.tx = make_optimizer(config.optimizer, abstract_params, model_config.family)
         abstract_opt = jax.eval_shape(self.tx.init, abstract_params)
         self.abstract_state = TrainState(
             abstract_params, abstract_opt, jax.ShapeDtypeStruct((), jnp.int32), jax.ShapeDtypeStruct((2,), jnp.uint32)
@@ -96,22 +104,23 @@ class TrainProgram:
     # ---- state -------------------------------------------------------------------------------
     def init(self, seed: int, params=None) -> TrainState:
         """Fresh state: random parameters from ``seed`` (or the given ones), new optimiser state, step 0."""
-        model_config = self.model_config
+        if not hasattr(self, "_create"):  # compiled once per program (runs sharing a program reuse it)
+            model_config = self.model_config
 
-        def create(params):
-            if params is None:
-                params = nnx.state(Toto(model_config, rngs=nnx.Rngs(seed)), nnx.Param)
-            return TrainState(params, self.tx.init(params), jnp.zeros((), jnp.int32), jax.random.PRNGKey(seed))
+            def create(seed, params):
+                if params is None:
+                    params = nnx.state(build_model(model_config, rngs=nnx.Rngs(jax.random.key(seed))), nnx.Param)
+                return TrainState(params, self.tx.init(params), jnp.zeros((), jnp.int32), jax.random.PRNGKey(seed))
 
+            self._create = jax.jit(create, out_shardings=self.state_sharding, compiler_options=self.compiler_options)
         if params is not None:
             params = jax.device_put(params, self.state_sharding.params)
-            return jax.jit(create, out_shardings=self.state_sharding, compiler_options=self.compiler_options)(params)
-        return jax.jit(lambda: create(None), out_shardings=self.state_sharding, compiler_options=self.compiler_options)()
+        return self._create(jnp.asarray(seed, jnp.uint32), params)
 
     def place(self, state: TrainState) -> TrainState:
         return jax.device_put(state, self.state_sharding)
 
-    def model(self, params) -> Toto:
+    def model(self, params):
         return nnx.merge(self.graphdef, params, self.rest)
 
     def put_batch(self, local_batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
@@ -126,7 +135,12 @@ class TrainProgram:
         return global_batch(local_batch, self.batch_sharding)
 
     # ---- the step ----------------------------------------------------------------------------
-    def _loss_sums(self, params, batch, dropout_key) -> tuple[jax.Array, LossTerms]:
+    def zero_terms(self):
+        return self.terms_type(*(jnp.zeros((), jnp.float32),) * len(self.terms_type._fields))
+
+    def _loss_sums(self, params, batch, dropout_key):
+        if self.is_toto2:
+            return self._toto2_loss_sums(params, batch)
         (series, padding_mask, id_mask), (target, target_mask) = split_batch(
             batch["series"], batch["padding_mask"], batch["id_mask"], self.model_config.patch_size
         )
@@ -150,6 +164,32 @@ class TrainProgram:
         )
         return terms.loss, terms
 
+    def _toto2_loss_sums(self, params, batch):
+        """Training batches carry ``hidden`` (drawn in the step); validation windows hide their scored
+        (held-out) patches, which makes the validation loss a forecast of the held-out steps."""
+        patch = self.model_config.patch_size
+        series, observed, series_ids = toto2_objective.model_inputs(
+            batch["series"], batch["padding_mask"], batch["id_mask"]
+        )
+        counted = observed
+        if "scored" in batch:
+            scored = batch["scored"].reshape(*batch["scored"].shape[:-1], -1, patch).any(-1)
+            hidden = jnp.repeat(scored, patch, axis=-1)
+            counted = observed & batch["scored"]
+        else:
+            hidden = batch["hidden"]
+        output = self.model(params)(series, observed, series_ids, hidden=hidden)
+        terms = toto2_objective.quantile_loss_terms(
+            output, series, counted, hidden, patch, self.config.num_exogenous_variables
+        )
+        return terms.loss, terms
+
+    def hidden_spans(self, rng, step, shape) -> jax.Array:
+        """The step's hidden points [batch, variate, time] (Toto 2.0), from ``rng`` and the step alone."""
+        key = jax.random.fold_in(jax.random.fold_in(rng, step), MASK_STREAM)
+        return toto2_objective.hidden_spans(key, shape, self.model_config.patch_size, self.config.masking,
+                                            self.config.num_exogenous_variables)  # fmt: skip
+
     def validation_loss(self, params, windows: dict[str, np.ndarray]) -> float:
         """Mean training loss over the scored points of ``windows`` (``validation.validation_windows``), in
         chunks of the batch size; every process passes the same windows."""
@@ -162,7 +202,7 @@ class TrainProgram:
             self._validation_terms = jax.jit(terms, in_shardings=(self.state_sharding.params, sharding),
                                              compiler_options=self.compiler_options)  # fmt: skip
         size = self.config.data.batch_size * jax.process_count()
-        total = LossTerms(*(np.zeros((), np.float32),) * 4)
+        total = jax.device_get(self.zero_terms())
         for start in range(0, len(windows["series"]), size):
             chunk = {key: value[start : start + size] for key, value in windows.items()}
             missing = size - len(chunk["series"])  # the last chunk: rows that score nothing
@@ -177,7 +217,9 @@ class TrainProgram:
 
     def _step_traced(self, state: TrainState, batch):
         params, opt_state, step, rng = state
-        use_dropout = self.model_config.dropout > 0.0
+        use_dropout = getattr(self.model_config, "dropout", 0.0) > 0.0
+        if self.is_toto2:
+            batch = {**batch, "hidden": constrain(self.hidden_spans(rng, step, batch["series"].shape), BATCH_AXES)}
         step_key = jax.random.fold_in(rng, step)
         grad_fn = jax.grad(self._loss_sums, has_aux=True)
         accumulation = self.config.optimizer.accumulation_steps
@@ -198,7 +240,7 @@ class TrainProgram:
                 grads, terms = grad_fn(params, microbatch, key)
                 return (jax.tree.map(jnp.add, grads_sum, grads), terms_sum + terms), None
 
-            zeros = (jax.tree.map(jnp.zeros_like, params), LossTerms(*(jnp.zeros((), jnp.float32),) * 4))
+            zeros = (jax.tree.map(jnp.zeros_like, params), self.zero_terms())
             (grads, terms), _ = jax.lax.scan(accumulate, zeros, (jnp.arange(accumulation), microbatches))
         # Gradients of the sums over the global batch / global valid count = gradient of the global mean.
         denominator = terms.count + float(jnp.finfo(jnp.float32).eps)
@@ -244,6 +286,28 @@ def training_flops_per_step(config: TotoConfig, batch: int, variates: int, time_
     return 3.0 * forward
 
 
+def toto2_training_flops_per_step(config: Toto2Config, batch: int, variates: int, time_steps: int) -> float:
+    """Toto 2.0's counterpart of ``training_flops_per_step``: matmul flops of forward + backward (3x forward),
+    attention scores counted in full (masked entries included, as the kernels compute them)."""
+    d, patch, heads = config.d_model, config.patch_size, config.num_heads
+    patches = time_steps // patch
+    tokens = batch * variates * patches
+    projections = d * heads * config.head_dim + d * config.kv_heads * (config.head_dim + config.value_dim)
+    projections += heads * config.value_dim * d
+    per_token = 2 * (projections + 3 * d * config.ff_dim) * config.num_layers
+    head_width = patch * config.num_output_patches * config.num_quantiles
+    per_token += 2 * (2 * patch * 4 * d + 4 * d * d + 2 * patch * d)  # input residual MLP
+    per_token += 2 * (d * 4 * d + 4 * d * head_width + d * head_width)  # output residual MLP
+    groups = config.num_layers // config.layer_group_size
+    variate_layers = groups * config.num_variate_layers_per_group
+    time_layers = config.num_layers - variate_layers
+    score_width = 2 * heads * (config.head_dim + config.value_dim)  # q.k and weights.v, 2 flops each
+    forward = tokens * per_token
+    forward += time_layers * batch * variates * patches * patches * score_width // 2
+    forward += variate_layers * batch * patches * variates * variates * score_width // 2
+    return 3.0 * forward
+
+
 def measure_matmul_peak(dtype=jnp.float32, size: int = 2048, repeats: int = 5) -> float:
     """Measured matmul flop/s of the default device (on CPU: of the whole machine)."""
     a = jnp.ones((size, size), dtype)
@@ -272,12 +336,18 @@ def _initial_params(init_from):
     return load(init_from)
 
 
-def _merge_init_config(config: TrainConfig, loaded: TotoConfig) -> TrainConfig:
-    """Architecture from the checkpoint; training knobs (dropout, dtype, remat) from the config."""
-    model = loaded.replace(dropout=config.model.dropout, dtype=config.model.dtype, remat=config.model.remat)
-    if dataclasses.replace(config.model, dropout=0, dtype="float32", remat=False) != dataclasses.replace(
-        model, dropout=0, dtype="float32", remat=False
-    ):
+def _training_knobs(model_config) -> dict[str, Any]:
+    """The model fields a run may set whatever the checkpoint's architecture."""
+    names = ("dtype",) if is_toto2(model_config) else ("dropout", "dtype", "remat")
+    return {name: getattr(model_config, name) for name in names}
+
+
+def _merge_init_config(config: TrainConfig, loaded: TotoConfig | Toto2Config) -> TrainConfig:
+    """Architecture (and family) from the checkpoint; training knobs (dropout, dtype, remat) from the config."""
+    if loaded.family != config.model.family:
+        raise ValueError(f"the checkpoint holds a {loaded.family} model but model.family is {config.model.family}")
+    model = loaded.replace(**_training_knobs(config.model))
+    if config.model.replace(**_training_knobs(loaded)) != loaded:
         log.warning("using the checkpoint's model architecture instead of the config's model section")
     config = dataclasses.replace(config, model=model)
     config.validate()
@@ -292,11 +362,13 @@ def train(
     mesh=None,
     source_objects=None,
     validation=None,
+    program: TrainProgram | None = None,
 ) -> TrainState:
     """Train to ``config.steps``, resuming from the latest readable checkpoint in ``workdir``.
 
     ``init_from``: a checkpoint path or a loaded model to start from (fine-tuning). ``validation``: a
-    ``validation.Validation`` (held-out windows, best model, early stopping)."""
+    ``validation.Validation`` (held-out windows, best model, early stopping). ``program``: an already compiled
+    ``TrainProgram`` for this config's model (its mesh is used), so that several runs compile once (tests)."""
     from ..data import make_iterator
     from .. import storage
     from .checkpointing import RunCheckpoints, read_run_config, run_path
@@ -312,13 +384,15 @@ def train(
     )
     init_params = None
     if checkpoints.steps():  # resuming: the run's architecture is the one in its checkpoints
-        config = _merge_init_config(config, TotoConfig.from_dict(read_run_config(workdir)["model"]))
+        config = _merge_init_config(config, model_config_from_dict(read_run_config(workdir)["model"]))
     elif init_from is not None:
         loaded = _initial_params(init_from)
         config = _merge_init_config(config, loaded.config)
         init_params = nnx.state(loaded, nnx.Param)
-    mesh = build_mesh(config) if mesh is None else mesh
-    program = TrainProgram(config, mesh)
+    if program is None:
+        program = TrainProgram(config, build_mesh(config) if mesh is None else mesh)
+    elif program.model_config != config.model:
+        raise ValueError("the given TrainProgram was built for another model config than this run's")
     if is_writer:
         dump_config(config, workdir / "config.yaml")
 
@@ -351,9 +425,10 @@ def train(
             return state
 
     logger = MetricsLogger(workdir, tensorboard=config.logging.tensorboard, enabled=is_writer)
-    flops = training_flops_per_step(
+    count_flops = toto2_training_flops_per_step if program.is_toto2 else training_flops_per_step
+    flops = count_flops(
         program.model_config, config.data.batch_size * jax.process_count(), config.data.num_variates,
-        config.data.context_length,
+        config.data.context_length + (config.model.patch_size if program.is_toto2 else 0),
     )  # fmt: skip
     peak = config.logging.peak_flops_per_device
     if peak is not None:

@@ -83,20 +83,27 @@ class Toto2(nnx.Module):
         return KVCache.create(self.config, batch, variate, max_tokens, dtype)
 
     # ---- toto-2's Toto2Model.forward ---------------------------------------------------------------
-    def __call__(self, series, mask=None, series_ids=None, *, has_missing_values: bool = True) -> Toto2Output:
+    def __call__(self, series, mask=None, series_ids=None, *, hidden=None, has_missing_values: bool = True
+                 ) -> Toto2Output:  # fmt: skip
         """series, mask: [batch, variate, time] (time a multiple of the patch size); series_ids: [batch, variate].
 
-        Patches with no observation get group id -1 (attending only to each other), as in toto-2's forward.
+        ``hidden`` [batch, variate, time] (toto-2's contiguous patch mask, inverted): points to hide from the
+        model, which then sees them as missing (zero value, mask channel set, left out of the scaler), the way
+        forecasting presents future patches. Patches with no observation and nothing hidden get group id -1
+        (attending only to each other), as in toto-2's forward; hidden patches keep their series' id.
         """
         series = jnp.asarray(series, jnp.float32)
         batch, variates, time = series.shape
         mask = jnp.ones(series.shape, bool) if mask is None else jnp.asarray(mask, bool)
         series_ids = jnp.zeros((batch, variates), jnp.int32) if series_ids is None else jnp.asarray(series_ids)
-        stats = self.statistics(series, mask)
-        tokens = self.embed(standardise(series, mask, stats), mask)
+        hidden = jnp.zeros(series.shape, bool) if hidden is None else jnp.asarray(hidden, bool)
+        visible = mask & ~hidden
+        stats = self.statistics(series, visible)
+        tokens = self.embed(standardise(series, visible, stats), visible)
         patches = tokens.shape[2]
-        observed = mask.reshape(batch, variates, patches, -1).any(-1)
-        group_ids = jnp.where(observed, series_ids[..., None], -1)
+        as_patches = lambda m: m.reshape(batch, variates, patches, -1)  # noqa: E731
+        empty = ~as_patches(mask).any(-1) & ~as_patches(hidden).any(-1)
+        group_ids = jnp.where(empty, -1, series_ids[..., None])
         hidden, _ = self.encode(tokens, jnp.arange(patches), time_mask(group_ids, has_missing_values),
                                 variate_mask(group_ids))  # fmt: skip
         return Toto2Output(self.quantiles(hidden), stats.loc, stats.scale)
