@@ -166,7 +166,7 @@ def future_covariates(series, count: int, horizon: int, seed=5):
 def test_covariates_match_reference(pairs, name):
     """Mean path with known future covariates vs the reference's ``forecast(..., future_exogenous_variables)``:
     variate labels mark the last variates as exogenous, their known values replace the predicted ones after
-    every patch; cached decode, and the uncached one for the last config. One and two covariates, a horizon
+    every patch; cached decode, and the uncached one for the last config. Two covariates or one, a horizon
     that is not a multiple of the patch size. Changing the covariates changes the targets' forecast where
     variate attention carries it (not in the time-only config), so the comparison covers their effect; the
     result holds the target variates only."""
@@ -174,7 +174,7 @@ def test_covariates_match_reference(pairs, name):
     patch = model.config.patch_size
     series, padding_mask, id_mask = make_inputs(patch)
     horizon = 2 * patch - 3
-    for count in (1, 2):
+    for count in (2,) if name == "patch16_time_first_k8_labels" else (1,):  # each count compiles its own decode
         known = future_covariates(series, count, horizon)
         for use_kv_cache in (True, False) if name == "causal_std_mean_labels" else (True,):
             expected = reference_forecast(reference, series, padding_mask, id_mask, horizon, future_exogenous=known,
@@ -184,19 +184,20 @@ def test_covariates_match_reference(pairs, name):
                               options=REFERENCE.replace(use_kv_cache=use_kv_cache), future_exogenous_variables=known)
             assert actual.mean.shape == (2, 3 - count, horizon)
             assert relative_error(actual.mean, expected[:, :-count]) <= TOLERANCE, (name, count, use_kv_cache)
-    shifted = forecast(model, series, horizon, padding_mask=padding_mask, id_mask=id_mask, options=REFERENCE,
-                       future_exogenous_variables=known + 5 * known.std())  # fmt: skip
+    # The covariates' effect, with every variate in one id group (make_inputs puts the last one alone).
+    base, shifted = (forecast(model, series, horizon, padding_mask=padding_mask, options=REFERENCE,
+                              future_exogenous_variables=future).mean for future in (known, known + 5 * known.std()))
     if model.config.spacewise_every_n_layers > 0:
-        assert relative_error(shifted.mean, actual.mean) > 1e-3
+        assert relative_error(shifted, base) > 1e-3
     else:  # time attention only: nothing carries one variate's values to another
-        np.testing.assert_array_equal(shifted.mean, actual.mean)
+        np.testing.assert_array_equal(shifted, base)
 
 
-@pytest.mark.parametrize("sampling", ["independent", "comonotone"])
-def test_sample_paths_keep_the_known_covariates(pairs, sampling):
-    """Every sample path feeds back the known covariate values, never draws of its own, in both sampling
-    modes and with the default options (standardised in float64, so equal to float32 rounding); the
-    targets' paths still vary."""
+def test_sample_paths_keep_the_known_covariates(pairs):
+    """Every sample path feeds back the known covariate values, never draws of its own, with the default
+    options (comonotone draws, standardised in float64, so equal to float32 rounding); the targets' paths
+    still vary. (Independent draws: ``test_decode_is_partitioned_over_devices_with_the_same_paths``.)"""
+    sampling = "comonotone"
     from toto_jax.forecasting.api import _Decoder, _prepare
     from toto_jax.forecasting.covariates import known_future
 
@@ -233,21 +234,27 @@ def test_covariate_errors_name_the_problem(pairs):
 def test_decode_is_partitioned_over_devices_with_the_same_paths(pairs):
     """``ForecastOptions(devices=8)`` on the 8 virtual CPU devices: encode, prefill and the decode scan are
     partitioned 8 ways (rows of series x paths split over a ``data`` mesh, the KV cache with them, weights
-    replicated), and every sample path equals the one-device run's (draws are keyed by series and path)."""
+    replicated), and every sample path equals the one-device run's (draws are keyed by series and path).
+    Independent draws with a known covariate: every path feeds its known values back."""
     from toto_jax.forecasting.api import _Decoder, _prepare
+    from toto_jax.forecasting.covariates import known_future
 
-    _, model, _ = pairs["mixture3_causal_patch"]
+    _, model, _ = pairs["causal_std_mean_labels"]
     patch = model.config.patch_size
     series, padding_mask, id_mask = make_inputs(patch, batch=3)
+    horizon = 2 * patch
+    known = future_covariates(series, 1, horizon)
     options = REFERENCE.replace(devices=8)
-    prepared, *_ = _prepare(model, series, 2 * patch, 4, padding_mask, id_mask, options)
-    decoder = _Decoder(model, prepared, 4, options)
+    prepared, *_ = _prepare(model, series, horizon, 4, padding_mask, id_mask, options)
+    decoder = _Decoder(model, prepared, 4, options, known_future(known, prepared, horizon))
     for program in (decoder.encode, decoder.prefill, *decoder.advances.values()):
         assert "num_partitions=8" in program.as_text()
     buffer_sharding = decoder.prefill.input_shardings[0][2]
     assert buffer_sharding.spec == jax.sharding.PartitionSpec("data") and len(buffer_sharding.device_set) == 8
     split = decoder.run(seed=3)
-    one = _Decoder(model, prepared, 4, REFERENCE).run(seed=3)
+    np.testing.assert_array_equal(split[:, :, 2, :horizon], np.broadcast_to(known[:, None, 0], (3, 4, horizon)))
+    assert split[:, :, :2, :horizon].std(axis=1).min() > 0
+    one = _Decoder(model, prepared, 4, REFERENCE, known_future(known, prepared, horizon)).run(seed=3)
     assert relative_error(split, one) <= TOLERANCE
 
 # ---- sample paths -------------------------------------------------------------------------------
