@@ -8,6 +8,10 @@ import pytest
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+# The tests' programs are small and compile-bound: XLA's backend optimisations double their compile time
+# and change no result beyond float rounding.
+if "xla_backend_optimization_level" not in os.environ["XLA_FLAGS"]:
+    os.environ["XLA_FLAGS"] += " --xla_backend_optimization_level=0"
 
 # One persistent compilation cache for the session's workers (and the subprocesses they start): many test
 # files compile the same programs. Under .pytest_cache, so a fresh clone starts cold, like CI.

@@ -24,8 +24,8 @@ from toto_jax.train.finetune import finetune, table_series
 from toto_jax.train.validation import validation_windows
 
 FAST = ["optimizer.learning_rate=3e-3", "optimizer.min_learning_rate=1e-4", "optimizer.warmup_steps=5",
-        "optimizer.stable_steps=100", "optimizer.decay_steps=0", "data.batch_size=8", "validation.every=10",
-        "validation.held_out=48", "checkpoint.every=10", "checkpoint.async_save=false", "logging.progress_bar=false",
+        "optimizer.stable_steps=100", "optimizer.decay_steps=0", "data.batch_size=8", "validation.every=5",
+        "validation.held_out=48", "checkpoint.every=5", "checkpoint.async_save=false", "logging.progress_bar=false",
         "logging.tensorboard=false", "logging.peak_flops_per_device=1e12"]  # fmt: skip
 
 
@@ -70,12 +70,12 @@ def test_validation_windows_score_only_the_held_out_steps():
 
 def test_finetune_learns_keeps_the_best_model_and_resumes_bit_exactly(checkpoint, tmp_path):
     """Validation loss falls; the best model is kept in WORKDIR/best (what toto_jax.load(WORKDIR) returns, equal
-    to that step's checkpoint), with variate labels added for the covariate; a run stopped at step 20 and
-    resumed to 40 ends bit-identical to an uninterrupted one, with the same validation records."""
+    to that step's checkpoint), with variate labels added for the covariate; a run stopped at step 10 and
+    resumed to 20 ends bit-identical to an uninterrupted one, with the same validation records."""
     table = parse_table(make_table(), covariates=["load"])
-    whole, _ = finetune(table, checkpoint, tmp_path / "whole", FAST + ["steps=40"])
+    whole, _ = finetune(table, checkpoint, tmp_path / "whole", FAST + ["steps=20"])
     records = [json.loads(line) for line in (tmp_path / "whole" / "validation.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in records] == [10, 20, 30, 40]
+    assert [r["step"] for r in records] == [5, 10, 15, 20]
     assert min(r["loss"] for r in records[1:]) < records[0]["loss"] - 0.05
     best_step = min(records, key=lambda r: r["loss"])["step"]
 
@@ -85,8 +85,8 @@ def test_finetune_learns_keeps_the_best_model_and_resumes_bit_exactly(checkpoint
     for a, b in zip(params_of(best), params_of(at_best), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
-    finetune(table, checkpoint, tmp_path / "split", FAST + ["steps=20"])
-    resumed, _ = finetune(table, checkpoint, tmp_path / "split", FAST + ["steps=40"])
+    finetune(table, checkpoint, tmp_path / "split", FAST + ["steps=10"])
+    resumed, _ = finetune(table, checkpoint, tmp_path / "split", FAST + ["steps=20"])
     for a, b in zip(jax.tree.leaves(whole.params), jax.tree.leaves(resumed.params), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert (tmp_path / "split" / "validation.jsonl").read_text() == (tmp_path / "whole" / "validation.jsonl").read_text()
@@ -99,9 +99,9 @@ def test_early_stopping_ends_the_run_and_stays_ended(checkpoint, tmp_path):
     frozen = FAST + ["optimizer.learning_rate=1e-12", "optimizer.min_learning_rate=0", "validation.patience=1",
                      "steps=60"]  # fmt: skip
     state, validation = finetune(table, checkpoint, tmp_path, frozen)
-    assert int(state.step) == 20 and validation.stopped and validation.best_step == 10
+    assert int(state.step) == 10 and validation.stopped and validation.best_step == 5
     again, _ = finetune(table, checkpoint, tmp_path, frozen)
-    assert int(again.step) == 20
+    assert int(again.step) == 10
 
 
 def test_cli_round_trip_and_named_errors(checkpoint, tmp_path, capsys):
@@ -113,7 +113,7 @@ def test_cli_round_trip_and_named_errors(checkpoint, tmp_path, capsys):
     frame.to_csv(tmp_path / "metrics.csv", index=False)
     workdir = tmp_path / "run"
     arguments = ["finetune", "--input", str(tmp_path / "metrics.csv"), "--workdir", str(workdir), "--checkpoint",
-                 str(checkpoint), "--covariates", "load", "--steps", "10", *FAST]  # fmt: skip
+                 str(checkpoint), "--covariates", "load", "--steps", "5", *FAST]  # fmt: skip
     assert main(arguments) == 0
     assert f"forecast with: toto-jax forecast --checkpoint {workdir}" in capsys.readouterr().out
 
