@@ -75,7 +75,9 @@ def prepare(table, model, workdir, overrides: Sequence[str] = ()) -> FinetuneRun
         **PRESET,
         "model": model.config.replace(variate_labels=model.config.variate_labels or bool(table.covariates)).to_dict(),
         "data": {"context_length": CONTEXT_PATCHES * patch, "patch_size": patch, "num_variates": variates,
-                 "batch_size": 16, "num_workers": 0, "sources": [{"type": "arrays", "name": "table"}]},  # fmt: skip
+                 "batch_size": 16, "num_workers": 0, "sources": [{"type": "arrays", "name": "table"}],
+                 # a user's table may hold one series: every host reads all of it and keeps its rows of the batch
+                 "host_split": "batch"},  # fmt: skip
         "num_exogenous_variables": covariates,
     }
     config = TrainConfig.from_dict(apply_overrides(values, overrides))
