@@ -373,9 +373,9 @@ class _Decoder:
             bar = tqdm(total=units, desc="forecast", unit="segment")
         out = np.empty((self.batch, self.total_paths, self.variates, shapes.steps * self.patch), np.float32)
         encoded, encoded_series = None, None
+        put = self.placement.put
         for first_series, first_path in self.calls:
             stop = min(first_series + chunks.series, self.batch)
-            put = self.placement.put
             rows = [put(_pad_rows(a[first_series:stop], self.series_size)) for a in (self.buffer, self.mask, self.group)]
             extras = [None if b is None else put(_pad_rows(b[first_series:stop], self.series_size))
                       for b in (self.low, self.high, self.known)]  # fmt: skip

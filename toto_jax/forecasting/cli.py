@@ -147,20 +147,16 @@ def with_future_covariates(model, table, future: np.ndarray):
     """The table's series with their covariates led one patch for a Toto 1.0 model (as fine-tuning trains
     them), and the future values to pass as ``future_exogenous_variables``; Toto 2.0 takes them as they are."""
     from ..models import is_toto2
-    from .covariates import lead_covariates
+    from .covariates import lead_series_covariates
 
     if is_toto2(model):
         return table.values, future
     if not model.config.variate_labels:
         raise ValueError(f"--covariates {table.covariates}: this Toto 1.0 checkpoint has no variate labels to tell "
                          "covariates from targets; fine-tune it with toto-jax finetune --covariates first")  # fmt: skip
-    count = len(table.covariates)
-    series, led_future = [], []
-    for values, known in zip(table.values, future):
-        context, ahead = lead_covariates(values[-count:], known, model.config.patch_size)
-        series.append(np.concatenate([values[:-count], context]))
-        led_future.append(ahead)
-    return series, np.stack(led_future)
+    led = [lead_series_covariates(values, len(table.covariates), model.config.patch_size, known)
+           for values, known in zip(table.values, future)]  # fmt: skip
+    return [series for series, _ in led], np.stack([ahead for _, ahead in led])
 
 
 def _levels_for(model, args: argparse.Namespace, levels: list[float]) -> list[float]:

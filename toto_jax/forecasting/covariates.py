@@ -93,3 +93,10 @@ def lead_covariates(values: np.ndarray, future: np.ndarray | None, patch: int):
     held = np.repeat(known[..., -1:], patch, axis=-1)
     led = np.concatenate([known, held], axis=-1)[..., patch:]
     return led[..., :time], (None if future is None else led[..., time:])
+
+
+def lead_series_covariates(series: np.ndarray, count: int, patch: int, future: np.ndarray | None = None):
+    """One series [variate, time] whose last ``count`` variates are covariates, with those led one patch
+    (``lead_covariates``), and their led future values (None without ``future``)."""
+    context, ahead = lead_covariates(series[-count:], future, patch)
+    return np.concatenate([series[:-count], context]), ahead

@@ -1,8 +1,9 @@
 """Training configuration: one YAML file -> ``TrainConfig``, with ``key=value`` overrides in dotted names.
 
 Sections: ``model`` (``TotoConfig`` fields, or ``Toto2Config`` fields with ``family: toto2``), ``data``
-(``DataConfig``), ``optimizer`` (``OptimizerConfig``), ``loss`` (Toto 1.0), ``masking`` (Toto 2.0), ``mesh`` (shape and logical-axis rules), ``checkpoint``, ``logging``, ``validation`` (fine-tuning); plus top-level ``steps``,
-``seed`` and ``num_exogenous_variables``. Unknown keys are rejected with the name of the offending key.
+(``DataConfig``), ``optimizer`` (``OptimizerConfig``), ``loss`` (Toto 1.0), ``masking`` (Toto 2.0), ``mesh``
+(shape and logical-axis rules), ``checkpoint``, ``logging``, ``validation`` (fine-tuning); plus top-level
+``steps``, ``seed`` and ``num_exogenous_variables``. Unknown keys are rejected with the name of the offending key.
 """
 
 from __future__ import annotations

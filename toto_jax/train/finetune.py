@@ -23,7 +23,7 @@ from flax import nnx
 
 from ..config import ConfigError
 from ..data.sources import ArraySource
-from ..forecasting.covariates import lead_covariates
+from ..forecasting.covariates import lead_series_covariates
 from .config import TrainConfig, apply_overrides
 from .validation import Validation, validation_windows
 
@@ -49,8 +49,7 @@ def table_series(table, patch_size: int) -> list[np.ndarray]:
     count = len(table.covariates)
     if not count:
         return [np.asarray(values) for values in table.values]
-    return [np.concatenate([values[:-count], lead_covariates(values[-count:], None, patch_size)[0]])
-            for values in table.values]  # fmt: skip
+    return [lead_series_covariates(values, count, patch_size)[0] for values in table.values]
 
 
 def add_variate_labels(model, seed: int) -> None:

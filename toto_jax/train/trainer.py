@@ -202,13 +202,15 @@ class TrainProgram:
             self._validation_terms = jax.jit(terms, in_shardings=(self.state_sharding.params, sharding),
                                              compiler_options=self.compiler_options)  # fmt: skip
         size = self.config.data.batch_size * jax.process_count()
-        total = jax.device_get(self.zero_terms())
+        total = None
         for start in range(0, len(windows["series"]), size):
             chunk = {key: value[start : start + size] for key, value in windows.items()}
             missing = size - len(chunk["series"])  # the last chunk: rows that score nothing
             chunk = {key: np.concatenate([value, np.zeros((missing,) + value.shape[1:], value.dtype)])
                      for key, value in chunk.items()}  # fmt: skip
-            total = total + jax.device_get(self._validation_terms(params, chunk))
+            terms = self._validation_terms(params, chunk)
+            total = terms if total is None else total + terms  # summed on device, read once below
+        total = jax.device_get(total)
         return float(total.loss / max(float(total.count), 1.0))
 
     def _step(self, state: TrainState, batch):
