@@ -207,8 +207,8 @@ def test_sample_paths_keep_the_known_covariates(pairs):
     horizon = 3 * patch
     known = future_covariates(series, 1, horizon)
     options = ForecastOptions(sampling=sampling)
-    prepared, *_ = _prepare(model, series, horizon, 16, None, None, options)
-    paths = _Decoder(model, prepared, 16, options, known_future(known, prepared, horizon)).run(seed=0)
+    prepared, *_, placement = _prepare(model, series, horizon, 16, None, None, options, None, None)
+    paths = _Decoder(model, prepared, 16, options, placement, known_future(known, prepared, horizon)).run(seed=0)
     fed_back = paths[:, :, 2, :horizon] * prepared.unit[:, None, 2] + prepared.shift[:, None, 2]
     np.testing.assert_allclose(fed_back, np.broadcast_to(known[:, None, 0], fed_back.shape), rtol=1e-5, atol=1e-5)
     result = forecast(model, series, horizon, 16, options=options, future_exogenous_variables=known)
@@ -238,6 +238,7 @@ def test_decode_is_partitioned_over_devices_with_the_same_paths(pairs):
     Independent draws with a known covariate: every path feeds its known values back."""
     from toto_jax.forecasting.api import _Decoder, _prepare
     from toto_jax.forecasting.covariates import known_future
+    from toto_jax.forecasting.placement import forecast_placement
 
     _, model, _ = pairs["causal_std_mean_labels"]
     patch = model.config.patch_size
@@ -245,17 +246,49 @@ def test_decode_is_partitioned_over_devices_with_the_same_paths(pairs):
     horizon = 2 * patch
     known = future_covariates(series, 1, horizon)
     options = REFERENCE.replace(devices=8)
-    prepared, *_ = _prepare(model, series, horizon, 4, padding_mask, id_mask, options)
-    decoder = _Decoder(model, prepared, 4, options, known_future(known, prepared, horizon))
+    prepared, *_, placement = _prepare(model, series, horizon, 4, padding_mask, id_mask, options, None, None)
+    decoder = _Decoder(model, prepared, 4, options, placement, known_future(known, prepared, horizon))
     for program in (decoder.encode, decoder.prefill, *decoder.advances.values()):
         assert "num_partitions=8" in program.as_text()
     buffer_sharding = decoder.prefill.input_shardings[0][2]
-    assert buffer_sharding.spec == jax.sharding.PartitionSpec("data") and len(buffer_sharding.device_set) == 8
+    assert buffer_sharding.spec == jax.sharding.PartitionSpec(("data", "fsdp")) and len(buffer_sharding.device_set) == 8
     split = decoder.run(seed=3)
     np.testing.assert_array_equal(split[:, :, 2, :horizon], np.broadcast_to(known[:, None, 0], (3, 4, horizon)))
     assert split[:, :, :2, :horizon].std(axis=1).min() > 0
-    one = _Decoder(model, prepared, 4, REFERENCE, known_future(known, prepared, horizon)).run(seed=3)
+    one = _Decoder(model, prepared, 4, REFERENCE, forecast_placement(None), known_future(known, prepared, horizon)).run(seed=3)
     assert relative_error(split, one) <= TOLERANCE
+
+
+def test_forecast_on_a_mesh_splits_the_weights_over_the_tensor_axis(pairs):
+    """``forecast(..., mesh=)`` on a data 2 x tensor 4 mesh of the 8 virtual CPU devices: encode, prefill and
+    the decode scan are partitioned 8 ways, the fused QKV kernel holds a quarter of the heads per device, the
+    KV cache is split by rows and heads, and the sample paths (independent draws, a known covariate, 3 series
+    padded to the data axis) equal the one-device run's to float32 rounding of the split sums (TOLERANCE).
+    The inputs are the test above's, so the one-device programs are shared."""
+    from toto_jax.forecasting.decode import _PROGRAMS
+    from toto_jax.sharding import make_mesh
+
+    _, model, _ = pairs["causal_std_mean_labels"]
+    patch = model.config.patch_size
+    series, padding_mask, id_mask = make_inputs(patch, batch=3)
+    horizon = 2 * patch
+    arguments = dict(padding_mask=padding_mask, id_mask=id_mask, seed=3, options=REFERENCE,
+                     future_exogenous_variables=future_covariates(series, 1, horizon))  # fmt: skip
+    mesh = make_mesh((2, 1, 4), devices=jax.devices())
+    split = forecast(model, series, horizon, 4, **arguments, mesh=mesh)
+    programs = {key[0]: program for key, program in _PROGRAMS.items() if key[-1][0] == mesh}
+    assert programs.keys() == {"encode", "prefill", "advance"}
+    for program in programs.values():
+        assert "num_partitions=8" in program.as_text()
+    kernel = model.transformer.stages[0].layers[0].attention.wQKV.kernel  # [layers, embed, qkv, heads, head_dim]
+    shardings = jax.tree_util.tree_leaves_with_path(programs["encode"].input_shardings[0][0])
+    qkv = next(sharding for path, sharding in shardings if "['wQKV']['kernel']" in jax.tree_util.keystr(path))
+    assert qkv.shard_shape(kernel.shape)[3] == model.config.num_heads // 4
+    # [repeats, layers, rows, variate, tokens, heads, head_dim] of the first stage with time-wise layers
+    cache = next(keys for keys in programs["encode"].out_info.cache.keys if keys is not None)
+    assert cache.sharding.shard_shape(cache.shape)[2::3] == (cache.shape[2] // 2, model.config.num_heads // 4)
+    one = forecast(model, series, horizon, 4, **arguments)
+    assert relative_error(split.samples, one.samples) <= TOLERANCE
 
 # ---- sample paths -------------------------------------------------------------------------------
 NUM_PATHS = 2000

@@ -217,7 +217,52 @@ def test_series_split_over_devices_give_the_same_quantiles():
     split = toto_jax.forecast(model, x, 12, options=ForecastOptions(devices=4))
     program = list(_PROGRAMS.values())[-1]
     assert "num_partitions=4" in program.as_text()
-    assert program.input_shardings[0][-1].spec == jax.sharding.PartitionSpec("data") and len(program.input_shardings[0][-1].device_set) == 4
+    assert program.input_shardings[0][-1].spec == jax.sharding.PartitionSpec(("data", "fsdp")) and len(program.input_shardings[0][-1].device_set) == 4
     np.testing.assert_allclose(split.quantiles, one.quantiles, rtol=1e-5, atol=1e-6 * np.abs(one.quantiles).max())
     with pytest.raises(ForecastError, match="ForecastOptions.devices is 99, but this process has 8 local devices"):
         toto_jax.forecast(model, x, 12, options=ForecastOptions(devices=99))
+
+
+def test_forecast_on_a_mesh_splits_the_weights_over_the_tensor_axis():
+    """``forecast(..., mesh=)`` on a data 4 x tensor 2 mesh of the 8 virtual CPU devices, block decoding (the KV
+    cache) with grouped-query attention: the program is partitioned 8 ways, the query and key/value kernels
+    hold half their heads per device, and the quantiles (2 series padded to the data axis) equal the
+    one-device run's to float32 rounding of the split sums (1e-5 relative). The one-device forecast is
+    ``test_block_decoding_matches_toto2[gqa_blocks]``'s, so its program is shared."""
+    _, model = _pair("gqa_variate_last")
+    from toto_jax.forecasting.quantile import _PROGRAMS
+    from toto_jax.sharding import make_mesh
+
+    x = _series(2)
+    options = ForecastOptions.reference(decode_block_size=16)
+    mesh = make_mesh((4, 1, 2), devices=jax.devices())
+    split = toto_jax.forecast(model, x, HORIZON, options=options, mesh=mesh)
+    program = next(program for key, program in _PROGRAMS.items() if key[-1][0] == mesh)
+    assert "num_partitions=8" in program.as_text()
+    shardings = jax.tree_util.tree_leaves_with_path(program.input_shardings[0][0])
+    for name in ("q_proj", "k_proj", "v_proj"):
+        kernel = getattr(model.transformer.groups.layers[0].attention, name).kernel  # [groups, embed, heads, dim]
+        sharding = next(s for path, s in shardings if f"['{name}']['kernel']" in jax.tree_util.keystr(path))
+        assert sharding.shard_shape(kernel.shape)[2] == kernel.shape[2] // 2, name
+    one = toto_jax.forecast(model, x, HORIZON, options=options)
+    np.testing.assert_allclose(split.quantiles, one.quantiles, rtol=1e-5, atol=1e-6 * np.abs(one.quantiles).max())
+
+
+def test_a_mesh_that_cannot_hold_the_forecast_is_refused_by_name():
+    """A mesh without the rules' axes, a mesh beside ``ForecastOptions.devices``, rules without a mesh, and
+    weights the mesh cannot split evenly (2 key/value heads over 4 tensor devices) are named errors."""
+    _, model = _pair("gqa_variate_last")
+    from toto_jax.sharding import make_mesh
+
+    x = _series(7)
+    named = jax.make_mesh((2, 4), ("data", "model"), axis_types=(jax.sharding.AxisType.Auto,) * 2)
+    with pytest.raises(ForecastError, match=r"mesh has axes \('data', 'model'\), but the rules map logical axes to "
+                                            r"'fsdp', 'tensor'"):  # fmt: skip
+        toto_jax.forecast(model, x, 12, mesh=named)
+    mesh = make_mesh((2, 1, 4), devices=jax.devices())
+    with pytest.raises(ForecastError, match="ForecastOptions.devices is 2 and a mesh is given"):
+        toto_jax.forecast(model, x, 12, options=ForecastOptions(devices=2), mesh=mesh)
+    with pytest.raises(ForecastError, match="rules= places parameters on a mesh: give mesh= with it"):
+        toto_jax.forecast(model, x, 12, rules=())
+    with pytest.raises(ForecastError, match=r"cannot evenly split .*k_proj.kernel \(2, 32, 2, 8\)"):
+        toto_jax.forecast(model, x, 12, mesh=mesh)

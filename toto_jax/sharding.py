@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import math
 from typing import Any, Iterable, Sequence
 
 import jax
@@ -29,6 +30,7 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
     ("activation_embed", None),
     ("activation_mlp", "tensor"),
     ("activation_heads", "tensor"),
+    ("activation_kv_heads", "tensor"),  # Toto 2.0's grouped-query KV cache, split as its ``kv_heads`` weights
     # parameters
     ("layers", None),
     ("embed", "fsdp"),
@@ -123,3 +125,19 @@ def state_pspecs(state: Any, rules: LogicalRules = DEFAULT_RULES) -> Any:
 def state_shardings(state: Any, mesh: Mesh, rules: LogicalRules = DEFAULT_RULES) -> Any:
     specs = state_pspecs(state, rules)
     return jax.tree.map(lambda p: NamedSharding(mesh, p), specs, is_leaf=lambda x: isinstance(x, PartitionSpec))
+
+
+def uneven_splits(state: Any, mesh: Mesh, rules: LogicalRules = DEFAULT_RULES) -> list[str]:
+    """``"path shape by spec"`` for every array of ``state`` whose sharding under ``rules`` does not divide it
+    evenly over ``mesh`` (such a sharding cannot be placed)."""
+    specs = {tuple(path): spec for path, spec in nnx.to_flat_state(state_pspecs(state, rules))}
+    uneven = []
+    for path, variable in nnx.to_flat_state(state):
+        spec = specs[tuple(path)]
+        spec = spec.get_value() if isinstance(spec, nnx.Variable) else spec
+        for size, axes in zip(variable.shape, spec):
+            axes = (axes,) if isinstance(axes, str) else tuple(axes or ())
+            if size % math.prod(mesh.shape[axis] for axis in axes):
+                uneven.append(f"{'.'.join(map(str, path))} {tuple(variable.shape)} by {spec}")
+                break
+    return uneven

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import math
-
 import jax
 from flax import nnx
 from jax.sharding import SingleDeviceSharding
 
 from ..models import build_model
-from ..sharding import DEFAULT_RULES, state_shardings
+from ..sharding import DEFAULT_RULES, state_shardings, uneven_splits
 
 
 def abstract_model(config):
@@ -22,20 +20,13 @@ def flat_shardings(state: nnx.State, mesh=None, rules=None) -> dict[tuple, jax.s
     if mesh is None:
         default = SingleDeviceSharding(jax.local_devices()[0])  # this process's own device, also multi-host
         return {tuple(path): default for path, _ in nnx.to_flat_state(state)}
-    shardings = state_shardings(state, mesh, DEFAULT_RULES if rules is None else rules)
+    rules = DEFAULT_RULES if rules is None else rules
+    shardings = state_shardings(state, mesh, rules)
     flat = {
         tuple(path): (value.get_value() if isinstance(value, nnx.Variable) else value)
         for path, value in nnx.to_flat_state(shardings)
     }
-    uneven = []
-    for path, variable in nnx.to_flat_state(state):
-        spec = flat[tuple(path)].spec
-        for size, axes in zip(variable.shape, spec):
-            axes = (axes,) if isinstance(axes, str) else tuple(axes or ())
-            parts = math.prod(mesh.shape[axis] for axis in axes)
-            if size % parts:
-                uneven.append(f"{'.'.join(map(str, path))} {tuple(variable.shape)} by {spec}")
-                break
+    uneven = uneven_splits(state, mesh, rules)
     if uneven:
         from .files import CheckpointError
 

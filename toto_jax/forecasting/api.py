@@ -16,7 +16,7 @@ from . import decode, plan
 from .covariates import KnownFuture, known_future, target_index
 from .inputs import ForecastError, TimeIndex, prepare_context, read_rows
 from .options import ForecastOptions
-from .placement import RowPlacement, forecast_devices
+from .placement import Placement, forecast_placement
 from .preprocessing import clip_context_outliers, normalize_context, value_bounds
 
 # A horizon this many times the context or longer gets a warning: autoregressive paths that far out
@@ -135,7 +135,7 @@ class _Prepared:
     rows: object
 
 
-def _prepare(model, series, horizon, num_samples, padding_mask, id_mask, options) -> tuple:
+def _prepare(model, series, horizon, num_samples, padding_mask, id_mask, options, mesh, rules) -> tuple:
     if options is None:
         options = ForecastOptions()
     if not isinstance(options, ForecastOptions):
@@ -174,12 +174,12 @@ def _prepare(model, series, horizon, num_samples, padding_mask, id_mask, options
     generated = horizon + int(context.trailing.max())  # gaps at the end are forecast, then dropped
     prepared = _Prepared(values.astype(np.float32), valid, context.ids, low, high, shift, unit, context.trailing,
                          generated, rows)  # fmt: skip
-    return prepared, horizon, num_samples, options
+    return prepared, horizon, num_samples, options, forecast_placement(options.devices, mesh, rules)
 
 
 def forecast(model, series, horizon: int, num_samples: int | None = None, padding_mask=None, id_mask=None,
-             seed: int = 0, *, options: ForecastOptions | None = None,
-             future_exogenous_variables=None) -> Forecast:  # fmt: skip
+             seed: int = 0, *, options: ForecastOptions | None = None, future_exogenous_variables=None,
+             mesh=None, rules=None) -> Forecast:  # fmt: skip
     """Forecast ``horizon`` steps after each series.
 
     series: [variate, time], [batch, variate, time], a list of [variate, time] arrays (lengths may differ:
@@ -201,12 +201,12 @@ def forecast(model, series, horizon: int, num_samples: int | None = None, paddin
     only the other variates). A Toto 1.0 model needs variate labels for them (``config.variate_labels``, as
     fine-tuning with covariates gives); every decoded patch keeps the known values, in every sample path.
     """
-    prepared, horizon, num_samples, options = _prepare(model, series, horizon, num_samples, padding_mask, id_mask,
-                                                        options)  # fmt: skip
+    prepared, horizon, num_samples, options, placement = _prepare(model, series, horizon, num_samples, padding_mask,
+                                                                   id_mask, options, mesh, rules)  # fmt: skip
     if is_toto2(model):
         from .quantile import forecast_quantile_model
 
-        return forecast_quantile_model(model, prepared, horizon, options, future_exogenous_variables)
+        return forecast_quantile_model(model, prepared, horizon, options, placement, future_exogenous_variables)
     known = None
     if future_exogenous_variables is not None:
         known = known_future(future_exogenous_variables, prepared, horizon)
@@ -224,7 +224,7 @@ def forecast(model, series, horizon: int, num_samples: int | None = None, paddin
             f"the value cap (ForecastOptions.value_cap={options.value_cap}) bounds them",
             stacklevel=2,
         )
-    decoder = _Decoder(model, prepared, num_samples, options, known)
+    decoder = _Decoder(model, prepared, num_samples, options, placement, known)
     paths = decoder.run(seed)
     # [batch, paths, variate, steps] -> each series' horizon after its own trailing gap, back in data space
     window = prepared.trailing[:, None, None, None] + np.arange(horizon)
@@ -239,11 +239,11 @@ def forecast(model, series, horizon: int, num_samples: int | None = None, paddin
 
 
 def memory_plan(model: Toto, series, horizon: int, num_samples: int | None = None, padding_mask=None,
-                id_mask=None, *, options: ForecastOptions | None = None) -> MemoryPlan:  # fmt: skip
+                id_mask=None, *, options: ForecastOptions | None = None, mesh=None, rules=None) -> MemoryPlan:  # fmt: skip
     """How ``forecast`` with these arguments splits its work (it compiles the programs, runs nothing)."""
-    prepared, _, num_samples, options = _prepare(model, series, horizon, num_samples, padding_mask, id_mask,
-                                                 options)  # fmt: skip
-    return _Decoder(model, prepared, num_samples, options).memory_plan
+    prepared, _, num_samples, options, placement = _prepare(model, series, horizon, num_samples, padding_mask,
+                                                            id_mask, options, mesh, rules)  # fmt: skip
+    return _Decoder(model, prepared, num_samples, options, placement).memory_plan
 
 
 def _check_float32_range(values, valid, options: ForecastOptions) -> None:
@@ -292,7 +292,7 @@ class _Decoder:
     """The planned compiled calls of one forecast: chunks of series x sample paths within the budget."""
 
     def __init__(self, model: Toto, prepared: _Prepared, num_samples: int | None, options: ForecastOptions,
-                 known: KnownFuture | None = None):  # fmt: skip
+                 placement: Placement, known: KnownFuture | None = None):  # fmt: skip
         config = model.config
         self.patch = patch = config.patch_size
         self.batch, self.variates, self.context = batch, variates, context = prepared.values.shape
@@ -307,9 +307,9 @@ class _Decoder:
         self.total_paths = num_samples or 1
         self.sampling = None if num_samples is None else options.sampling
         self.options = options
-        self.placement = placement = RowPlacement(forecast_devices(options.devices))
+        self.placement = placement
         self.graphdef, params = nnx.split(model)
-        self.params = placement.put(params, rows=False)
+        self.params = placement.put_parameters(params)
         self.context_length = placement.put(jnp.int32(context), rows=False)
         self.key = placement.put(jax.random.key(0), rows=False)
 
@@ -348,16 +348,16 @@ class _Decoder:
         encoded = self.encode = None
         if self.options.use_kv_cache:
             arguments = (self.params, *rows, self.context_length)
-            self.encode = decode.compiled("encode", self.graphdef, (spec,), arguments)
+            self.encode = decode.compiled("encode", self.graphdef, (spec,), arguments, self.placement)
             encoded = self.encode.out_info
         bounds = None if self.low is None else abstract((series, shapes.variates, 1), np.float32)
         known = None if self.known is None else abstract((series,) + self.known.shape[1:], bool)
         arguments = (self.params, encoded, *rows, bounds, bounds, known, abstract((series * chunks.paths,), np.uint32),
                      self.key, self.context_length)  # fmt: skip
-        self.prefill = decode.compiled("prefill", self.graphdef, (spec,), arguments)
+        self.prefill = decode.compiled("prefill", self.graphdef, (spec,), arguments, self.placement)
         state = self.prefill.out_info
         self.advances = {
-            steps: decode.compiled("advance", self.graphdef, (spec, steps), (self.params, state))
+            steps: decode.compiled("advance", self.graphdef, (spec, steps), (self.params, state), self.placement)
             for steps in {shapes.first_steps - 1, plan.SEGMENT_STEPS if shapes.segments else 0} - {0}
         }
 

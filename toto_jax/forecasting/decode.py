@@ -26,6 +26,7 @@ one's memory use (``working_bytes``) before running it.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import jax
 import jax.numpy as jnp
@@ -202,21 +203,22 @@ def _signature(tree):
     return tuple(leaf(a) for a in jax.tree.leaves(tree)), str(jax.tree.structure(tree))
 
 
-def compiled(kind: str, graphdef, static: tuple, arguments: tuple):
-    """The compiled ``encode``, ``prefill`` or ``advance`` program for these static values and argument shapes."""
-    cache_key = (kind, graphdef, static, _signature(arguments))
+def compiled(kind: str, graphdef, static: tuple, arguments: tuple, placement):
+    """The compiled ``encode``, ``prefill`` or ``advance`` program for these static values, argument shapes and
+    placement (``placement.Placement``)."""
+    cache_key = (kind, graphdef, static, _signature(arguments), placement.key)
     program = _PROGRAMS.get(cache_key)
     if program is None:
-        program = _FUNCTIONS[kind].lower(graphdef, *static, *arguments).compile()
+        program = placement.compile(_FUNCTIONS[kind], graphdef, *static, *arguments)
         _PROGRAMS[cache_key] = program
     return program
 
 
 def working_bytes(program, params, held: int = 0) -> int:
-    """Memory a compiled program needs beyond the model's weights (XLA's own buffer assignment), plus
-    ``held`` bytes that stay alive beside it."""
+    """Memory a compiled program needs on one device beyond that device's share of the model's weights (XLA's
+    own buffer assignment), plus ``held`` bytes that stay alive beside it."""
     stats = program.memory_analysis()
-    weights = sum(a.size * a.dtype.itemsize for a in jax.tree.leaves(params))
+    weights = sum(math.prod(a.sharding.shard_shape(a.shape)) * a.dtype.itemsize for a in jax.tree.leaves(params))
     return int(stats.temp_size_in_bytes + stats.argument_size_in_bytes - weights + stats.output_size_in_bytes
                - stats.alias_size_in_bytes + held)  # fmt: skip
 

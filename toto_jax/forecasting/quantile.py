@@ -13,7 +13,6 @@ from ..models.toto2.forecast import QuantileSpec, compiled_forecast
 from . import decode
 from .covariates import known_future, target_index
 from .inputs import ForecastError
-from .placement import RowPlacement, forecast_devices
 
 # The mean of the distribution whose quantile function is linear between the knots 0.1 ... 0.9 and flat
 # beyond them: 0.1 of mass at each outer knot, plus the trapezoid rule in between.
@@ -22,14 +21,15 @@ MEAN_WEIGHTS = np.array([0.15] + [0.1] * 7 + [0.15])
 _PROGRAMS: dict = {}
 
 
-def _program(graphdef, spec: QuantileSpec, arguments: tuple):
-    key = (graphdef, spec, tuple((a.shape, a.dtype, str(a.sharding)) for a in jax.tree.leaves(arguments)))
+def _program(graphdef, spec: QuantileSpec, arguments: tuple, placement):
+    key = (graphdef, spec, tuple((a.shape, a.dtype, str(a.sharding)) for a in jax.tree.leaves(arguments)),
+           placement.key)  # fmt: skip
     if key not in _PROGRAMS:
-        _PROGRAMS[key] = compiled_forecast.lower(graphdef, spec, *arguments).compile()
+        _PROGRAMS[key] = placement.compile(compiled_forecast, graphdef, spec, *arguments)
     return _PROGRAMS[key]
 
 
-def forecast_quantile_model(model, prepared, horizon: int, options, future_exogenous_variables):
+def forecast_quantile_model(model, prepared, horizon: int, options, placement, future_exogenous_variables):
     from .api import Forecast
 
     config = model.config
@@ -58,14 +58,13 @@ def forecast_quantile_model(model, prepared, horizon: int, options, future_exoge
         is_target[:, targets:] = False
     series_ids = prepared.ids[:, :, -1]
 
-    placement = RowPlacement(forecast_devices(options.devices))
     graphdef, state = nnx.split(model)
-    state = placement.put(state, rows=False)
+    state = placement.put_parameters(state)
     arrays = (values, valid, future, future_mask, series_ids, is_target)
     chunk = placement.row_multiple(batch)
     while True:
         shapes = tuple(placement.abstract((chunk,) + a.shape[1:], a.dtype) for a in arrays)
-        program = _program(graphdef, spec, (state, *shapes))
+        program = _program(graphdef, spec, (state, *shapes), placement)
         needed = decode.working_bytes(program, state)
         if needed <= options.memory_budget:
             break

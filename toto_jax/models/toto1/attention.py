@@ -19,6 +19,9 @@ from ...sharding import constrain
 from .rope import RotaryTables, apply_rotary
 
 
+CACHE_AXES = ("batch", "variate", "time", "activation_heads", None)
+
+
 class LayerCache(NamedTuple):
     """Keys and values of one time-wise layer: [batch, variate, max_tokens, heads, head_dim]."""
 
@@ -61,8 +64,9 @@ class TimeAttention(_AttentionBase):
             key_positions = jnp.arange(length)
         else:
             start = (0, 0, offset, 0, 0)
-            keys = jax.lax.dynamic_update_slice(cache.keys, k.astype(cache.keys.dtype), start)
-            values = jax.lax.dynamic_update_slice(cache.values, v.astype(cache.values.dtype), start)
+            # The cache is split as the heads that write it (tensor parallelism keeps it local to each device).
+            keys = constrain(jax.lax.dynamic_update_slice(cache.keys, k.astype(cache.keys.dtype), start), CACHE_AXES)
+            values = constrain(jax.lax.dynamic_update_slice(cache.values, v.astype(cache.values.dtype), start), CACHE_AXES)
             cache = LayerCache(keys, values)
             key_positions = jnp.arange(keys.shape[2])
         query_positions = offset + jnp.arange(length)

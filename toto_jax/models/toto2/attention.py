@@ -62,6 +62,9 @@ def apply_rotary(x, rotary: Rotary, key: bool):
     return jnp.concatenate([rotated.astype(x.dtype), rest], axis=-1)
 
 
+CACHE_AXES = ("batch", "variate", "time", "activation_kv_heads", None)
+
+
 class LayerCache(NamedTuple):
     """Keys and values of one time layer: [batch, variate, max_tokens, kv_heads, head_dim]."""
 
@@ -107,8 +110,9 @@ class TimeAttention(_Attention):
         q, k = apply_rotary(q, rotary, key=False), apply_rotary(k, rotary, key=True)
         if cache is not None:
             start = (0, 0, offset, 0, 0)
-            k = jax.lax.dynamic_update_slice(cache.keys, k.astype(cache.keys.dtype), start)
-            v = jax.lax.dynamic_update_slice(cache.values, v.astype(cache.values.dtype), start)
+            # The cache is split as the key/value heads that write it (tensor parallelism keeps it local).
+            k = constrain(jax.lax.dynamic_update_slice(cache.keys, k.astype(cache.keys.dtype), start), CACHE_AXES)
+            v = constrain(jax.lax.dynamic_update_slice(cache.values, v.astype(cache.values.dtype), start), CACHE_AXES)
             cache = LayerCache(k, v)
         attended = attend(q, k.astype(q.dtype), v.astype(q.dtype), mask, self.scale)
         return self._out(attended), cache
