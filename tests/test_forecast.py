@@ -255,8 +255,8 @@ def test_decode_is_partitioned_over_devices_with_the_same_paths(pairs):
     split = decoder.run(seed=3)
     np.testing.assert_array_equal(split[:, :, 2, :horizon], np.broadcast_to(known[:, None, 0], (3, 4, horizon)))
     assert split[:, :, :2, :horizon].std(axis=1).min() > 0
-    one = _Decoder(model, prepared, 4, REFERENCE, forecast_placement(None), known_future(known, prepared, horizon)).run(seed=3)
-    assert relative_error(split, one) <= TOLERANCE
+    single = _Decoder(model, prepared, 4, REFERENCE, forecast_placement(None), known_future(known, prepared, horizon))
+    assert relative_error(split, single.run(seed=3)) <= TOLERANCE
 
 
 def test_forecast_on_a_mesh_splits_the_weights_over_the_tensor_axis(pairs):

@@ -200,6 +200,15 @@ def forecast(model, series, horizon: int, num_samples: int | None = None, paddin
     values of the series' last ``n_exog`` variates (covariates: they are not forecast, and the result holds
     only the other variates). A Toto 1.0 model needs variate labels for them (``config.variate_labels``, as
     fine-tuning with covariates gives); every decoded patch keeps the known values, in every sample path.
+
+    ``mesh`` places the forecast explicitly: a ``jax.sharding.Mesh`` of this process's devices with the axes
+    of ``rules`` (default ``toto_jax.sharding.DEFAULT_RULES``, axes ``data``, ``fsdp``, ``tensor``: build it
+    with ``toto_jax.sharding.make_mesh``). Rows (series x sample paths, padded to a multiple) split over the
+    axes ``batch`` maps to; each parameter splits as its logical axes map (heads and MLP units over
+    ``tensor``: tensor parallelism for a model too large for one device), and the KV cache follows the heads.
+    Results equal the one-device run's to float32 rounding of the sums split over ``tensor``. Without
+    ``mesh``, ``ForecastOptions.devices`` picks a data mesh; giving both is an error. (An argument, not an
+    option: like ``toto_jax.load(mesh=)`` it places the model, and ``ForecastOptions`` stays a plain value.)
     """
     prepared, horizon, num_samples, options, placement = _prepare(model, series, horizon, num_samples, padding_mask,
                                                                    id_mask, options, mesh, rules)  # fmt: skip

@@ -60,7 +60,8 @@ class ForecastOptions:
       statistics of the first this-many observations (0: off, the reference's ``forecast`` default).
     - ``devices``: how many local devices share the work: series and sample paths are split over them,
       the parameters replicated (None: every local accelerator, one device on CPU). Results do not depend
-      on it; ``memory_budget`` is per device.
+      on it; ``memory_budget`` is per device. For explicit placement and tensor parallelism give
+      ``toto_jax.forecast`` a ``mesh=`` instead (with it, ``devices`` must stay None).
     """
 
     context_length: int | None = None

@@ -41,10 +41,13 @@ def forecast_placement(devices: int | None, mesh: Mesh | None = None, rules=None
         return Placement(make_mesh((-1, 1, 1), devices=forecast_devices(devices)), DEFAULT_RULES)
     if devices is not None:
         raise ForecastError(
-            f"ForecastOptions.devices is {devices} and a mesh is given: the mesh decides the devices, leave devices None"
+            f"ForecastOptions.devices is {devices} and a mesh is given: the mesh decides the devices, "
+            "leave devices None"
         )
     if not isinstance(mesh, Mesh):
-        raise ForecastError(f"mesh must be a jax.sharding.Mesh (e.g. toto_jax.sharding.make_mesh), got {type(mesh).__name__}")
+        raise ForecastError(
+            f"mesh must be a jax.sharding.Mesh (e.g. toto_jax.sharding.make_mesh), got {type(mesh).__name__}"
+        )
     rules = DEFAULT_RULES if rules is None else tuple(rules)
     used = {axis for _, axes in rules for axis in ((axes,) if isinstance(axes, str) else tuple(axes or ()))}
     missing = sorted(used - set(mesh.axis_names))
@@ -54,7 +57,9 @@ def forecast_placement(devices: int | None, mesh: Mesh | None = None, rules=None
             "make the mesh with toto_jax.sharding.make_mesh (axes data, fsdp, tensor) or give rules= without them"
         )
     if any(kind != AxisType.Auto for kind in mesh.axis_types):
-        raise ForecastError(f"mesh axis types must be Auto (as toto_jax.sharding.make_mesh makes them), got {mesh.axis_types}")
+        raise ForecastError(
+            f"mesh axis types must be Auto (as toto_jax.sharding.make_mesh makes them), got {mesh.axis_types}"
+        )
     if not set(mesh.devices.flat) <= set(jax.local_devices()):
         raise ForecastError(
             "the mesh holds devices of other processes: a forecast runs within one process (each forecasts its own "
