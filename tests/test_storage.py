@@ -1,6 +1,7 @@
 """Object storage (gs:// and s3://) wherever toto-jax takes a path, against real servers on loopback
-(tests/storage_servers.py): checkpoints saved, exported and loaded, data converted into buckets, and
-errors that name the path when a bucket is missing or half a checkpoint is there."""
+(tests/storage_servers.py): checkpoints saved, exported and loaded, data converted into buckets; errors that
+name the path, before any work, when a bucket is missing, its endpoint does not answer or there are no
+credentials; half-written checkpoints named and skipped."""
 
 from __future__ import annotations
 

@@ -34,7 +34,6 @@ if logging.getLogger("fsspec").level == logging.NOTSET:
 
 REMOTE_PREFIXES = ("gs://", "s3://")
 CLIENT_PACKAGES = {"gs": "gcsfs", "s3": "s3fs"}
-GCS_URL = "https://storage.googleapis.com"  # TensorStore's default; gcsfs's unless STORAGE_EMULATOR_HOST is set
 ENDPOINT_TIMEOUT_SECONDS = 10.0  # a connection attempt to an endpoint that drops packets
 
 AnyPath = Union[pathlib.Path, "epath.Path"]  # noqa: F821 - etils is imported lazily
@@ -127,8 +126,8 @@ def _endpoints(fs, path) -> dict[str, str]:
     if scheme(path) == "s3":
         return {fs.s3.meta.endpoint_url: "s3fs"}
     endpoints = {fs.base.removesuffix("/storage/v1/"): "gcsfs"}
-    # orbax writes run directories through TensorStore, which has its own setting
-    endpoints.setdefault(os.environ.get("TENSORSTORE_GCS_HTTP_URL", GCS_URL).rstrip("/"), "TensorStore")
+    if os.environ.get("TENSORSTORE_GCS_HTTP_URL"):  # orbax writes run directories through TensorStore
+        endpoints.setdefault(os.environ["TENSORSTORE_GCS_HTTP_URL"].rstrip("/"), "TensorStore")
     return endpoints
 
 
