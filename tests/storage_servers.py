@@ -72,6 +72,7 @@ def _send_object_generations() -> None:
 
 
 def _refuse_anonymous_on_demand() -> None:
+    """Let ``ObjectStores.private_gcs`` make the emulator refuse requests that carry no credentials."""
     from http import HTTPStatus
 
     from gcp_storage_emulator import server
@@ -82,7 +83,8 @@ def _refuse_anonymous_on_demand() -> None:
 
     def handle_unless_anonymous(router, method):
         request_handler = router._request_handler
-        if getattr(request_handler.server, "refuse_anonymous", False) and "Authorization" not in request_handler.headers:
+        anonymous = "Authorization" not in request_handler.headers
+        if anonymous and getattr(request_handler.server, "refuse_anonymous", False):
             response = server.Response(request_handler)
             response.status = HTTPStatus.UNAUTHORIZED
             message = "Anonymous caller does not have storage.objects.list access to the Google Cloud Storage bucket."

@@ -194,7 +194,8 @@ def test_unreachable_endpoint_fails_at_once_naming_the_path(object_stores, monke
 
 
 @pytest.mark.parametrize("scheme", SCHEMES)
-def test_missing_credentials_fail_at_once_naming_the_path(object_stores, monkeypatch, request, tmp_path, capsys, scheme):
+def test_missing_credentials_fail_at_once_naming_the_path(object_stores, monkeypatch, request, tmp_path, capsys,
+                                                         scheme):
     bucket = object_stores.new_bucket(scheme)  # it exists: only the credentials are missing
     if scheme == "gs":
         monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)

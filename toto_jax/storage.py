@@ -144,7 +144,8 @@ def _connection_failure(endpoint: str) -> str | None:
     if endpoint in _answering:
         return None
     try:
-        urllib.request.urlopen(urllib.request.Request(endpoint, method="HEAD"), timeout=ENDPOINT_TIMEOUT_SECONDS).close()
+        request = urllib.request.Request(endpoint, method="HEAD")
+        urllib.request.urlopen(request, timeout=ENDPOINT_TIMEOUT_SECONDS).close()
     except urllib.error.HTTPError:
         pass
     except OSError as error:  # URLError, timeouts, refused connections
