@@ -1,6 +1,13 @@
 """Real object-store servers on loopback for the storage tests: Google's GCS emulator (gcp-storage-emulator)
 and moto's S3 server, each in a thread of the test process, on a free port, stopped at the end.
 
+The GCS emulator gets one fix (``_send_object_generations``): its media downloads lack the
+``x-goog-generation`` header real GCS sends. TensorStore's GCS driver takes a read object's generation from
+that header, gets 0 without it, and refuses the next read it conditions on that generation (only generations
+> 0 are valid): "Malformed StorageGeneration" on every OCDBT checkpoint read. And one addition
+(``_refuse_anonymous_on_demand``): the emulator accepts every request, so ``ObjectStores.private_gcs`` makes
+it answer requests without credentials as GCS does for a private bucket (401), for the no-credentials tests.
+
 ``environment`` points every client at them: gcsfs and google-cloud-storage (``STORAGE_EMULATOR_HOST``),
 TensorStore's GCS driver (``TENSORSTORE_GCS_HTTP_URL``, with a fixed test token instead of credentials),
 s3fs / botocore and TensorStore's S3 driver (``AWS_ENDPOINT_URL`` and dummy keys, which moto accepts).
@@ -20,6 +27,16 @@ from typing import Iterator
 @dataclasses.dataclass
 class ObjectStores:
     environment: dict[str, str]
+    gcs_httpd: object  # the emulator's HTTP server
+
+    @contextlib.contextmanager
+    def private_gcs(self) -> Iterator[None]:
+        """While open, the GCS emulator answers requests that carry no credentials with 401, as GCS does."""
+        self.gcs_httpd.refuse_anonymous = True
+        try:
+            yield
+        finally:
+            self.gcs_httpd.refuse_anonymous = False
 
     def new_bucket(self, scheme: str) -> str:
         """A fresh empty bucket: 'gs://NAME' or 's3://NAME'."""
@@ -30,6 +47,56 @@ class ObjectStores:
         return f"{scheme}://{name}"
 
 
+def _send_object_generations() -> None:
+    """Make the emulator's object downloads carry ``x-goog-generation`` / ``x-goog-metageneration``, as GCS's do."""
+    from gcp_storage_emulator import server
+    from gcp_storage_emulator.handlers import objects
+
+    download = objects.download
+    if getattr(download, "sends_generations", False):
+        return
+
+    def download_with_generations(request, response, storage, *args, **kwargs):
+        download(request, response, storage, *args, **kwargs)
+        if response.status.value in (200, 206):
+            stored = storage.get_file_obj(request.params["bucket_name"], request.params["object_id"])
+            response["x-goog-generation"] = stored["generation"]
+            response["x-goog-metageneration"] = stored["metageneration"]
+
+    download_with_generations.sends_generations = True
+    objects.download = download_with_generations  # reached through objects.get (?alt=media)
+    for _, handlers in server.HANDLERS:  # and directly by the /download/ routes
+        for method, handler in handlers.items():
+            if handler is download:
+                handlers[method] = download_with_generations
+
+
+def _refuse_anonymous_on_demand() -> None:
+    """Let ``ObjectStores.private_gcs`` make the emulator refuse requests that carry no credentials."""
+    from http import HTTPStatus
+
+    from gcp_storage_emulator import server
+
+    handle = server.Router.handle
+    if getattr(handle, "refuses_anonymous", False):
+        return
+
+    def handle_unless_anonymous(router, method):
+        request_handler = router._request_handler
+        anonymous = "Authorization" not in request_handler.headers
+        if anonymous and getattr(request_handler.server, "refuse_anonymous", False):
+            response = server.Response(request_handler)
+            response.status = HTTPStatus.UNAUTHORIZED
+            message = "Anonymous caller does not have storage.objects.list access to the Google Cloud Storage bucket."
+            response.json({"error": {"code": 401, "message": message}})
+            response.close()
+            return
+        handle(router, method)
+
+    handle_unless_anonymous.refuses_anonymous = True
+    server.Router.handle = handle_unless_anonymous
+
+
 @contextlib.contextmanager
 def running_object_stores() -> Iterator[ObjectStores]:
     from gcp_storage_emulator.server import create_server
@@ -38,6 +105,8 @@ def running_object_stores() -> Iterator[ObjectStores]:
     # both log every request at INFO
     for name in ("gcp_storage_emulator", "werkzeug"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    _send_object_generations()
+    _refuse_anonymous_on_demand()
     gcs = create_server("127.0.0.1", 0, in_memory=True)
     gcs.start()
     s3 = ThreadedMotoServer("127.0.0.1", 0, verbose=False)
@@ -57,7 +126,7 @@ def running_object_stores() -> Iterator[ObjectStores]:
     saved = {key: os.environ.get(key) for key in environment}
     os.environ.update(environment)
     try:
-        yield ObjectStores(environment)
+        yield ObjectStores(environment, gcs._api._httpd)
     finally:
         for key, value in saved.items():
             if value is None:

@@ -14,9 +14,13 @@ GCS, ``AWS_ENDPOINT_URL`` / ``AWS_ACCESS_KEY_ID`` / ... for S3.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import pathlib
+import ssl
 import tempfile
+import urllib.error
+import urllib.request
 from typing import Iterator, Union
 
 # gcsfs >= 2025.10 asks the gRPC storage-control API for every bucket's layout (zonal / hierarchical)
@@ -24,9 +28,13 @@ from typing import Iterator, Union
 # minute, and an unknown answer is not cached, so every open waits again. toto-jax needs neither layout:
 # it is off unless the user turns it on (GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT=true) before gcsfs loads.
 os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+# fsspec logs every remote file it opens at INFO, which the CLIs show
+if logging.getLogger("fsspec").level == logging.NOTSET:
+    logging.getLogger("fsspec").setLevel(logging.WARNING)
 
 REMOTE_PREFIXES = ("gs://", "s3://")
 CLIENT_PACKAGES = {"gs": "gcsfs", "s3": "s3fs"}
+ENDPOINT_TIMEOUT_SECONDS = 10.0  # a connection attempt to an endpoint that drops packets
 
 AnyPath = Union[pathlib.Path, "epath.Path"]  # noqa: F821 - etils is imported lazily
 
@@ -81,15 +89,71 @@ def check_access(path) -> None:
         return
     fs = filesystem(path)
     bucket = f"{scheme(path)}://{bucket_of(path)}"
+    for endpoint, client in _endpoints(fs, path).items():
+        failure = _connection_failure(endpoint)
+        if failure:
+            raise StorageError(f"{path}: cannot reach bucket {bucket}: {client} endpoint {endpoint} does not answer "
+                               f"({failure})")  # fmt: skip
     try:
-        fs.ls(bucket_of(path), detail=False)  # one request that needs the bucket and read access to it
+        with _quiet("gcsfs"):  # it logs the traceback of the error reported below
+            fs.ls(bucket_of(path), detail=False)  # one request that needs the bucket and read access to it
     except FileNotFoundError:
         raise StorageError(f"{path}: bucket {bucket} does not exist") from None
     except Exception as error:  # noqa: BLE001 - clients raise many types (HTTP, auth, connection) for the same fact
-        detail = str(error).splitlines()[0][:300] if str(error) else type(error).__name__
-        raise StorageError(f"{path}: cannot reach bucket {bucket} ({type(error).__name__}: {detail})") from None
+        detail = " ".join(str(error).split())[:300] or type(error).__name__
+        hint = ""
+        if scheme(path) == "gs" and getattr(fs.credentials, "method", None) == "anon":
+            hint = ("; no Google credentials were found, so the request was anonymous (run `gcloud auth "
+                    "application-default login` or set GOOGLE_APPLICATION_CREDENTIALS)")  # fmt: skip
+        raise StorageError(f"{path}: cannot access bucket {bucket} ({type(error).__name__}: {detail}){hint}") from None
     finally:
         fs.invalidate_cache()  # a listing cached now would hide what this run writes later
+
+
+@contextlib.contextmanager
+def _quiet(logger_name: str) -> Iterator[None]:
+    logger = logging.getLogger(logger_name)
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _endpoints(fs, path) -> dict[str, str]:
+    """The HTTP endpoints the clients will send ``path``'s requests to: {url: which client}."""
+    if scheme(path) == "s3":
+        return {fs.s3.meta.endpoint_url: "s3fs"}
+    endpoints = {fs.base.removesuffix("/storage/v1/"): "gcsfs"}
+    if os.environ.get("TENSORSTORE_GCS_HTTP_URL"):  # orbax writes run directories through TensorStore
+        endpoints.setdefault(os.environ["TENSORSTORE_GCS_HTTP_URL"].rstrip("/"), "TensorStore")
+    return endpoints
+
+
+_answering: set[str] = set()  # endpoints that answered once in this process
+
+
+def _connection_failure(endpoint: str) -> str | None:
+    """Why nothing answers at ``endpoint`` (refused, unknown host, timed out), or None when something does.
+
+    One request without retries: the clients retry a refused connection with backoff for half a minute
+    (gcsfs) before they report it. Any HTTP status counts as an answer; TLS failures are left to the clients,
+    which may trust other certificates. Proxies from the environment are used, as the clients use them.
+    """
+    if endpoint in _answering:
+        return None
+    try:
+        request = urllib.request.Request(endpoint, method="HEAD")
+        urllib.request.urlopen(request, timeout=ENDPOINT_TIMEOUT_SECONDS).close()
+    except urllib.error.HTTPError:
+        pass
+    except OSError as error:  # URLError, timeouts, refused connections
+        reason = getattr(error, "reason", error)
+        if not isinstance(reason, ssl.SSLError):
+            return f"{type(reason).__name__}: {reason}"
+    _answering.add(endpoint)
+    return None
 
 
 def rmtree(path: AnyPath) -> None:

@@ -8,8 +8,9 @@ Layout of a run directory (``--workdir``)::
 
 Arrays are stored as flat ``{dotted.path: array}`` dicts so the files do not depend on how Flax/optax
 containers flatten. Saves are atomic (orbax writes a temporary directory and renames it; on gs://, where
-nothing renames, it writes ``commit_success.txt`` last); on restore a latest checkpoint that cannot be
-read is skipped with a warning and the previous one is used.
+nothing renames, it writes ``commit_success.txt`` last); on restore a checkpoint half written by a run killed
+mid-save, or a latest one that cannot be read, is skipped with a warning naming it and the previous one is
+used (orbax deletes the half-written one when the next run starts).
 
 ``WORKDIR`` may be local or ``gs://`` (orbax-checkpoint writes its arrays through TensorStore's GCS
 driver). ``s3://`` run directories are refused at start: this orbax builds OCDBT stores for local and GCS
@@ -18,6 +19,7 @@ paths only.
 
 from __future__ import annotations
 
+import re
 import warnings
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -38,6 +40,7 @@ CHECKPOINTS = "checkpoints"
 ITEMS = ("params", "opt_state", "meta", "data", "config")
 FORMAT = "toto-jax-run-1"
 COMMIT_FILE = "commit_success.txt"  # orbax's completion marker where it cannot rename (gs://)
+TEMPORARY_STEP = re.compile(r"\d+\.orbax-checkpoint-tmp")  # a local step orbax has not renamed yet
 
 
 def run_path(workdir: str | Path):
@@ -89,6 +92,7 @@ class RunCheckpoints:
 
     def __init__(self, workdir: str | Path, keep_last: int = 3, keep_every: int | None = None, async_save: bool = True):
         self.directory = run_path(workdir) / CHECKPOINTS
+        _warn_half_written(self.directory)  # before the manager deletes them
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep_last,
             keep_period=keep_every,
@@ -160,13 +164,29 @@ class RunCheckpoints:
 # ---- reading a run's model (``toto_jax.load`` dispatches here) -----------------------------------
 
 
-def _step_directories(path: Path) -> list[Path]:
-    """``[path]`` when it is one step of a run, else the finished steps under it, newest first.
+def _half_written(checkpoints) -> list:
+    """The step directories under ``checkpoints`` whose save has not finished: killed mid-save, or still being
+    written. Orbax renames a local step's temporary directory to its number only once the save is complete;
+    on gs:// it writes the step in place and ``commit_success.txt`` last."""
+    if not checkpoints.is_dir():
+        return []
+    if storage.is_remote(checkpoints):
+        return [p for p in checkpoints.iterdir() if p.name.isdigit() and not (p / COMMIT_FILE).is_file()]
+    return [p for p in checkpoints.iterdir() if TEMPORARY_STEP.match(p.name)]
 
-    Orbax renames a step's temporary directory to its number only once the save is complete; on gs://
-    it writes the step in place and ``commit_success.txt`` last.
-    """
+
+def _warn_half_written(checkpoints) -> None:
+    for step_dir in _half_written(checkpoints):
+        warnings.warn(f"skipping half-written checkpoint {step_dir}: its save did not finish (killed mid-save, "
+                      "or still being written)", stacklevel=3)  # fmt: skip
+
+
+def _step_directories(path: Path, warn: bool = False) -> list[Path]:
+    """``[path]`` when it is one step of a run, else the finished steps under it, newest first (``warn``: with a
+    warning for each half-written one)."""
     remote = storage.is_remote(path)
+    if remote:  # another process (the training run) writes here: listings cached earlier are stale
+        storage.filesystem(path).invalidate_cache()
 
     def is_step(p) -> bool:
         return (p / "params").is_dir() and (p / "config").is_dir() and (not remote or (p / COMMIT_FILE).is_file())
@@ -174,6 +194,8 @@ def _step_directories(path: Path) -> list[Path]:
     if is_step(path):
         return [path]
     root = path / CHECKPOINTS if (path / CHECKPOINTS).is_dir() else path
+    if warn:
+        _warn_half_written(root)
     steps = sorted((int(p.name) for p in root.iterdir() if p.name.isdigit()), reverse=True)
     return [root / str(step) for step in steps if is_step(root / str(step))]
 
@@ -196,7 +218,7 @@ def load_model_from_run(path: str | Path, dtype: str | None = None, mesh=None, r
         from ..checkpoint import load
 
         return load(best, dtype=dtype, mesh=mesh, rules=rules)
-    candidates = _step_directories(path) if path.is_dir() else []
+    candidates = _step_directories(path, warn=True) if path.is_dir() else []
     if not candidates:
         raise FileNotFoundError(f"no training checkpoint found in {path}")
     errors = []
