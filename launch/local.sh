@@ -7,6 +7,9 @@
 # JAX_PLATFORMS=cpu and D virtual CPU devices (default 1). Output lines are prefixed with "[i] ".
 # If any process fails, the others are stopped (TERM, then KILL after the grace period) and the
 # script exits with that process's status; it exits 0 only when every process succeeded.
+# SIGTERM or SIGINT sent to this script is forwarded to every process, which then stop together (toto-jax
+# train saves and exits 75): the script waits for them and exits with their status. A second signal
+# stops them as on a failure and exits 130.
 set -u -m  # -m: every process runs in its own process group, so its children can be stopped with it
 
 usage() { echo "usage: $0 N [--devices D] [--grace SECONDS] -- COMMAND [ARGS...]" >&2; exit 2; }
@@ -51,18 +54,30 @@ stop_all() {
   done
   for pid in "${PIDS[@]}"; do kill -KILL -- "-$pid" 2>/dev/null; done
 }
-trap 'stop_all; exit 130' INT TERM
+RUNNING=("${PIDS[@]}")
+FORWARDED=""
+forward() {
+  if [[ -n "$FORWARDED" ]]; then stop_all; exit 130; fi
+  FORWARDED=$1
+  echo "[local.sh] SIG$1: forwarded to every process; waiting for them to stop" >&2
+  # to the command alone, not its process group: the output-prefixing seds must outlive it
+  for pid in "${RUNNING[@]}"; do kill "-$1" "$pid" 2>/dev/null; done
+}
+trap 'forward TERM' TERM
+trap 'forward INT' INT
 set +m  # job-control messages ("Terminated ...") would only add noise from here on
 
 status=0
-RUNNING=("${PIDS[@]}")
 while ((${#RUNNING[@]} > 0)); do
   wait -n -p finished "${RUNNING[@]}"
   rc=$?
+  [[ -n "${finished:-}" ]] || continue  # the wait was interrupted by a (forwarded) signal
   next=()
   for pid in "${RUNNING[@]}"; do [[ "$pid" != "$finished" ]] && next+=("$pid"); done
   RUNNING=("${next[@]}")
-  if ((rc != 0)); then
+  if ((rc != 0)) && [[ -n "$FORWARDED" ]]; then
+    ((status)) || status=$rc  # stopping on the signal: the others are stopping too
+  elif ((rc != 0)); then
     echo "[local.sh] process ${INDEX_OF[$finished]} (pid $finished) failed with status $rc; stopping the others" >&2
     status=$rc
     stop_all

@@ -1,9 +1,11 @@
-"""Launch scripts: syntax, dry runs that print each worker's exact command, and local.sh failure handling."""
+"""Launch scripts: syntax, dry runs that print each worker's exact command, and local.sh failure and signal
+handling."""
 
 from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -88,3 +90,29 @@ def test_local_sh_exits_nonzero_soon_after_a_process_is_killed():
     assert time.monotonic() - started < 30
     for pid in pids:  # nothing left behind
         assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
+
+
+def test_local_sh_forwards_sigterm_and_exits_with_the_processes_status():
+    """A scheduler signals the launcher only: every process gets the SIGTERM, can still print while it stops (the
+    output-prefixing pipes stay open), and the launcher exits with their status (75 from toto-jax train)."""
+    code = (
+        "import os, signal, sys, time\n"
+        "def stop(signum, frame):\n"
+        "    time.sleep(0.5)\n"  # saving a checkpoint
+        "    print('saved by', os.environ['TOTO_PROCESS_ID'], flush=True)\n"
+        "    sys.exit(75)\n"
+        "signal.signal(signal.SIGTERM, stop)\n"
+        "print('ready', flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    launcher = subprocess.Popen(
+        ["bash", str(LAUNCH / "local.sh"), "2", "--", sys.executable, "-c", code],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    ready = [launcher.stdout.readline() for _ in range(2)]
+    assert sorted(line.split()[1] for line in ready) == ["ready", "ready"]
+    launcher.send_signal(signal.SIGTERM)
+    stdout, stderr = launcher.communicate(timeout=30)
+    assert launcher.returncode == 75, stderr
+    assert sorted(stdout.splitlines()) == ["[0] saved by 0", "[1] saved by 1"]
+    assert "SIGTERM: forwarded to every process" in stderr
