@@ -30,12 +30,21 @@ SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 class StopSignals:
-    """Signal handlers installed by ``install`` and put back by ``restore`` (main thread only)."""
+    """Signal handlers installed by ``install`` and put back by ``restore`` (main thread only); created as soon
+    as the step the run resumes from is known."""
 
-    def __init__(self):
+    def __init__(self, resume_step: int = 0):
         self.multiprocess = jax.process_count() > 1
         self.received: int | None = None  # the signal number, once one arrived
         self.previous = {}
+        self.notified_before = False
+        if self.multiprocess:
+            from jax.experimental import multihost_utils
+
+            # JAX's step counter starts at 0 and a notice sets the stop at the highest counter reported + 1: a
+            # resumed run notified before its first step (while it restores and compiles) would get a stop
+            # behind it, never reached. True if a notice already set the stop at exactly this step.
+            self.notified_before = multihost_utils.reached_preemption_sync_point(resume_step)
 
     def install(self) -> "StopSignals":
         if threading.current_thread() is not threading.main_thread():  # Python only signals the main thread
@@ -59,7 +68,7 @@ class StopSignals:
         if self.multiprocess:
             from jax.experimental import multihost_utils
 
-            return multihost_utils.reached_preemption_sync_point(step)
+            return multihost_utils.reached_preemption_sync_point(step) or self.notified_before
         return self.received is not None
 
 

@@ -384,8 +384,10 @@ def train(
     checkpoints = RunCheckpoints(
         workdir, config.checkpoint.keep_last, config.checkpoint.keep_every, config.checkpoint.async_save
     )
+    saved_steps = checkpoints.steps()
+    stop_signals = StopSignals(saved_steps[-1] if saved_steps else 0)  # a notice from here on is kept
     init_params = None
-    if checkpoints.steps():  # resuming: the run's architecture is the one in its checkpoints
+    if saved_steps:  # resuming: the run's architecture is the one in its checkpoints
         config = _merge_init_config(config, model_config_from_dict(read_run_config(workdir)["model"]))
     elif init_from is not None:
         loaded = _initial_params(init_from)
@@ -404,7 +406,7 @@ def train(
         program.state_sharding.params,
         program.state_sharding.opt_state,
     )
-    if restored is None and checkpoints.steps():
+    if restored is None and saved_steps:
         raise ValueError(f"{checkpoints.directory} holds checkpoints but none could be restored (see warnings)")
     iterator = make_iterator(config.data, source_objects)
     if restored is None:
@@ -448,7 +450,7 @@ def train(
     config_dict = config.to_dict()
     interval_start, interval_steps = time.perf_counter(), 0
     save_clock = SaveClock(config.checkpoint.every_minutes)
-    stop_signals = StopSignals().install()  # SIGTERM / SIGINT: finish the step, save, return early
+    stop_signals.install()  # SIGTERM / SIGINT: finish the step, save, return early
     try:
         for step in range(start, config.steps):
             batch = program.put_batch(next(iterator))
