@@ -13,9 +13,14 @@ from .files import CheckpointError
 from .native import is_native_checkpoint, load_native, save_native
 from .torch_format import export_torch, is_torch_checkpoint, load_torch_checkpoint
 
+_ASSETS = Path(__file__).resolve().parent.parent / "assets"
+# The small models trained here and shipped inside the package, loadable by name
+# (experiments/pretrain_small.md, experiments/toto2_small.md).
+BUNDLED_MODELS = {"toto1-small": _ASSETS / "toto1_small", "toto2-small": _ASSETS / "toto2_small"}
 DEFAULT_MODEL = "default"
-# The small pretrained model shipped inside the package (see experiments/pretrain_small.md).
-DEFAULT_MODEL_DIRECTORY = Path(__file__).resolve().parent.parent / "assets" / "default_model"
+# The better of the two on the held-out series (experiments/toto2_small.md).
+DEFAULT_MODEL_NAME = "toto1-small"
+DEFAULT_MODEL_DIRECTORY = BUNDLED_MODELS[DEFAULT_MODEL_NAME]
 
 
 def save(model, directory: str | Path, *, overwrite: bool = False) -> Path:
@@ -32,16 +37,14 @@ def load(path: str | Path, *, dtype: str | None = None, mesh=None, rules=None):
     checkpoint (``config.json`` + ``model.safetensors``, shards listed in ``model.safetensors.index.json``,
     or the ``.safetensors`` file itself) or a training run directory. The family is told from the files.
 
-    ``"default"`` is the small model shipped with the package. ``dtype`` overrides the computation dtype
+    ``"default"`` is the better of the small models shipped with the package, ``"toto1-small"`` and
+    ``"toto2-small"`` name each (a local path of the same name wins). ``dtype`` overrides the computation dtype
     (parameters stay float32). With ``mesh``, every parameter is placed directly with the sharding its
     logical axes map to under ``rules`` (default rules if None). ``path`` may be a ``gs://`` or ``s3://``
     URL (``toto-jax[cloud]``): checkpoints are read through a temporary local copy, run directories
     (gs:// only) directly.
     """
-    if str(path) == DEFAULT_MODEL and not Path(path).exists():
-        if not DEFAULT_MODEL_DIRECTORY.exists():
-            raise CheckpointError(f"the bundled default model is missing from this installation ({DEFAULT_MODEL_DIRECTORY})")
-        path = DEFAULT_MODEL_DIRECTORY
+    path = bundled_model_directory(path) or path
     storage.check_access(path)
     path = storage.as_path(path)
     if not path.exists():
@@ -63,6 +66,22 @@ def load(path: str | Path, *, dtype: str | None = None, mesh=None, rules=None):
         f"{path} is not a checkpoint: expected model.safetensors + config.json (PyTorch), "
         "a native checkpoint (config.json + state/ + toto_jax_checkpoint.json) or a training run directory"
     )
+
+
+def bundled_model_directory(name) -> Path | None:
+    """The directory of the bundled model ``name`` ("default", "toto1-small", "toto2-small"), or None when
+    ``name`` is not one of them or a local path of that name exists."""
+    name = str(name)
+    if Path(name).exists():
+        return None
+    if name == DEFAULT_MODEL:
+        name = DEFAULT_MODEL_NAME
+    if name not in BUNDLED_MODELS:
+        return None
+    directory = BUNDLED_MODELS[name]
+    if not directory.exists():
+        raise CheckpointError(f"the bundled model {name!r} is missing from this installation ({directory})")
+    return directory
 
 
 def checkpoint_kind(path: str | Path) -> str | None:

@@ -1,15 +1,17 @@
-"""Write a trained run as the bundled default model: the reference layout with float16 weights.
+"""Write a trained run (Toto 1.0 or 2.0) as a bundled model: its reference layout with float16 weights.
 
-The default model must stay small inside the package (<= 20 MB); float16 storage halves the float32
-size, and ``toto_jax.load`` casts the weights back to float32 (as does the reference's
-``load_state_dict``). Usage::
+Bundled models must stay small inside the package (<= 20 MB each); float16 storage halves the float32
+size, and ``toto_jax.load`` casts the weights back to float32 (as do the references' ``load_state_dict``).
+The config's ``max_context`` becomes the context the run trained on, which every tool then forecasts from
+by default. Usage::
 
-    python -m toto_jax.eval.ship runs/pretrain_small toto_jax/assets/default_model
+    python -m toto_jax.eval.ship runs/pretrain_small toto_jax/assets/toto1_small
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from pathlib import Path
 
@@ -22,10 +24,15 @@ def ship(run_dir: str | os.PathLike, out_dir: str | os.PathLike, *, overwrite: b
     from safetensors.numpy import load_file, save_file
 
     import toto_jax
-    from toto_jax.checkpoint.torch_format import WEIGHTS_FILE
+    from toto_jax.checkpoint.torch_format import CONFIG_FILE, WEIGHTS_FILE
+    from toto_jax.train.checkpointing import is_run_directory, read_run_config
 
     model = toto_jax.load(Path(run_dir).resolve())
     out_dir = toto_jax.export_torch(model, out_dir, overwrite=overwrite)
+    if is_run_directory(run_dir):  # both references ignore this project's key
+        config = json.loads((out_dir / CONFIG_FILE).read_text())
+        config["max_context"] = read_run_config(run_dir)["data"]["context_length"]
+        (out_dir / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
     weights = out_dir / WEIGHTS_FILE
     tensors = load_file(str(weights))
     if max(float(np.abs(t).max()) for t in tensors.values()) >= np.finfo(np.float16).max:
