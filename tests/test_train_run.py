@@ -131,7 +131,8 @@ def test_keeps_last_checkpoints_and_skips_a_corrupt_latest(runs, tmp_path):
             file.write_bytes(b"\0" * 7)
     (straight / "checkpoints" / f"{STEPS + EVERY}.orbax-checkpoint-tmp-1").mkdir()
 
-    checkpoints = RunCheckpoints(straight, keep_last=2)
+    with pytest.warns(UserWarning, match=f"skipping half-written checkpoint .*{STEPS + EVERY}.orbax-checkpoint-tmp-1"):
+        checkpoints = RunCheckpoints(straight, keep_last=2)
     with pytest.warns(UserWarning, match=f"step {STEPS}"):
         restored = checkpoints.restore_latest(
             program.abstract_state.params, program.abstract_state.opt_state,
