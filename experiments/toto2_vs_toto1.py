@@ -47,7 +47,8 @@ def forecasters(family: str, checkpoint: str, blocks: list[int | None], num_samp
     out = {"seasonal_naive": baselines.SeasonalNaive()}
     if family == "toto1":
         out["toto1-small"] = harness.TotoForecaster(model, num_samples=num_samples)
-    for block in blocks if family == "toto2" else ():
+        return out
+    for block in blocks:
         name = "toto2-small" + ("" if block is None else f"-block{block}")
         out[name] = harness.TotoForecaster(model, options=ForecastOptions(decode_block_size=block))
     return out
