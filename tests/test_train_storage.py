@@ -1,7 +1,8 @@
 """Training runs against object storage (GCS emulator and moto S3 on loopback, tests/storage_servers.py), all
-on the Parquet corpus converted from the bundled NAB series: a run stopped by SIGTERM saves its step, exits 75
-and resumes bit-identically, on local disk and with both its corpus and its run directory in gs:// (each
-equals one uninterrupted local run); time-based checkpoints are pruned like step-based ones; the persistent
+on the Parquet corpus converted from the bundled NAB series: a run with both its corpus and its run directory in
+gs:// stopped by SIGTERM saves its step, exits 75 and resumes to equal one uninterrupted local run bit for bit
+(the same stop on local disk differs only in where orbax writes; a local resume is tested after SIGKILL in
+test_train_run.py); time-based checkpoints are pruned like step-based ones; the persistent
 compilation cache lives in a gs:// bucket; a missing bucket is refused before anything compiles, an s3://
 run directory with the reason (orbax writes array stores to local and gs:// paths only)."""
 
@@ -89,10 +90,9 @@ def runs(object_stores, tmp_path_factory):
     )  # fmt: skip
     assert uninterrupted.returncode == 0, uninterrupted.stdout + uninterrupted.stderr
     logs = tmp_path_factory.mktemp("victims")
-    local = stopped_and_resumed(tmp_path_factory.mktemp("stopped"), local_corpus, cache, env, logs / "local.txt")
     in_bucket = stopped_and_resumed(f"{bucket}/run", f"{bucket}/nab", cache, env, logs / "gs.txt")
     storage.filesystem(bucket).invalidate_cache()
-    return SimpleNamespace(straight=straight, local=local, in_bucket=in_bucket, cache=cache)
+    return SimpleNamespace(straight=straight, in_bucket=in_bucket, cache=cache)
 
 
 def assert_resumed_equals_straight(run, straight: Path) -> None:
@@ -107,10 +107,6 @@ def assert_resumed_equals_straight(run, straight: Path) -> None:
     resumed_losses = {r["step"]: r["loss"] for r in read_jsonl(f"{run.workdir}/metrics.jsonl")}
     after_stop = [step for step in straight_losses if step > run.stopped_at]
     assert after_stop and all(resumed_losses[step] == straight_losses[step] for step in after_stop)
-
-
-def test_sigterm_saves_the_step_and_the_restart_is_bit_identical(runs):
-    assert_resumed_equals_straight(runs.local, runs.straight)
 
 
 def test_run_from_a_bucket_into_a_bucket_stopped_and_resumed_equals_the_local_run(runs):
