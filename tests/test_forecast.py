@@ -280,10 +280,11 @@ def test_forecast_on_a_mesh_splits_the_weights_over_the_tensor_axis(pairs):
     assert programs.keys() == {"encode", "prefill", "advance"}
     for program in programs.values():
         assert "num_partitions=8" in program.as_text()
-    kernel = model.transformer.stages[0].layers[0].attention.wQKV.kernel  # [layers, embed, qkv, heads, head_dim]
+    # Decoding takes one weight array per layer: [embed, qkv, heads, head_dim] (the model's has [layers, ...] first).
+    kernel_shape = model.transformer.stages[0].layers[0].attention.wQKV.kernel.shape[1:]
     shardings = jax.tree_util.tree_leaves_with_path(programs["encode"].input_shardings[0][0])
     qkv = next(sharding for path, sharding in shardings if "['wQKV']['kernel']" in jax.tree_util.keystr(path))
-    assert qkv.shard_shape(kernel.shape)[3] == model.config.num_heads // 4
+    assert qkv.shard_shape(kernel_shape)[2] == model.config.num_heads // 4
     # [repeats, layers, rows, variate, tokens, heads, head_dim] of the first stage with time-wise layers
     cache = next(keys for keys in programs["encode"].out_info.cache.keys if keys is not None)
     assert cache.sharding.shard_shape(cache.shape)[2::3] == (cache.shape[2] // 2, model.config.num_heads // 4)
@@ -436,6 +437,28 @@ def test_varied_requests_reuse_one_compiled_program(pairs):
     single = forecast(model, series[1], 2 * patch, options=REFERENCE)
     assert single.mean.shape == (1, 3, 2 * patch)
     np.testing.assert_allclose(single.mean[0], forecast(model, series, 2 * patch, options=REFERENCE).mean[1], rtol=1e-5)
+
+
+def test_forecasts_follow_weights_updated_in_place(pairs):
+    """Forecasting keeps each model's weights split and placed between calls (with one array per layer); after
+    ``nnx.update`` gives the model other weights, the next forecast uses them, without recompiling."""
+    from flax import nnx
+
+    _, _, directory = pairs["mixture3_causal_patch"]
+    model = toto_jax.load(directory)
+    series, _, _ = make_inputs(model.config.patch_size)
+    horizon = 2 * model.config.patch_size
+    before = forecast(model, series, horizon, options=REFERENCE).mean
+    np.testing.assert_array_equal(forecast(model, series, horizon, options=REFERENCE).mean, before)
+    compiled = compiled_program_count()
+    scaled = jax.tree.map(lambda a: a * 1.01, nnx.state(model, nnx.Param))
+    fresh = toto_jax.load(directory)  # never forecast with the old weights
+    nnx.update(fresh, scaled)
+    expected = forecast(fresh, series, horizon, options=REFERENCE).mean
+    assert not np.allclose(expected, before)
+    nnx.update(model, scaled)
+    np.testing.assert_array_equal(forecast(model, series, horizon, options=REFERENCE).mean, expected)
+    assert compiled_program_count() == compiled
 
 
 def test_large_batches_are_split_by_memory_budget(pairs, capsys):

@@ -89,6 +89,9 @@ def test_forward_matches_reference(pair):
     held_out = np.random.default_rng(1).standard_normal(expected.distribution.mean.shape).astype(np.float32) * 2
     expected_log_prob = expected.distribution.log_prob(torch.as_tensor(held_out)).numpy()
     assert relative_error(actual.distribution.log_prob(held_out), expected_log_prob) <= TOLERANCE
+    # The copy forecasting decodes with (one weight array per layer) computes the same function.
+    unstacked = model.with_unstacked_layers()(series, padding_mask, id_mask, num_exogenous_variables=num_exogenous)
+    np.testing.assert_allclose(unstacked.distribution.mean, actual.distribution.mean, rtol=1e-6, atol=1e-6)
 
 
 def test_prefix_length_matches_reference(pair):

@@ -189,16 +189,16 @@ def test_memory_budget_splits_the_series_over_calls():
     """A budget too small for the batch splits it over calls with the same result; one that cannot hold a
     single series is refused by name."""
     _, model = _pair("gqa_variate_last")
-    from flax import nnx
-
     from toto_jax.forecasting.decode import working_bytes
+    from toto_jax.forecasting.placement import forecast_placement
     from toto_jax.forecasting.quantile import _PROGRAMS
+    from toto_jax.forecasting.weights import placed_weights
 
     x = _series(7)
     compiled = len(_PROGRAMS)
     whole = toto_jax.forecast(model, x, 12)
     assert len(_PROGRAMS) == compiled + 1
-    whole_bytes = working_bytes(list(_PROGRAMS.values())[-1], nnx.state(model))
+    whole_bytes = working_bytes(list(_PROGRAMS.values())[-1], placed_weights(model, forecast_placement(None)))
     split = toto_jax.forecast(model, x, 12, options=ForecastOptions(memory_budget=whole_bytes - 1))
     assert len(_PROGRAMS) == compiled + 2  # a program for one series at a time was compiled and used
     np.testing.assert_allclose(split.quantiles, whole.quantiles, rtol=1e-6)

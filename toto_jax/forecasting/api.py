@@ -8,7 +8,6 @@ import warnings
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from ..models import is_toto2
 from ..models.toto1 import Toto, validate_inputs
@@ -18,6 +17,7 @@ from .inputs import ForecastError, TimeIndex, prepare_context, read_rows
 from .options import ForecastOptions
 from .placement import Placement, forecast_placement
 from .preprocessing import clip_context_outliers, normalize_context, value_bounds
+from .weights import placed_weights
 
 # A horizon this many times the context or longer gets a warning: autoregressive paths that far out
 # mostly follow the model's own output.
@@ -317,8 +317,8 @@ class _Decoder:
         self.sampling = None if num_samples is None else options.sampling
         self.options = options
         self.placement = placement
-        self.graphdef, params = nnx.split(model)
-        self.params = placement.put_parameters(params)
+        self.weights = weights = placed_weights(model, placement)
+        self.params = weights.params
         self.context_length = placement.put(jnp.int32(context), rows=False)
         self.key = placement.put(jax.random.key(0), rows=False)
 
@@ -328,9 +328,9 @@ class _Decoder:
             self._compile(chunks)
             # The encoded contexts stay alive while their chunks of paths decode.
             held = 0 if self.encode is None else decode.output_bytes(self.encode)
-            needed = max([decode.working_bytes(self.prefill, self.params)]
-                         + [decode.working_bytes(p, self.params, held) for p in self.advances.values()]
-                         + ([] if self.encode is None else [decode.working_bytes(self.encode, self.params)]))
+            needed = max([decode.working_bytes(self.prefill, weights)]
+                         + [decode.working_bytes(p, weights, held) for p in self.advances.values()]
+                         + ([] if self.encode is None else [decode.working_bytes(self.encode, weights)]))
             if needed <= options.memory_budget:
                 break
             fewer = plan.smaller(chunks)
@@ -356,17 +356,16 @@ class _Decoder:
         rows = tuple(abstract((series,) + self.buffer.shape[1:], a.dtype) for a in (self.buffer, self.mask, self.group))
         encoded = self.encode = None
         if self.options.use_kv_cache:
-            arguments = (self.params, *rows, self.context_length)
-            self.encode = decode.compiled("encode", self.graphdef, (spec,), arguments, self.placement)
+            self.encode = decode.compiled("encode", self.weights, (spec,), (*rows, self.context_length), self.placement)
             encoded = self.encode.out_info
         bounds = None if self.low is None else abstract((series, shapes.variates, 1), np.float32)
         known = None if self.known is None else abstract((series,) + self.known.shape[1:], bool)
-        arguments = (self.params, encoded, *rows, bounds, bounds, known, abstract((series * chunks.paths,), np.uint32),
+        arguments = (encoded, *rows, bounds, bounds, known, abstract((series * chunks.paths,), np.uint32),
                      self.key, self.context_length)  # fmt: skip
-        self.prefill = decode.compiled("prefill", self.graphdef, (spec,), arguments, self.placement)
+        self.prefill = decode.compiled("prefill", self.weights, (spec,), arguments, self.placement)
         state = self.prefill.out_info
         self.advances = {
-            steps: decode.compiled("advance", self.graphdef, (spec, steps), (self.params, state), self.placement)
+            steps: decode.compiled("advance", self.weights, (spec, steps), (state,), self.placement)
             for steps in {shapes.first_steps - 1, plan.SEGMENT_STEPS if shapes.segments else 0} - {0}
         }
 

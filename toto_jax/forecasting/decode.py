@@ -20,13 +20,13 @@ being generated.
   buffer. Only the last patch goes through unembedding and the head.
 
 Programs are compiled ahead of time per shape and kept in ``_PROGRAMS``, so the planner can read each
-one's memory use (``working_bytes``) before running it.
+one's memory use (``working_bytes``) before running it. They take the model's weights as
+``weights.placed_weights`` keeps them (Toto 1.0's with one weight array per layer).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import jax
 import jax.numpy as jnp
@@ -35,6 +35,7 @@ from flax import nnx
 from ..models.toto1 import KVCache, Toto
 from ..models.toto1.distribution import AffineTransformed
 from .sampling import draw
+from .weights import Weights, signature
 
 
 @dataclasses.dataclass(frozen=True)
@@ -196,35 +197,37 @@ _FUNCTIONS = {
 _PROGRAMS: dict = {}
 
 
-def _signature(tree):
-    def leaf(a):
-        return (a.shape, str(a.dtype), str(getattr(a, "sharding", None))) if hasattr(a, "shape") else a
-
-    return tuple(leaf(a) for a in jax.tree.leaves(tree)), str(jax.tree.structure(tree))
-
-
-def compiled(kind: str, graphdef, static: tuple, arguments: tuple, placement):
-    """The compiled ``encode``, ``prefill`` or ``advance`` program for these static values, argument shapes and
-    placement (``placement.Placement``)."""
-    cache_key = (kind, graphdef, static, _signature(arguments), placement.key)
+def compiled(kind: str, weights: Weights, static: tuple, arguments: tuple, placement):
+    """The compiled ``encode``, ``prefill`` or ``advance`` program for these weights (the first argument), static
+    values, argument shapes and placement (``placement.Placement``)."""
+    cache_key = (kind, weights.key, static, signature(arguments), placement.key)
     program = _PROGRAMS.get(cache_key)
     if program is None:
-        program = placement.compile(_FUNCTIONS[kind], graphdef, *static, *arguments)
+        program = placement.compile(_FUNCTIONS[kind], weights.graphdef, *static, weights.params, *arguments)
         _PROGRAMS[cache_key] = program
     return program
 
 
-def working_bytes(program, params, held: int = 0) -> int:
+_MEMORY: dict = {}
+
+
+def _memory(program):
+    """XLA's buffer assignment of a compiled program (asking XLA costs milliseconds, so once per program)."""
+    if program not in _MEMORY:
+        _MEMORY[program] = program.memory_analysis()
+    return _MEMORY[program]
+
+
+def working_bytes(program, weights: Weights, held: int = 0) -> int:
     """Memory a compiled program needs on one device beyond that device's share of the model's weights (XLA's
     own buffer assignment), plus ``held`` bytes that stay alive beside it."""
-    stats = program.memory_analysis()
-    weights = sum(math.prod(a.sharding.shard_shape(a.shape)) * a.dtype.itemsize for a in jax.tree.leaves(params))
-    return int(stats.temp_size_in_bytes + stats.argument_size_in_bytes - weights + stats.output_size_in_bytes
-               - stats.alias_size_in_bytes + held)  # fmt: skip
+    stats = _memory(program)
+    return int(stats.temp_size_in_bytes + stats.argument_size_in_bytes - weights.device_bytes
+               + stats.output_size_in_bytes - stats.alias_size_in_bytes + held)  # fmt: skip
 
 
 def output_bytes(program) -> int:
-    return int(program.memory_analysis().output_size_in_bytes)
+    return int(_memory(program).output_size_in_bytes)
 
 
 def compiled_program_count() -> int:

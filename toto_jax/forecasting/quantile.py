@@ -4,15 +4,14 @@ stay within the memory budget, and quantiles mapped back to data space."""
 
 from __future__ import annotations
 
-import jax
 import numpy as np
-from flax import nnx
 
 from ..models.toto2.config import QUANTILE_LEVELS
 from ..models.toto2.forecast import QuantileSpec, compiled_forecast
 from . import decode
 from .covariates import known_future, target_index
 from .inputs import ForecastError
+from .weights import Weights, placed_weights, signature
 
 # The mean of the distribution whose quantile function is linear between the knots 0.1 ... 0.9 and flat
 # beyond them: 0.1 of mass at each outer knot, plus the trapezoid rule in between.
@@ -21,11 +20,10 @@ MEAN_WEIGHTS = np.array([0.15] + [0.1] * 7 + [0.15])
 _PROGRAMS: dict = {}
 
 
-def _program(graphdef, spec: QuantileSpec, arguments: tuple, placement):
-    key = (graphdef, spec, tuple((a.shape, a.dtype, str(a.sharding)) for a in jax.tree.leaves(arguments)),
-           placement.key)  # fmt: skip
+def _program(weights: Weights, spec: QuantileSpec, arguments: tuple, placement):
+    key = (weights.key, spec, signature(arguments), placement.key)
     if key not in _PROGRAMS:
-        _PROGRAMS[key] = placement.compile(compiled_forecast, graphdef, spec, *arguments)
+        _PROGRAMS[key] = placement.compile(compiled_forecast, weights.graphdef, spec, weights.params, *arguments)
     return _PROGRAMS[key]
 
 
@@ -58,14 +56,14 @@ def forecast_quantile_model(model, prepared, horizon: int, options, placement, f
         is_target[:, targets:] = False
     series_ids = prepared.ids[:, :, -1]
 
-    graphdef, state = nnx.split(model)
-    state = placement.put_parameters(state)
+    weights = placed_weights(model, placement)
+    state = weights.params
     arrays = (values, valid, future, future_mask, series_ids, is_target)
     chunk = placement.row_multiple(batch)
     while True:
         shapes = tuple(placement.abstract((chunk,) + a.shape[1:], a.dtype) for a in arrays)
-        program = _program(graphdef, spec, (state, *shapes), placement)
-        needed = decode.working_bytes(program, state)
+        program = _program(weights, spec, shapes, placement)
+        needed = decode.working_bytes(program, weights)
         if needed <= options.memory_budget:
             break
         if chunk <= placement.count:

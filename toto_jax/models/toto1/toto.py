@@ -128,6 +128,13 @@ class Toto(nnx.Module):
         # [..., patches, patch_size, parameters] -> [..., patches * patch_size, parameters]
         return head.from_projected(projected.reshape(*projected.shape[:-3], -1, projected.shape[-1]))
 
+    def with_unstacked_layers(self) -> Toto:
+        """A copy for decoding whose transformer holds one weight array per layer (``Transformer.with_unstacked_stages``;
+        the copy's transformer weights are new arrays, the others shared)."""
+        copy = nnx.merge(*nnx.split(self))
+        copy.transformer = self.transformer.with_unstacked_stages()
+        return copy
+
     def init_cache(self, batch: int, variate: int, max_tokens: int, dtype=jnp.float32) -> KVCache:
         return KVCache.create(self.config, batch, variate, max_tokens + self.num_prepended_tokens, dtype)
 

@@ -4,6 +4,10 @@ Layers are grouped into *stages* whose parameters are stacked along a leading ``
 with ``lax.scan``, so compile time does not grow with depth (stages of a few repeats are unrolled):
 - several repeats of the ``spacewise_every_n_layers`` block -> one stage scanning over the blocks;
 - a single block (Toto-Open-Base: 1 variate layer + 11 time layers) -> one stage per run of equal layers.
+
+``Transformer.with_unstacked_stages`` gives forecasting a copy whose stages hold one block (and weight arrays)
+per repeat: a layer's weights inside a scanned or sliced stack are copied out before every matmul (XLA
+CPU), which doubles the cost of weight-bound decode steps.
 """
 
 from __future__ import annotations
@@ -28,8 +32,8 @@ VARIATE = "variate"
 # Without a KV cache (training, whole-series forward), stages of at most this many repeats run as a Python
 # loop: a scanned stage stacks every step's saved activations into [repeats, ...] buffers for the backward
 # pass (filled, written and sliced again), which a short stage does not need to bound its compile time.
-# Cached decoding keeps the scan: there the loop's static weight slices are copied before each matmul
-# (2.3x slower on weight-bound 7-row steps, CPU); the scan reads its weights about as fast as unstacked ones.
+# Cached decoding on stacked weights keeps the scan: a loop's static weight slices are copied before each
+# matmul too, and more slowly than the scan's dynamic ones.
 UNROLLED_STAGE_REPEATS = 4
 
 
@@ -186,6 +190,20 @@ class Block(nnx.Module):
         return x, new_cache
 
 
+def _unstacked_blocks(stage: Stage, blocks: Block, config: TotoConfig) -> nnx.List:
+    """The ``stage.repeats`` blocks of a stacked stage as separate modules, each with its own weight arrays (and
+    logical axes without ``layers``)."""
+    graphdef, template = nnx.split(nnx.eval_shape(lambda: Block(stage.pattern, config, rngs=nnx.Rngs(0))))
+    stacked = nnx.to_flat_state(nnx.state(blocks))
+    if [path for path, _ in stacked] != [path for path, _ in nnx.to_flat_state(template)]:
+        raise ValueError("a stacked stage and its block differ in parameters")
+    structure = jax.tree.structure(template)
+    return nnx.List([
+        nnx.merge(graphdef, jax.tree.unflatten(structure, [variable[...][repeat] for _, variable in stacked]))
+        for repeat in range(stage.repeats)
+    ])  # fmt: skip
+
+
 def _stacked_blocks(stage: Stage, config: TotoConfig, rngs: nnx.Rngs) -> Block:
     @nnx.split_rngs(splits=stage.repeats)
     @nnx.vmap(in_axes=(0,), out_axes=0, axis_size=stage.repeats, transform_metadata={nnx.PARTITION_NAME: "layers", "logical_axes": "layers"})
@@ -199,6 +217,13 @@ class Transformer(nnx.Module):
     def __init__(self, config: TotoConfig, *, rngs: nnx.Rngs):
         self.config = config
         self.stages = nnx.List([_stacked_blocks(stage, config, rngs) for stage in stage_layout(config)])
+
+    def with_unstacked_stages(self) -> Transformer:
+        """A copy (its own weight arrays, sliced once) whose stages are lists of blocks, run as a Python loop."""
+        copy = nnx.merge(*nnx.split(self))
+        copy.stages = nnx.List([_unstacked_blocks(stage, blocks, self.config)
+                                for stage, blocks in zip(stage_layout(self.config), self.stages)])  # fmt: skip
+        return copy
 
     def __call__(self, x, token_ids, cache: KVCache | None = None, dropout_key=None):
         """x: [batch, variate, tokens, embed]; token_ids: [batch, variate, tokens]."""
@@ -214,7 +239,8 @@ class Transformer(nnx.Module):
         x = constrain(x, ("batch", "variate", "time", "activation_embed"))
         new_keys, new_values = [], []
         for index, (stage, blocks) in enumerate(zip(stage_layout(config), self.stages)):
-            graphdef, params = nnx.split(blocks)
+            unstacked = isinstance(blocks, nnx.List)
+            graphdef, params = nnx.split(blocks[0] if unstacked else blocks)
             stage_cache = None
             if cache is not None and cache.keys[index] is not None:
                 stage_cache = (cache.keys[index], cache.values[index])
@@ -231,16 +257,17 @@ class Transformer(nnx.Module):
 
             if config.remat:
                 step = jax.checkpoint(step, prevent_cse=False)
-            xs = (params, stage_cache, stage_keys)
-            if cache is None and stage.repeats <= UNROLLED_STAGE_REPEATS:
+            if unstacked or (cache is None and stage.repeats <= UNROLLED_STAGE_REPEATS):
                 # A Python loop: ``scan(unroll=True)`` would still stack the saved activations.
                 outputs = []
                 for repeat in range(stage.repeats):
-                    x, output = step(x, jax.tree.map(lambda a, repeat=repeat: a[repeat], xs))
+                    block_params = nnx.state(blocks[repeat]) if unstacked else jax.tree.map(lambda a: a[repeat], params)
+                    per_repeat = jax.tree.map(lambda a, repeat=repeat: a[repeat], (stage_cache, stage_keys))
+                    x, output = step(x, (block_params, *per_repeat))
                     outputs.append(output)
                 stage_cache = jax.tree.map(lambda *a: jnp.stack(a), *outputs)
             else:
-                x, stage_cache = jax.lax.scan(step, x, xs)
+                x, stage_cache = jax.lax.scan(step, x, (params, stage_cache, stage_keys))
             new_keys.append(None if stage_cache is None else stage_cache[0])
             new_values.append(None if stage_cache is None else stage_cache[1])
         if cache is not None:

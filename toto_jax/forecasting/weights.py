@@ -1,0 +1,72 @@
+"""A model's weights as the compiled forecast programs take them: split, placed, and kept between calls.
+
+Splitting a model, placing 600 MB of parameters and hashing their shapes for the program caches took longer
+than the Python side of a whole forecast of the bundled model, so it happens once per model and placement,
+and again only when the model's arrays change (``nnx.update`` gives a Variable a new array).
+
+Toto 1.0 decodes on ``Toto.with_unstacked_layers()``: a layer's weights read out of a stacked stage are
+copied before each of its matmuls (XLA CPU), which doubles the cost of a weight-bound decode step. That copy
+of the transformer weights lives beside the model's, as much memory again, for as long as the model does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import weakref
+
+import jax
+from flax import nnx
+
+from ..models.toto1 import Toto
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Weights:
+    graphdef: object
+    params: object
+    key: CachedHash  # the graph and the params' shapes and shardings: what compiled programs depend on
+    device_bytes: int  # of one device's share of the params
+
+
+class CachedHash:
+    """A hashable value whose (costly: a model's whole graph) hash is computed once."""
+
+    __slots__ = ("value", "_hash")
+
+    def __init__(self, value):
+        self.value, self._hash = value, hash(value)
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, CachedHash) and self._hash == other._hash and self.value == other.value
+
+
+def signature(tree) -> tuple:
+    """Shapes, dtypes and shardings of a tree's arrays, and its structure: what a compiled program is specific to."""
+
+    def leaf(a):
+        return (a.shape, str(a.dtype), str(getattr(a, "sharding", None))) if hasattr(a, "shape") else a
+
+    return tuple(leaf(a) for a in jax.tree.leaves(tree)), str(jax.tree.structure(tree))
+
+
+_HELD: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def placed_weights(model, placement) -> Weights:
+    """``model``'s weights for the forecast programs under ``placement`` (``placement.Placement``)."""
+    arrays = jax.tree.leaves(model)  # nnx modules are pytrees: a tenth of the time nnx.state takes
+    held = _HELD.get(model)
+    if held is not None and held[0] == placement.key and len(held[1]) == len(arrays):
+        if all(a is b for a, b in zip(held[1], arrays)):
+            return held[2]
+    decoding = model.with_unstacked_layers() if isinstance(model, Toto) else model
+    graphdef, params = nnx.split(decoding)
+    params = placement.put_parameters(params)
+    device_bytes = sum(math.prod(a.sharding.shard_shape(a.shape)) * a.dtype.itemsize for a in jax.tree.leaves(params))
+    weights = Weights(graphdef, params, CachedHash((graphdef, signature(params))), device_bytes)
+    _HELD[model] = (placement.key, arrays, weights)
+    return weights
