@@ -31,3 +31,15 @@ def object_stores():
 
     with running_object_stores() as stores:
         yield stores
+
+
+# Files whose module fixtures train or launch processes (a minute or more each under `make test`), slowest
+# first: `--dist loadfile` hands files out in collection order, so the two workers then finish together
+# instead of one waiting alone on a heavy file collected last.
+SLOWEST_FILES_FIRST = ("test_train_storage.py", "test_train_run.py", "test_distributed.py", "test_finetune.py",
+                       "test_tabular.py", "test_eval_harness.py", "test_forecast.py")  # fmt: skip
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: position for position, name in enumerate(SLOWEST_FILES_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: files keep their own order
