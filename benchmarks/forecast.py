@@ -4,12 +4,14 @@
 
 Shape: Toto-Open-Base-1.0 (151M parameters), 7 variates, context 512, horizon 96, (a) the mean path,
 (b) ``--samples`` sample paths, (c) the same with comonotone sampling (the reference has only
-independent draws, so (c) is compared with its (b)). A random reference model is saved as a checkpoint and each side runs in
-its own subprocess (so peak memory is per side) on the same checkpoint: the reference through
-``TotoForecaster.forecast`` with its KV cache and all samples in one batch (its fastest setting), this
-project through ``toto_jax.forecast`` with ``ForecastOptions.reference()``. Prints the load average before
-and after (a ratio measured above the core count is not a result), warm median times, compile time (first call minus the warm
-median), peak resident memory and the reference / toto-jax ratio.
+independent draws, so (c) is compared with its (b)), (d) the mean path of the model loaded with
+``dtype="bfloat16"`` (against the reference's float32 mean path, with the largest difference from (a)).
+A random reference model is saved as a checkpoint and each side runs in its own subprocess (so peak memory
+is per side) on the same checkpoint: the reference through ``TotoForecaster.forecast`` with its KV cache and
+all samples in one batch (its fastest setting), this project through ``toto_jax.forecast`` with
+``ForecastOptions.reference()``. Prints the load average before and after (a ratio measured above the core
+count is not a result), warm median times, compile time (first call minus the warm median), peak resident
+memory and the reference / toto-jax ratio.
 """
 
 from __future__ import annotations
@@ -91,8 +93,16 @@ def run_jax(checkpoint: Path, samples: int, repeats: int) -> dict:
 
         out[mode] = timed(call, repeats)
         assert np.all(np.isfinite(result["forecast"].mean))
+        if mode == "mean":
+            mean = result["forecast"].mean
     out["peak_rss_mib"] = peak_rss_mib()
     out["rss_before_mib"] = base
+    # bfloat16 compute (load(dtype=)): decoding stores its weights in bfloat16; last, so the peaks above are float32's
+    half = toto_jax.load(checkpoint, dtype="bfloat16")
+    options = toto_jax.ForecastOptions.reference()
+    out["mean_bfloat16"] = timed(lambda: result.update(half=toto_jax.forecast(half, series, HORIZON, options=options)),
+                                 repeats)  # fmt: skip
+    out["mean_bfloat16"]["relative_difference"] = float(np.max(np.abs(result["half"].mean - mean)) / np.max(np.abs(mean)))
     return out
 
 
@@ -178,6 +188,10 @@ def main() -> None:
         ratio = reference["warm_s"] / jax_side["warm_s"]
         print(f"{label:<16}{reference['warm_s']:>12.3f}{jax_side['warm_s']:>12.3f}{jax_side['compile_s']:>15.2f}"
               f"{ratio:>9.1f}x")  # fmt: skip
+    half, reference = results["jax"]["mean_bfloat16"], results["reference"]["mean"]
+    print(f"{'mean, bfloat16':<16}{reference['warm_s']:>12.3f}{half['warm_s']:>12.3f}{half['compile_s']:>15.2f}"
+          f"{reference['warm_s'] / half['warm_s']:>9.1f}x  (toto-jax load(dtype='bfloat16') against the float32 "
+          f"reference; max |difference| / max |mean| {half['relative_difference']:.1e})")  # fmt: skip
     for side in ("reference", "jax"):
         r = results[side]
         print(f"peak RSS {side:<10}{r['peak_rss_mib']:>8.0f} MiB "

@@ -8,6 +8,7 @@ Compiles dominate the run time, so the inputs of the tests share shape buckets w
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
@@ -21,6 +22,7 @@ from toto_jax.forecasting.decode import compiled_program_count
 from toto_jax.forecasting.preprocessing import clip_context_outliers
 
 TOLERANCE = 1e-4
+BFLOAT16_TOLERANCE = 1e-2  # bfloat16 compute against float32: 5e-4 to 4e-3 measured on the CONFIGS models
 REFERENCE = ForecastOptions.reference()  # every parity test forecasts with the reference's semantics
 
 CONFIGS = {
@@ -459,6 +461,27 @@ def test_forecasts_follow_weights_updated_in_place(pairs):
     nnx.update(model, scaled)
     np.testing.assert_array_equal(forecast(model, series, horizon, options=REFERENCE).mean, expected)
     assert compiled_program_count() == compiled
+
+
+def test_bfloat16_models_decode_on_bfloat16_weights(pairs):
+    """A model loaded with ``dtype="bfloat16"`` casts its float32 weights to bfloat16 at every matmul; the weights
+    its forecasts decode on are stored cast (about half the bytes; the head stays float32), and its mean path
+    stays within BFLOAT16_TOLERANCE of the float32 model's."""
+    from toto_jax.forecasting.placement import forecast_placement
+    from toto_jax.forecasting.weights import placed_weights
+
+    _, model, directory = pairs["mixture3_causal_patch"]
+    half = toto_jax.load(directory, dtype="bfloat16")
+    placement = forecast_placement(None)
+    full_weights, half_weights = placed_weights(model, placement), placed_weights(half, placement)
+    assert half_weights.params["unembed"]["kernel"].dtype == jnp.bfloat16
+    assert half_weights.params["output_distribution"]["loc_proj"]["kernel"].dtype == jnp.float32
+    assert half_weights.device_bytes < 0.6 * full_weights.device_bytes
+    assert model.unembed.kernel.dtype == half.unembed.kernel.dtype == jnp.float32  # the models keep theirs
+    series, padding_mask, id_mask = make_inputs(model.config.patch_size)
+    arguments = dict(padding_mask=padding_mask, id_mask=id_mask, options=REFERENCE)
+    full = forecast(model, series, 2 * model.config.patch_size, **arguments).mean
+    assert relative_error(forecast(half, series, 2 * model.config.patch_size, **arguments).mean, full) <= BFLOAT16_TOLERANCE
 
 
 def test_large_batches_are_split_by_memory_budget(pairs, capsys):

@@ -7,6 +7,8 @@ and again only when the model's arrays change (``nnx.update`` gives a Variable a
 Toto 1.0 decodes on ``Toto.with_unstacked_layers()``: a layer's weights read out of a stacked stage are
 copied before each of its matmuls (XLA CPU), which doubles the cost of a weight-bound decode step. That copy
 of the transformer weights lives beside the model's, as much memory again, for as long as the model does.
+A model loaded with ``dtype="bfloat16"`` casts its float32 weights to bfloat16 at every matmul; its decoding
+copy stores them cast, which halves the bytes a decode step reads (the head stays float32).
 """
 
 from __future__ import annotations
@@ -16,8 +18,10 @@ import math
 import weakref
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
+from ..layers.linear import Dense
 from ..models.toto1 import Toto
 
 
@@ -65,8 +69,20 @@ def placed_weights(model, placement) -> Weights:
             return held[2]
     decoding = model.with_unstacked_layers() if isinstance(model, Toto) else model
     graphdef, params = nnx.split(decoding)
+    if isinstance(model, Toto):
+        params = _stored_in_compute_dtype(decoding, params)
     params = placement.put_parameters(params)
     device_bytes = sum(math.prod(a.sharding.shard_shape(a.shape)) * a.dtype.itemsize for a in jax.tree.leaves(params))
     weights = Weights(graphdef, params, CachedHash((graphdef, signature(params))), device_bytes)
     _HELD[model] = (placement.key, arrays, weights)
     return weights
+
+
+def _stored_in_compute_dtype(model: Toto, params):
+    """``params`` with the weights of Dense layers that compute in a narrower dtype stored in it (new Variables:
+    the model's own are shared with its decoding copy)."""
+    narrow = {path: module.dtype for path, module in nnx.iter_graph(model)
+              if isinstance(module, Dense) and jnp.dtype(module.dtype).itemsize < 4}  # fmt: skip
+    flat = [(path, variable.replace(variable[...].astype(narrow[path[:-1]])) if path[:-1] in narrow else variable)
+            for path, variable in nnx.to_flat_state(params)]  # fmt: skip
+    return nnx.from_flat_state(flat)

