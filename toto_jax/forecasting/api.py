@@ -318,7 +318,6 @@ class _Decoder:
         self.options = options
         self.placement = placement
         self.weights = weights = placed_weights(model, placement)
-        self.params = weights.params
         self.context_length = placement.put(jnp.int32(context), rows=False)
         self.key = placement.put(jax.random.key(0), rows=False)
 
@@ -381,24 +380,24 @@ class _Decoder:
             bar = tqdm(total=units, desc="forecast", unit="segment")
         out = np.empty((self.batch, self.total_paths, self.variates, shapes.steps * self.patch), np.float32)
         encoded, encoded_series = None, None
-        put = self.placement.put
+        put, params = self.placement.put, self.weights.params
         for first_series, first_path in self.calls:
             stop = min(first_series + chunks.series, self.batch)
             rows = [put(_pad_rows(a[first_series:stop], self.series_size)) for a in (self.buffer, self.mask, self.group)]
             extras = [None if b is None else put(_pad_rows(b[first_series:stop], self.series_size))
                       for b in (self.low, self.high, self.known)]  # fmt: skip
             if self.encode is not None and encoded_series != first_series:  # once per chunk of series
-                encoded, encoded_series = self.encode(self.params, *rows, self.context_length), first_series
+                encoded, encoded_series = self.encode(params, *rows, self.context_length), first_series
             # Row (series s, path p) draws from stream s * num_samples + p, whatever the chunking.
             streams = (first_series + np.arange(self.series_size))[:, None] * self.total_paths + first_path
             row_keys = put((streams + np.arange(chunks.paths)[None]).reshape(-1).astype(np.uint32))
-            state = self.prefill(self.params, encoded, *rows, *extras, row_keys, key, self.context_length)
+            state = self.prefill(params, encoded, *rows, *extras, row_keys, key, self.context_length)
             if shapes.first_steps > 1:
-                state = self.advances[shapes.first_steps - 1](self.params, state)
+                state = self.advances[shapes.first_steps - 1](params, state)
             for _ in range(shapes.segments):
                 if bar is not None:
                     bar.update()
-                state = self.advances[plan.SEGMENT_STEPS](self.params, state)
+                state = self.advances[plan.SEGMENT_STEPS](params, state)
             if bar is not None:
                 bar.update()
             generated = np.asarray(state.buffer)[:, : self.variates, self.context : self.context + shapes.steps * self.patch]

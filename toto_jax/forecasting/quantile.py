@@ -57,7 +57,6 @@ def forecast_quantile_model(model, prepared, horizon: int, options, placement, f
     series_ids = prepared.ids[:, :, -1]
 
     weights = placed_weights(model, placement)
-    state = weights.params
     arrays = (values, valid, future, future_mask, series_ids, is_target)
     chunk = placement.row_multiple(batch)
     while True:
@@ -79,7 +78,7 @@ def forecast_quantile_model(model, prepared, horizon: int, options, placement, f
         rows = [a[start:stop] for a in arrays]
         if stop - start < chunk:  # the last chunk reuses the program: pad with copies of its last series
             rows = [np.concatenate([r, np.repeat(r[-1:], chunk - len(r), axis=0)]) for r in rows]
-        out[:, start:stop] = np.asarray(program(state, *placement.put(rows)))[:, : stop - start]
+        out[:, start:stop] = np.asarray(program(weights.params, *placement.put(rows)))[:, : stop - start]
 
     window = prepared.trailing[:, None, None] + np.arange(horizon)
     out = np.take_along_axis(out, np.broadcast_to(window, out.shape[:3] + (horizon,)), axis=-1)

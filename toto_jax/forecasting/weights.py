@@ -67,10 +67,12 @@ def placed_weights(model, placement) -> Weights:
     if held is not None and held[0] == placement.key and len(held[1]) == len(arrays):
         if all(a is b for a, b in zip(held[1], arrays)):
             return held[2]
-    decoding = model.with_unstacked_layers() if isinstance(model, Toto) else model
-    graphdef, params = nnx.split(decoding)
     if isinstance(model, Toto):
+        decoding = model.with_unstacked_layers()
+        graphdef, params = nnx.split(decoding)
         params = _stored_in_compute_dtype(decoding, params)
+    else:
+        graphdef, params = nnx.split(model)
     params = placement.put_parameters(params)
     device_bytes = sum(math.prod(a.sharding.shard_shape(a.shape)) * a.dtype.itemsize for a in jax.tree.leaves(params))
     weights = Weights(graphdef, params, CachedHash((graphdef, signature(params))), device_bytes)

@@ -129,8 +129,9 @@ class Toto(nnx.Module):
         return head.from_projected(projected.reshape(*projected.shape[:-3], -1, projected.shape[-1]))
 
     def with_unstacked_layers(self) -> Toto:
-        """A copy for decoding whose transformer holds one weight array per layer (``Transformer.with_unstacked_stages``;
-        the copy's transformer weights are new arrays, the others shared)."""
+        """A copy for decoding whose transformer holds one weight array per layer
+        (``Transformer.with_unstacked_stages``). Its other Variables are this model's own objects: replace their
+        values only in a split state."""
         copy = nnx.merge(*nnx.split(self))
         copy.transformer = self.transformer.with_unstacked_stages()
         return copy
