@@ -17,15 +17,29 @@ from ...layers.linear import Dense
 _EPS = float(jnp.finfo(jnp.float32).eps)
 
 
+def log_gamma_half_ratio(a):
+    """``lgamma(a) - lgamma(a + 1/2)`` for a > 0, to ~1e-6 absolute in float32.
+
+    The two log-gammas cancel for large a (in float32 their difference is off by 1e-4 at a = 500 and by
+    whole units beyond 1e5), and XLA's lgamma and its derivative digamma are long kernels. Instead: the
+    asymptotic series of the ratio at a + 7 >= 7 (truncation error < 2e-9) and the recurrence
+    Gamma(x + 1) = x Gamma(x) back down to a, whose seven factors (1 + 1/(2(a + i))) stay near 1.
+    Its gradient is the exact derivative of these few elementwise terms, not a digamma.
+    """
+    shift = 7
+    x = a + shift
+    inverse = 1.0 / x
+    inverse2 = inverse * inverse
+    series = inverse * (1 / 8 - inverse2 * (1 / 192 - inverse2 * (1 / 640 - inverse2 * (17 / 14336))))
+    factors = 1.0
+    for i in range(shift):
+        factors = factors * (1.0 + 0.5 / (a + i))
+    return series - 0.5 * jnp.log(x) + jnp.log(factors)
+
+
 def student_t_log_prob(x, df, loc, scale):
     y = (x - loc) / scale
-    normaliser = (
-        jnp.log(scale)
-        + 0.5 * jnp.log(df)
-        + 0.5 * math.log(math.pi)
-        + jax.scipy.special.gammaln(0.5 * df)
-        - jax.scipy.special.gammaln(0.5 * (df + 1.0))
-    )
+    normaliser = jnp.log(scale) + 0.5 * jnp.log(df) + 0.5 * math.log(math.pi) + log_gamma_half_ratio(0.5 * df)
     return -0.5 * (df + 1.0) * jnp.log1p(y**2 / df) - normaliser
 
 
@@ -34,12 +48,8 @@ _TINY = 1e-30
 
 
 def _log_beta_half(df):
-    """log B(df/2, 1/2), stable for large df (where the difference of two log-gammas cancels)."""
-    a = 0.5 * df
-    direct = jax.scipy.special.gammaln(a) - jax.scipy.special.gammaln(a + 0.5)
-    inverse = 1.0 / jnp.maximum(a, 1.0)
-    asymptotic = -0.5 * jnp.log(jnp.maximum(a, 1.0)) + inverse / 8 - inverse**3 / 192 + inverse**5 / 640
-    return 0.5 * math.log(math.pi) + jnp.where(a > 8.0, asymptotic, direct)
+    """log B(df/2, 1/2)."""
+    return 0.5 * math.log(math.pi) + log_gamma_half_ratio(0.5 * df)
 
 
 def _student_t_standard_cdf(y, df, log_beta):
