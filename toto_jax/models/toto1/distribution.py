@@ -37,19 +37,19 @@ def log_gamma_half_ratio(a):
     return series - 0.5 * jnp.log(x) + jnp.log(factors)
 
 
+def _log_beta_half(df):
+    """log B(df/2, 1/2)."""
+    return 0.5 * math.log(math.pi) + log_gamma_half_ratio(0.5 * df)
+
+
 def student_t_log_prob(x, df, loc, scale):
     y = (x - loc) / scale
-    normaliser = jnp.log(scale) + 0.5 * jnp.log(df) + 0.5 * math.log(math.pi) + log_gamma_half_ratio(0.5 * df)
+    normaliser = jnp.log(scale) + 0.5 * jnp.log(df) + _log_beta_half(df)
     return -0.5 * (df + 1.0) * jnp.log1p(y**2 / df) - normaliser
 
 
 _CONTINUED_FRACTION_TERMS = 12
 _TINY = 1e-30
-
-
-def _log_beta_half(df):
-    """log B(df/2, 1/2)."""
-    return 0.5 * math.log(math.pi) + log_gamma_half_ratio(0.5 * df)
 
 
 def _student_t_standard_cdf(y, df, log_beta):
