@@ -1,6 +1,7 @@
-"""Forecast latency of toto-jax against the PyTorch reference, same CPU, same (random) weights.
+"""Forecast latency of toto-jax against the PyTorch reference, same device, same (random) weights.
 
     python benchmarks/forecast.py [--repeats 3] [--reference-repeats 2] [--samples 64]
+    JAX_PLATFORMS=cuda python benchmarks/forecast.py ...   # both sides on the first GPU
 
 Shape: Toto-Open-Base-1.0 (151M parameters), 7 variates, context 512, horizon 96, (a) the mean path,
 (b) ``--samples`` sample paths, (c) the same with comonotone sampling (the reference has only
@@ -9,9 +10,11 @@ independent draws, so (c) is compared with its (b)), (d) the mean path of the mo
 A random reference model is saved as a checkpoint and each side runs in its own subprocess (so peak memory
 is per side) on the same checkpoint: the reference through ``TotoForecaster.forecast`` with its KV cache and
 all samples in one batch (its fastest setting), this project through ``toto_jax.forecast`` with
-``ForecastOptions.reference()``. Prints the load average before and after (a ratio measured above the core
-count is not a result), warm median times, compile time (first call minus the warm median), peak resident
-memory and the reference / toto-jax ratio.
+``ForecastOptions.reference()``. JAX_PLATFORMS (default cpu) picks the device of both sides: on a GPU the
+reference runs on CUDA with torch's "high" (TF32) float32 matmuls, as JAX multiplies float32 there by
+default. Prints the load average before and after (a ratio measured above the core count is not a result),
+warm median times, compile time (first call minus the warm median), peak resident memory (and on a GPU
+peak device memory) and the reference / toto-jax ratio.
 """
 
 from __future__ import annotations
@@ -59,7 +62,12 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux reports KiB
 
 
+def on_gpu() -> bool:
+    return os.environ.get("JAX_PLATFORMS", "cpu") in ("cuda", "gpu")
+
+
 def timed(call, repeats: int) -> dict:
+    """First call and warm median; ``call`` returns only once the device has finished."""
     start = time.perf_counter()
     call()
     first = time.perf_counter() - start
@@ -73,6 +81,7 @@ def timed(call, repeats: int) -> dict:
 
 
 def run_jax(checkpoint: Path, samples: int, repeats: int) -> dict:
+    import jax
     import numpy as np
 
     import toto_jax
@@ -97,6 +106,8 @@ def run_jax(checkpoint: Path, samples: int, repeats: int) -> dict:
             mean = result["forecast"].mean
     out["peak_rss_mib"] = peak_rss_mib()
     out["rss_before_mib"] = base
+    if on_gpu():
+        out["device_peak_mib"] = jax.devices()[0].memory_stats()["peak_bytes_in_use"] / 2**20
     # bfloat16 compute (load(dtype=)): decoding stores its weights in bfloat16; last, so the peaks above are float32's
     half = toto_jax.load(checkpoint, dtype="bfloat16")
     options = toto_jax.ForecastOptions.reference()
@@ -120,7 +131,10 @@ def run_reference(checkpoint: Path, samples: int, repeats: int) -> dict:
         warnings.simplefilter("ignore")
         model = ReferenceToto(**config)
     model.load_state_dict(safetensors.torch.load_file(str(checkpoint / "model.safetensors")))
-    model.eval()
+    device = torch.device("cuda" if on_gpu() else "cpu")
+    if on_gpu():
+        torch.set_float32_matmul_precision("high")
+    model.eval().to(device)
     forecaster = TotoForecaster(model.model)
     series = torch.tensor(inputs())
     batch = MaskedTimeseries(
@@ -129,7 +143,7 @@ def run_reference(checkpoint: Path, samples: int, repeats: int) -> dict:
         id_mask=torch.zeros_like(series, dtype=torch.int),
         timestamp_seconds=torch.zeros_like(series, dtype=torch.int64),
         time_interval_seconds=torch.ones(series.shape[:2], dtype=torch.int64),
-    )
+    ).to(device)
     base = peak_rss_mib()
     out = {}
     for mode, num_samples in (("mean", None), ("samples", samples)):
@@ -139,10 +153,14 @@ def run_reference(checkpoint: Path, samples: int, repeats: int) -> dict:
                 forecaster.forecast(
                     batch, HORIZON, num_samples=num_samples, samples_per_batch=num_samples or 1, use_kv_cache=True
                 )
+            if device.type == "cuda":
+                torch.cuda.synchronize()
 
         out[mode] = timed(call, repeats)
     out["peak_rss_mib"] = peak_rss_mib()
     out["rss_before_mib"] = base
+    if device.type == "cuda":
+        out["device_peak_mib"] = torch.cuda.max_memory_allocated() / 2**20
     return out
 
 
@@ -177,8 +195,9 @@ def main() -> None:
                 sys.exit(f"{side} side failed:\n{completed.stderr}")
             results[side] = json.loads(completed.stdout.strip().splitlines()[-1])
 
+    device = "GPU (JAX_PLATFORMS=" + os.environ["JAX_PLATFORMS"] + ")" if on_gpu() else f"CPU ({os.cpu_count()} cores)"
     print(f"Toto-Open-Base-1.0 shape (random weights), {VARIATES} variates, context {CONTEXT}, horizon {HORIZON}, "
-          f"CPU ({os.cpu_count()} cores)")  # fmt: skip
+          f"{device}")  # fmt: skip
     print(f"{'mode':<16}{'reference s':>12}{'toto-jax s':>12}{'jax compile s':>15}{'speed-up':>10}")
     # The reference has only independent draws; comonotone sampling is compared with them.
     labels = (("mean", "mean", "mean path"), ("samples", "samples", f"{args.samples} samples"),
@@ -194,8 +213,9 @@ def main() -> None:
           f"reference; max |difference| / max |mean| {half['relative_difference']:.1e})")  # fmt: skip
     for side in ("reference", "jax"):
         r = results[side]
+        device_peak = f", peak device memory {r['device_peak_mib']:.0f} MiB" if "device_peak_mib" in r else ""
         print(f"peak RSS {side:<10}{r['peak_rss_mib']:>8.0f} MiB "
-              f"(after loading the model: {r['rss_before_mib']:.0f} MiB)")
+              f"(after loading the model: {r['rss_before_mib']:.0f} MiB){device_peak}")
     machine_load.report(load_before)
 
 

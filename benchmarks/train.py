@@ -1,16 +1,20 @@
-"""Train-step speed of toto-jax vs the reference (toto-ts 0.2.0, PyTorch) on the same CPU.
+"""Train-step speed of toto-jax vs the reference (toto-ts 0.2.0, PyTorch) on the same device.
 
     python benchmarks/train.py [--config experiments/configs/small.yaml] [--batch 8] [--steps 10] [--skip-base]
-                               [--toto2 experiments/configs/toto2_small.yaml]
+                               [--dtypes float32,bfloat16] [--toto2 experiments/configs/toto2_small.yaml]
+    JAX_PLATFORMS=cuda python benchmarks/train.py ...   # both sides on the first GPU
 
 Both sides run the same model config on the same batch: the reference's fine-tuning step
 (``TotoForFinetuning`` loss, ``backward``, ``AdamW.step``) and this project's jitted train step (one
 device). Prints the median step times, their ratio, samples/s and the model-flops utilisation against
-the measured float32 matmul peak of this machine, for the given config and for the Toto-Open-Base
-architecture at batch 4 x 8 variates x 1024 steps (float32, no remat, as the reference runs), then the
-compile time of the Toto-Open-Base training step (bfloat16, remat) at a small batch. Both sides are
-interleaved in one run; the load average is printed before and after, and a ratio measured above the
-core count is flagged as not a result. ``--toto2 CONFIG`` also times a Toto 2.0 config's step (toto-jax only:
+the measured matmul peak of the device (on CPU float32, on an accelerator bfloat16), for the given config
+and for the Toto-Open-Base architecture at batch 4 x 8 variates x 1024 steps (no remat, as the reference
+runs), then the compile time of the Toto-Open-Base training step (bfloat16, remat) at a small batch.
+``--dtypes`` lists the compute dtypes to race: float32 (the reference's own; on a GPU both sides multiply
+float32 in TF32, JAX's default there and torch's "high" matmul precision), bfloat16 (float32 master weights;
+the reference under ``torch.autocast``). JAX_PLATFORMS picks the device and the reference follows it (CUDA
+when JAX runs on a GPU). Both sides are interleaved in one run; the load average is printed before and
+after, and a ratio measured above the core count is flagged as not a result. ``--toto2 CONFIG`` also times a Toto 2.0 config's step (toto-jax only:
 toto-2 ships no training step) with its own optimiser and masking.
 """
 
@@ -47,27 +51,45 @@ from toto_jax.train.trainer import (  # noqa: E402
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def reference_step_fn(config, batch):
+def reference_device():
+    """The reference runs where JAX runs: CUDA when JAX's default backend is a GPU, else the CPU."""
+    import torch
 
+    if jax.default_backend() == "gpu":
+        torch.set_float32_matmul_precision("high")  # TF32, as JAX multiplies float32 on a GPU by default
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def reference_step_fn(config, batch):
+    import torch
+
+    device = reference_device()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         from toto.model.lightning_module import TotoForFinetuning
         from toto.model.toto import Toto as ReferenceToto
 
         reference = ReferenceToto(**config.model.to_reference_dict() | {"dropout": config.model.dropout})
-    module = TotoForFinetuning(pretrained_backbone=reference.model).train()
+    module = TotoForFinetuning(pretrained_backbone=reference.model).train().to(device)
     module.log = lambda *args, **kwargs: None
     optimizer = module.configure_optimizers()["optimizer"]
     from reference import reference_training_batch
 
-    inputs = reference_training_batch(batch, config.model.patch_size)
+    inputs = reference_training_batch(batch, config.model.patch_size).to(device)
+    # bfloat16 compute with float32 weights, as this project's model.dtype=bfloat16
+    half = config.model.dtype == "bfloat16"
+    autocast = torch.autocast(device.type, torch.bfloat16, enabled=half)
+    # bfloat16 mixture weights miss the simplex check's tolerance (sums of 1 +- 4e-3); the loss is unchanged
+    torch.distributions.Distribution.set_default_validate_args(not half)
 
     def step():
         optimizer.zero_grad(set_to_none=True)
-        loss = module._train_or_val_step(inputs, is_train=True)
+        with autocast:
+            loss = module._train_or_val_step(inputs, is_train=True)
         loss.backward()
         optimizer.step()
-        return loss.item()
+        return loss.item()  # waits for the device
 
     return step
 
@@ -133,33 +155,48 @@ def time_toto2(config, steps: int, peak: float) -> None:
           f"model flops/step {flops / 1e9:.2f} G")  # fmt: skip
 
 
+def device_peak() -> tuple[float, str]:
+    """The roof MFU is read against: float32 on CPU (what the reference runs there), bfloat16 elsewhere."""
+    if jax.default_backend() == "cpu":
+        return measure_matmul_peak(jnp.float32), "float32"
+    return measure_matmul_peak(jnp.bfloat16, size=8192, repeats=10), "bfloat16"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=str(ROOT / "experiments/configs/small.yaml"))
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--steps", type=int, default=10, help="timed steps per side")
+    parser.add_argument("--base-batch", type=int, default=4, help="series per batch at the Toto-Open-Base shape")
     parser.add_argument("--base-steps", type=int, default=3, help="timed steps per side at the Toto-Open-Base shape")
     parser.add_argument("--skip-base", action="store_true", help="skip the Toto-Open-Base shape and its compile time")
     parser.add_argument("--toto2", metavar="CONFIG", help="also time this Toto 2.0 training config")
+    parser.add_argument("--dtypes", default="float32", help="compute dtypes to race, comma-separated")
     args = parser.parse_args()
+    dtypes = args.dtypes.split(",")
+    if not set(dtypes) <= {"float32", "bfloat16"}:
+        parser.error(f"--dtypes {args.dtypes!r}: each must be float32 or bfloat16")
 
     load_before = machine_load.load_average()
-    peak = measure_matmul_peak(jnp.float32)
-    print(f"matmul peak {peak / 1e9:.1f} GFLOP/s (float32, measured); MFU is model flops / step time / peak")
-    config = load_config(args.config, [f"data.batch_size={args.batch}", "mesh.shape=[1,1,1]"])
-    print(f"{args.config}:")
-    compare(config, args.batch, args.steps, peak)
+    peak, peak_dtype = device_peak()
+    print(f"{jax.devices()[0].device_kind}: matmul peak {peak / 1e12:.3f} TFLOP/s ({peak_dtype}, measured); "
+          f"MFU is model flops / step time / peak")  # fmt: skip
+    base_file = ROOT / "experiments/configs/toto_base.yaml"
+    synthetic = ["mesh.shape=[1,1,1]", "data.num_workers=0", "data.sources=[{type: synthetic}]"]
+    for dtype in dtypes:
+        config = load_config(args.config, [f"data.batch_size={args.batch}", "mesh.shape=[1,1,1]",
+                                           f"model.dtype={dtype}"])  # fmt: skip
+        print(f"{args.config}:")
+        compare(config, args.batch, args.steps, peak)
+        if not args.skip_base:
+            # no remat, as the reference's step runs
+            base = load_config(base_file, synthetic + [f"data.batch_size={args.base_batch}", "data.num_variates=8",
+                                                       "data.context_length=1024", f"model.dtype={dtype}",
+                                                       "model.remat=false"])  # fmt: skip
+            print("Toto-Open-Base (151M) architecture:")
+            compare(base, args.base_batch, args.base_steps, peak)
 
     if not args.skip_base:
-        base_file = ROOT / "experiments/configs/toto_base.yaml"
-        synthetic = ["mesh.shape=[1,1,1]", "data.num_workers=0", "data.sources=[{type: synthetic}]"]
-        # float32 without remat, as the reference's step runs on CPU.
-        base = load_config(base_file, synthetic + ["data.batch_size=4", "data.num_variates=8",
-                                                   "data.context_length=1024", "model.dtype=float32",
-                                                   "model.remat=false"])  # fmt: skip
-        print("Toto-Open-Base (151M) architecture:")
-        compare(base, 4, args.base_steps, peak)
-
         compile_config = load_config(
             base_file, synthetic + ["data.batch_size=1", "data.num_variates=2", "data.context_length=512"]
         )
