@@ -287,6 +287,10 @@ def test_forecast_on_a_mesh_splits_the_weights_over_the_tensor_axis(pairs):
     shardings = jax.tree_util.tree_leaves_with_path(programs["encode"].input_shardings[0][0])
     qkv = next(sharding for path, sharding in shardings if "['wQKV']['kernel']" in jax.tree_util.keystr(path))
     assert qkv.shard_shape(kernel_shape)[2] == model.config.num_heads // 4
+    # 2D kernels are stored [out, in] for decoding (Dense.store_out_first): w_gate's mlp axis, now first, is split.
+    gate = next(sharding for path, sharding in shardings if "['w_gate']['kernel']" in jax.tree_util.keystr(path))
+    hidden, embed = model.config.mlp_hidden_dim, model.config.embed_dim
+    assert gate.shard_shape((hidden, embed)) == (hidden // 4, embed)
     # [repeats, layers, rows, variate, tokens, heads, head_dim] of the first stage with time-wise layers
     cache = next(keys for keys in programs["encode"].out_info.cache.keys if keys is not None)
     assert cache.sharding.shard_shape(cache.shape)[2::3] == (cache.shape[2] // 2, model.config.num_heads // 4)

@@ -23,8 +23,10 @@ from reference import (
 )
 
 import toto_jax
+from toto_jax.layers.linear import Dense
 from toto_jax.models.toto1.rope import rotary_tables
 from toto_jax.models.toto1.transformer import LayerContext, layer_kinds, layer_locations
+from toto_jax.sharding import logical_axes
 
 TOLERANCE = 1e-4
 
@@ -92,6 +94,22 @@ def test_forward_matches_reference(pair):
     # The copy forecasting decodes with (one weight array per layer) computes the same function.
     unstacked = model.with_unstacked_layers()(series, padding_mask, id_mask, num_exogenous_variables=num_exogenous)
     np.testing.assert_allclose(unstacked.distribution.mean, actual.distribution.mean, rtol=1e-6, atol=1e-6)
+
+
+def test_dense_kernel_stored_out_first_computes_the_same():
+    """``Dense.store_out_first`` (the decoding copy's 2D kernels): a new [out, in] array with its logical axes
+    reversed, the same outputs; refused for a multi-axis output or a second time."""
+    dense = Dense(5, 3, ("embed", "mlp"), rngs=nnx.Rngs(0))
+    x = np.random.default_rng(0).normal(size=(2, 4, 5)).astype(np.float32)
+    expected, kernel = dense(x), dense.kernel[...]
+    dense.store_out_first()
+    np.testing.assert_array_equal(dense.kernel[...], kernel.T)
+    assert logical_axes(dense.kernel) == ("mlp", "embed")
+    np.testing.assert_allclose(dense(x), expected, rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="out_first=True"):
+        dense.store_out_first()
+    with pytest.raises(ValueError, match=r"\(4, 2, 3\)"):
+        Dense(4, (2, 3), ("embed", "heads", "head_dim"), rngs=nnx.Rngs(0)).store_out_first()
 
 
 def test_prefix_length_matches_reference(pair):

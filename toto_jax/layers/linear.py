@@ -20,7 +20,8 @@ def torch_uniform(fan_in: int):
 
 
 class Dense(nnx.Module):
-    """``y = x @ kernel + bias`` where kernel has shape ``[in, *out_shape]``.
+    """``y = x @ kernel + bias`` where kernel has shape ``[in, *out_shape]`` (``[out, in]`` once
+    ``store_out_first`` has run).
 
     ``axes`` names every kernel axis (the bias takes the output names). Multi-axis outputs let the
     attention projection keep heads as their own axis, so tensor parallelism splits whole heads.
@@ -50,10 +51,23 @@ class Dense(nnx.Module):
         self.kernel = nnx.Param(kernel, logical_axes=tuple(axes))
         self.bias = nnx.Param(bias, logical_axes=tuple(axes[1:])) if use_bias else None
         self.dtype = dtype
+        self.out_first = False
+
+    def store_out_first(self) -> None:
+        """Keep this 2D kernel as ``[out, in]``, PyTorch's order, in a new array: XLA CPU multiplies a few rows
+        by it faster (12 SwiGLU layers of Toto-Open-Base at 56 rows: 157 -> 106 ms; at 7 rows: 74 -> 53 ms),
+        as decoding does; training's thousands of rows gain nothing."""
+        if self.kernel[...].ndim != 2 or self.out_first:
+            raise ValueError(f"store_out_first needs an [in, out] kernel, this one is {self.kernel[...].shape}, "
+                             f"out_first={self.out_first}")  # fmt: skip
+        axes = self.kernel.get_metadata().get("logical_axes")
+        self.kernel = nnx.Param(self.kernel[...].T, logical_axes=None if axes is None else tuple(reversed(axes)))
+        self.out_first = True
 
     def __call__(self, x):
         kernel = self.kernel[...].astype(self.dtype)
-        y = jnp.tensordot(x.astype(self.dtype), kernel, axes=((x.ndim - 1,), (0,)))
+        contracted = 1 if self.out_first else 0
+        y = jnp.tensordot(x.astype(self.dtype), kernel, axes=((x.ndim - 1,), (contracted,)))
         if self.bias is not None:
             y = y + self.bias[...].astype(self.dtype)
         return y

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from ...config import TotoConfig
+from ...layers.linear import Dense
 from ...layers.norm import RMSNorm
 from ...sharding import constrain
 from .attention import LayerCache, TimeAttention, VariateAttention
@@ -192,16 +193,20 @@ class Block(nnx.Module):
 
 def _unstacked_blocks(stage: Stage, blocks: Block, config: TotoConfig) -> nnx.List:
     """The ``stage.repeats`` blocks of a stacked stage as separate modules, each with its own weight arrays (and
-    logical axes without ``layers``)."""
+    logical axes without ``layers``), their 2D kernels stored ``[out, in]`` (``Dense.store_out_first``)."""
     graphdef, template = nnx.split(nnx.eval_shape(lambda: Block(stage.pattern, config, rngs=nnx.Rngs(0))))
     stacked = nnx.to_flat_state(nnx.state(blocks))
     if [path for path, _ in stacked] != [path for path, _ in nnx.to_flat_state(template)]:
         raise ValueError("a stacked stage and its block differ in parameters")
     structure = jax.tree.structure(template)
-    return nnx.List([
+    unstacked = nnx.List([
         nnx.merge(graphdef, jax.tree.unflatten(structure, [variable[...][repeat] for _, variable in stacked]))
         for repeat in range(stage.repeats)
     ])  # fmt: skip
+    for _, module in nnx.iter_graph(unstacked):
+        if isinstance(module, Dense) and module.kernel[...].ndim == 2:
+            module.store_out_first()
+    return unstacked
 
 
 def _stacked_blocks(stage: Stage, config: TotoConfig, rngs: nnx.Rngs) -> Block:
