@@ -91,9 +91,14 @@ def test_forward_matches_reference(pair):
     held_out = np.random.default_rng(1).standard_normal(expected.distribution.mean.shape).astype(np.float32) * 2
     expected_log_prob = expected.distribution.log_prob(torch.as_tensor(held_out)).numpy()
     assert relative_error(actual.distribution.log_prob(held_out), expected_log_prob) <= TOLERANCE
-    # The copy forecasting decodes with (one weight array per layer) computes the same function.
-    unstacked = model.with_unstacked_layers()(series, padding_mask, id_mask, num_exogenous_variables=num_exogenous)
+    # The copy forecasting decodes with (one weight array per layer, [out, in] kernels, the unembedding folded
+    # into the head) computes the same function, also on a decode step's single patch.
+    decoding = model.for_decoding()
+    unstacked = decoding(series, padding_mask, id_mask, num_exogenous_variables=num_exogenous)
     np.testing.assert_allclose(unstacked.distribution.mean, actual.distribution.mean, rtol=1e-6, atol=1e-6)
+    hidden = jax.random.normal(jax.random.key(0), (2, 3, 1, model.config.embed_dim))
+    np.testing.assert_allclose(decoding.distribution(hidden).mean, model.distribution(hidden).mean, rtol=1e-5,
+                               atol=1e-6)  # fmt: skip
 
 
 def test_dense_kernel_stored_out_first_computes_the_same():

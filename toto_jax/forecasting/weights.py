@@ -4,10 +4,11 @@ Splitting a model, placing 600 MB of parameters and hashing their shapes for the
 than the Python side of a whole forecast of the bundled model, so it happens once per model and placement,
 and again only when the model's arrays change (``nnx.update`` gives a Variable a new array).
 
-Toto 1.0 decodes on ``Toto.with_unstacked_layers()``: a layer's weights read out of a stacked stage are
-copied before each of its matmuls (XLA CPU), which doubles the cost of a weight-bound decode step. That copy
-of the transformer weights lives beside the model's, as much memory again, for as long as the model does; its
-2D kernels are stored [out, in], which XLA CPU multiplies the few rows of a forecast by faster.
+Toto 1.0 decodes on ``Toto.for_decoding()``: a layer's weights read out of a stacked stage are copied before
+each of its matmuls (XLA CPU), which doubles the cost of a weight-bound decode step, so that copy holds one
+array per layer, its 2D kernels stored [out, in] (which XLA CPU multiplies a forecast's few rows by faster),
+and the head with the unembedding folded in. It lives beside the model's weights, as much memory again,
+for as long as the model does.
 A model loaded with ``dtype="bfloat16"`` casts its float32 weights to bfloat16 at every matmul; its decoding
 copy stores them cast, which halves the bytes a decode step reads (the head stays float32).
 """
@@ -69,7 +70,7 @@ def placed_weights(model, placement) -> Weights:
         if all(a is b for a, b in zip(held[1], arrays)):
             return held[2]
     if isinstance(model, Toto):
-        decoding = model.with_unstacked_layers()
+        decoding = model.for_decoding()
         graphdef, params = nnx.split(decoding)
         params = _stored_in_compute_dtype(decoding, params)
     else:
