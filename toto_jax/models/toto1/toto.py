@@ -134,16 +134,16 @@ class Toto(nnx.Module):
         else:
             kernel, bias = head.projection()  # [embed, parameters], [parameters]
             if math.prod(hidden.shape[:-1]) > kernel.shape[-1]:
-                folded, folded_bias = self._folded_projection()
+                folded, folded_bias = self._folded_projection(kernel, bias)
                 projected = jnp.tensordot(hidden.astype(jnp.float32), folded, axes=1) + folded_bias
             else:
                 projected = jnp.tensordot(self.unembed(hidden).astype(jnp.float32), kernel, axes=1) + bias
         # [..., patches, patch_size, parameters] -> [..., patches * patch_size, parameters]
         return head.from_projected(projected.reshape(*projected.shape[:-3], -1, projected.shape[-1]))
 
-    def _folded_projection(self, precision=None) -> tuple[jax.Array, jax.Array]:
-        """The unembedding folded into the head: kernel [embed, patch_size, parameters], bias [patch_size, parameters]."""
-        kernel, bias = self.output_distribution.projection()
+    def _folded_projection(self, kernel, bias, precision=None) -> tuple[jax.Array, jax.Array]:
+        """The unembedding folded into the head's ``projection()`` (``kernel``, ``bias``): kernel
+        [embed, patch_size, parameters], bias [patch_size, parameters]."""
         unembed_kernel = self.unembed.kernel[...].astype(jnp.float32)  # [embed, patch_size, embed]
         folded = jnp.einsum("ipe,ec->ipc", unembed_kernel, kernel, precision=precision)
         folded_bias = jnp.dot(self.unembed.bias[...].astype(jnp.float32), kernel, precision=precision) + bias
@@ -157,7 +157,8 @@ class Toto(nnx.Module):
         in a split state."""
         copy = nnx.merge(*nnx.split(self))
         copy.transformer = self.transformer.with_unstacked_stages()
-        copy.folded_head = FoldedHead(*self._folded_projection(precision=jax.lax.Precision.HIGHEST))
+        folded = self._folded_projection(*self.output_distribution.projection(), precision=jax.lax.Precision.HIGHEST)
+        copy.folded_head = FoldedHead(*folded)
         return copy
 
     def init_cache(self, batch: int, variate: int, max_tokens: int, dtype=jnp.float32) -> KVCache:
