@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 import machine_load  # benchmarks/, this script's own directory
+from devices import on_gpu, reference_device
 
 VARIATES, CONTEXT, HORIZON = 7, 512, 96
 
@@ -60,10 +61,6 @@ def inputs(seed: int = 0):
 
 def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux reports KiB
-
-
-def on_gpu() -> bool:
-    return os.environ.get("JAX_PLATFORMS", "cpu") in ("cuda", "gpu")
 
 
 def timed(call, repeats: int) -> dict:
@@ -131,9 +128,7 @@ def run_reference(checkpoint: Path, samples: int, repeats: int) -> dict:
         warnings.simplefilter("ignore")
         model = ReferenceToto(**config)
     model.load_state_dict(safetensors.torch.load_file(str(checkpoint / "model.safetensors")))
-    device = torch.device("cuda" if on_gpu() else "cpu")
-    if on_gpu():
-        torch.set_float32_matmul_precision("high")
+    device = reference_device()
     model.eval().to(device)
     forecaster = TotoForecaster(model.model)
     series = torch.tensor(inputs())

@@ -14,8 +14,8 @@ runs), then the compile time of the Toto-Open-Base training step (bfloat16, rema
 float32 in TF32, JAX's default there and torch's "high" matmul precision), bfloat16 (float32 master weights;
 the reference under ``torch.autocast``). JAX_PLATFORMS picks the device and the reference follows it (CUDA
 when JAX runs on a GPU). Both sides are interleaved in one run; the load average is printed before and
-after, and a ratio measured above the core count is flagged as not a result. ``--toto2 CONFIG`` also times a Toto 2.0 config's step (toto-jax only:
-toto-2 ships no training step) with its own optimiser and masking.
+after, and a ratio measured above the core count is flagged as not a result. ``--toto2 CONFIG`` also times
+a Toto 2.0 config's step (toto-jax only: toto-2 ships no training step) with its own optimiser and masking.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import machine_load  # noqa: E402  benchmarks/, this script's own directory
+from devices import reference_device  # noqa: E402
 
 from toto_jax.data import make_iterator  # noqa: E402
 from toto_jax.sharding import make_mesh  # noqa: E402
@@ -49,16 +50,6 @@ from toto_jax.train.trainer import (  # noqa: E402
 )
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-
-
-def reference_device():
-    """The reference runs where JAX runs: CUDA when JAX's default backend is a GPU, else the CPU."""
-    import torch
-
-    if jax.default_backend() == "gpu":
-        torch.set_float32_matmul_precision("high")  # TF32, as JAX multiplies float32 on a GPU by default
-        return torch.device("cuda")
-    return torch.device("cpu")
 
 
 def reference_step_fn(config, batch):
