@@ -16,6 +16,10 @@ the reference under ``torch.autocast``). JAX_PLATFORMS picks the device and the 
 when JAX runs on a GPU). Both sides are interleaved in one run; the load average is printed before and
 after, and a ratio measured above the core count is flagged as not a result. ``--toto2 CONFIG`` also times
 a Toto 2.0 config's step (toto-jax only: toto-2 ships no training step) with its own optimiser and masking.
+Each side's minor page faults per step are printed too: glibc serves the step's temporaries (XLA's 205 MB
+buffer at small.yaml) from fresh mmap'd 4 KB pages on every step, about 50,000 faults and a quarter of the CPU
+time in the kernel; ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1`` backs them with transparent huge pages, for both
+sides of this process alike (the figures in benchmarks/README.md say which they used).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from __future__ import annotations
 import argparse
 import os
 import pathlib
+import resource
 import statistics
 import sys
 import time
@@ -103,20 +108,32 @@ def compare(config, batch_size: int, steps: int, peak: float) -> None:
     reference()  # warm-up
 
     ours_times, reference_times = [], []
-    for _ in range(steps):  # interleaved, so load changes hit both sides alike
+    faults = {"ours": 0, "reference": 0}
+
+    def timed(side, run):
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         start = time.perf_counter()
+        run()
+        elapsed = time.perf_counter() - start
+        faults[side] += resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+        return elapsed
+
+    def run_ours():
+        nonlocal state
         state, metrics = program.step(state, device_batch)
         jax.block_until_ready(metrics)
-        ours_times.append(time.perf_counter() - start)
-        start = time.perf_counter()
-        reference()
-        reference_times.append(time.perf_counter() - start)
+
+    for _ in range(steps):  # interleaved, so load changes hit both sides alike
+        ours_times.append(timed("ours", run_ours))
+        reference_times.append(timed("reference", reference))
     ours, ref = statistics.median(ours_times), statistics.median(reference_times)
     flops = training_flops_per_step(config.model, batch_size, data.num_variates, data.context_length)
     print(f"  toto-jax step   {ours * 1e3:9.1f} ms  ({batch_size / ours:8.1f} samples/s, MFU {flops / ours / peak:.1%}), "
           f"first call incl. compile {ours_first:.1f} s")  # fmt: skip
     print(f"  reference step  {ref * 1e3:9.1f} ms  ({batch_size / ref:8.1f} samples/s, MFU {flops / ref / peak:.1%})")
     print(f"  speed-up        {ref / ours:9.2f}x (target >= 1.5x); model flops/step {flops / 1e9:.2f} G")
+    print(f"  page faults/step: toto-jax {faults['ours'] // steps}, reference {faults['reference'] // steps} "
+          f"(GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')!r})")
 
 
 def time_toto2(config, steps: int, peak: float) -> None:

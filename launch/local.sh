@@ -4,7 +4,9 @@
 #   launch/local.sh N [--devices D] [--grace SECONDS] -- COMMAND [ARGS...]
 #
 # Each process gets TOTO_COORDINATOR_ADDRESS (a free local port), TOTO_NUM_PROCESSES, TOTO_PROCESS_ID,
-# JAX_PLATFORMS=cpu and D virtual CPU devices (default 1). Output lines are prefixed with "[i] ".
+# JAX_PLATFORMS=cpu and D virtual CPU devices (default 1), and glibc's malloc on transparent huge pages
+# (GLIBC_TUNABLES glibc.malloc.hugetlb=1: every step's temporaries otherwise fault in afresh as 4 KB pages, see
+# benchmarks/README.md). Output lines are prefixed with "[i] ".
 # If any process fails, the others are stopped (TERM, then KILL after the grace period) and the
 # script exits with that process's status; it exits 0 only when every process succeeded.
 # SIGTERM or SIGINT sent to this script is forwarded to every process, which then stop together (toto-jax
@@ -36,6 +38,7 @@ for ((i = 0; i < N; i++)); do
   (
     export TOTO_COORDINATOR_ADDRESS="127.0.0.1:${PORT}" TOTO_NUM_PROCESSES="$N" TOTO_PROCESS_ID="$i"
     export JAX_PLATFORMS=cpu XLA_FLAGS="--xla_force_host_platform_device_count=${DEVICES} ${XLA_FLAGS:-}"
+    export GLIBC_TUNABLES="glibc.malloc.hugetlb=1${GLIBC_TUNABLES:+:${GLIBC_TUNABLES}}"
     exec "$@" > >(sed -u "s/^/[$i] /") 2> >(sed -u "s/^/[$i] /" >&2)
   ) &
   PIDS+=($!)

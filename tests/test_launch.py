@@ -68,6 +68,16 @@ def test_local_sh_sets_cluster_environment_and_prefixes_output():
     assert all("--xla_force_host_platform_device_count=2" in line for line in lines)
 
 
+def test_local_sh_puts_malloc_on_huge_pages_keeping_other_tunables():
+    code = "import os; print(os.environ['GLIBC_TUNABLES'])"
+    result = subprocess.run(
+        ["bash", str(LAUNCH / "local.sh"), "1", "--", sys.executable, "-c", code],
+        capture_output=True, text=True, timeout=60, env={**os.environ, "GLIBC_TUNABLES": "glibc.malloc.arena_max=2"},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["[0]", "glibc.malloc.hugetlb=1:glibc.malloc.arena_max=2"]
+
+
 def test_local_sh_exits_nonzero_soon_after_a_process_is_killed():
     """A killed worker must not leave its peers (blocked forever here) hanging: local.sh stops them."""
     code = "import time; time.sleep(600)"

@@ -23,6 +23,7 @@ from reference import (
 )
 
 import toto_jax
+from toto_jax.layers.activations import swiglu
 from toto_jax.layers.linear import Dense
 from toto_jax.models.toto1.rope import rotary_tables
 from toto_jax.models.toto1.transformer import LayerContext, layer_kinds, layer_locations
@@ -115,6 +116,23 @@ def test_dense_kernel_stored_out_first_computes_the_same():
         dense.store_out_first()
     with pytest.raises(ValueError, match=r"\(4, 2, 3\)"):
         Dense(4, (2, 3), ("embed", "heads", "head_dim"), rngs=nnx.Rngs(0)).store_out_first()
+
+
+def test_swiglu_gradient_matches_autodiff():
+    """The hand-written SwiGLU gradient equals differentiating ``silu(gate) * up`` through ``jax.nn``, from
+    saturated negative gates to large positive ones, in float32 and bfloat16."""
+    rng = np.random.default_rng(0)
+    gate = np.concatenate([rng.normal(scale=3.0, size=(4, 60)), np.linspace(-40, 40, 40)[None].repeat(4, 0)], 1)
+    up, cotangent = rng.normal(size=gate.shape), rng.normal(size=gate.shape)
+    for dtype, tolerance in ((jnp.float32, 1e-6), (jnp.bfloat16, 1e-2)):
+        args = [jnp.asarray(a, dtype) for a in (gate, up)]
+        plain = lambda g, u: jax.nn.silu(g) * u  # noqa: E731
+        expected_out, expected_vjp = jax.vjp(plain, *args)
+        out, vjp = jax.vjp(swiglu, *args)
+        np.testing.assert_array_equal(out, expected_out)
+        for actual, expected in zip(vjp(jnp.asarray(cotangent, dtype)), expected_vjp(jnp.asarray(cotangent, dtype))):
+            assert actual.dtype == dtype
+            np.testing.assert_allclose(np.float32(actual), np.float32(expected), rtol=tolerance, atol=tolerance)
 
 
 def test_prefix_length_matches_reference(pair):

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from ...layers.activations import swiglu
 from ...layers.linear import Dense
 from ...sharding import constrain
 
@@ -17,6 +17,6 @@ class SwiGLU(nnx.Module):
         self.w_out = Dense(hidden_dim, embed_dim, ("mlp", "embed"), dtype=dtype, rngs=rngs)
 
     def __call__(self, x):
-        hidden = jax.nn.silu(self.w_gate(x)) * self.w_up(x)
+        hidden = swiglu(self.w_gate(x), self.w_up(x))
         hidden = constrain(hidden, ("batch", "variate", "time", "activation_mlp"))
         return self.w_out(hidden)

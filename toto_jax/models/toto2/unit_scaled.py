@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from ...layers.activations import swiglu
 from ...layers.linear import Dense
 from ...layers.norm import RMSNorm
 
@@ -203,4 +204,4 @@ class SwiGLU(nnx.Module):
                                  use_bias=use_bias, dtype=dtype, rngs=rngs)  # fmt: skip
 
     def __call__(self, x):
-        return self.w_out(self.w_up(x) * jax.nn.silu(self.w_gate(x)))
+        return self.w_out(swiglu(self.w_gate(x), self.w_up(x)))
