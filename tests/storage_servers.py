@@ -1,12 +1,15 @@
 """Real object-store servers on loopback for the storage tests: Google's GCS emulator (gcp-storage-emulator)
 and moto's S3 server, each in a thread of the test process, on a free port, stopped at the end.
 
-The GCS emulator gets one fix (``_send_object_generations``): its media downloads lack the
+The GCS emulator gets two fixes. ``_send_object_generations``: its media downloads lack the
 ``x-goog-generation`` header real GCS sends. TensorStore's GCS driver takes a read object's generation from
 that header, gets 0 without it, and refuses the next read it conditions on that generation (only generations
-> 0 are valid): "Malformed StorageGeneration" on every OCDBT checkpoint read. And one addition
-(``_refuse_anonymous_on_demand``): the emulator accepts every request, so ``ObjectStores.private_gcs`` makes
-it answer requests without credentials as GCS does for a private bucket (401), for the no-credentials tests.
+> 0 are valid): "Malformed StorageGeneration" on every OCDBT checkpoint read. ``_store_multipart_uploads_exactly``:
+it parses multipart uploads with Python's email parser, which reads a file's final ``\r`` and gcsfs's ``\n``
+delimiter as one CRLF and drops the ``\r``: one small file in 256 ends in that byte (an OCDBT manifest did, and
+its checkpoint failed to load). And one addition (``_refuse_anonymous_on_demand``): the emulator accepts every
+request, so ``ObjectStores.private_gcs`` makes it answer requests without credentials as GCS does for a private
+bucket (401), for the no-credentials tests.
 
 ``environment`` points every client at them: gcsfs and google-cloud-storage (``STORAGE_EMULATOR_HOST``),
 TensorStore's GCS driver (``TENSORSTORE_GCS_HTTP_URL``, with a fixed test token instead of credentials),
@@ -71,6 +74,44 @@ def _send_object_generations() -> None:
                 handlers[method] = download_with_generations
 
 
+def _store_multipart_uploads_exactly() -> None:
+    """Take a multipart upload's file content from the raw request body, byte for byte, not from the email parser."""
+    from gcp_storage_emulator import server
+
+    read_raw, read = server._read_raw_data, server._read_data
+    if getattr(read, "exact_multipart", False):
+        return
+
+    def read_raw_keeping_it(request_handler):
+        request_handler.raw_body = read_raw(request_handler)
+        return request_handler.raw_body
+
+    def read_exactly(request_handler, query):
+        data = read(request_handler, query)
+        content_type = request_handler.headers.get("Content-Type") or ""
+        if content_type.startswith("multipart/related") and isinstance(data, dict):
+            body = server._decode_raw_data(request_handler.raw_body, request_handler)
+            data["content"] = _multipart_file_content(body, _boundary(content_type))
+        return data
+
+    read_exactly.exact_multipart = True
+    server._read_raw_data, server._read_data = read_raw_keeping_it, read_exactly
+
+
+def _boundary(content_type: str) -> bytes:
+    parameters = dict(p.strip().split("=", 1) for p in content_type.split(";")[1:] if "=" in p)
+    return parameters["boundary"].strip('"').encode()
+
+
+def _multipart_file_content(body: bytes, boundary: bytes) -> bytes:
+    """The second part's content (the first is the JSON metadata). Its delimiter is the line ending the client
+    ends its boundary lines with (gcsfs: LF, google-cloud-storage: CRLF), so a final CR stays content."""
+    part = body.split(b"--" + boundary)[2]
+    newline = b"\r\n" if part.startswith(b"\r\n") else b"\n"
+    content = part[len(newline) :].split(newline * 2, 1)[1]  # after the part's headers
+    return content[: -len(newline)]
+
+
 def _refuse_anonymous_on_demand() -> None:
     """Let ``ObjectStores.private_gcs`` make the emulator refuse requests that carry no credentials."""
     from http import HTTPStatus
@@ -106,6 +147,7 @@ def running_object_stores() -> Iterator[ObjectStores]:
     for name in ("gcp_storage_emulator", "werkzeug"):
         logging.getLogger(name).setLevel(logging.WARNING)
     _send_object_generations()
+    _store_multipart_uploads_exactly()
     _refuse_anonymous_on_demand()
     gcs = create_server("127.0.0.1", 0, in_memory=True)
     gcs.start()

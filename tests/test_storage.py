@@ -46,6 +46,19 @@ def assert_same_parameters(a, b):
 
 
 @pytest.mark.parametrize("scheme", SCHEMES)
+def test_files_cross_a_bucket_byte_for_byte(object_stores, tmp_path, scheme):
+    """Uploads and downloads keep every byte, whatever line-ending bytes a (binary) file ends in."""
+    endings = {"cr": b"\r", "lf": b"\n", "crlf": b"\r\n", "lfcr": b"\n\r", "none": b"", "empty": None}
+    files = {name: b"" if ending is None else bytes(range(256)) + ending for name, ending in endings.items()}
+    for name, content in files.items():
+        (tmp_path / name).write_bytes(content)
+    destination = storage.as_path(f"{object_stores.new_bucket(scheme)}/files")
+    storage.upload_directory(tmp_path, destination)
+    with storage.local_copy(destination) as local:
+        assert {p.name: p.read_bytes() for p in local.iterdir()} == files
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
 def test_save_export_and_load_round_trip_in_a_bucket(object_stores, model, scheme):
     bucket = object_stores.new_bucket(scheme)
     native, torch = f"{bucket}/models/native", f"{bucket}/models/torch"
