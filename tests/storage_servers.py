@@ -23,6 +23,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import sys
 import uuid
 from typing import Iterator
 
@@ -138,6 +139,18 @@ def _refuse_anonymous_on_demand() -> None:
     server.Router.handle = handle_unless_anonymous
 
 
+def _ignore_dropped_connections(httpd) -> None:
+    """Clients close connections whose answer they no longer want; the server would print each broken pipe's
+    traceback into the test output, where it reads like a failure."""
+    report = httpd.handle_error
+
+    def handle_error(request, client_address):
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            report(request, client_address)
+
+    httpd.handle_error = handle_error
+
+
 @contextlib.contextmanager
 def running_object_stores() -> Iterator[ObjectStores]:
     from gcp_storage_emulator.server import create_server
@@ -151,6 +164,7 @@ def running_object_stores() -> Iterator[ObjectStores]:
     _refuse_anonymous_on_demand()
     gcs = create_server("127.0.0.1", 0, in_memory=True)
     gcs.start()
+    _ignore_dropped_connections(gcs._api._httpd)
     s3 = ThreadedMotoServer("127.0.0.1", 0, verbose=False)
     s3.start()
     gcs_url = f"http://127.0.0.1:{gcs._api._httpd.server_address[1]}"  # the port the OS chose
