@@ -74,6 +74,14 @@ def test_save_export_and_load_round_trip_in_a_bucket(object_stores, model, schem
     assert_same_parameters(toto_jax.load(native), model)
 
 
+def test_convert_reads_and_writes_buckets(object_stores, model, capsys):
+    torch, native = f"{object_stores.new_bucket('gs')}/torch", f"{object_stores.new_bucket('s3')}/native"
+    toto_jax.export_torch(model, torch)
+    assert cli_main(["convert", torch, native]) == 0
+    assert f"converted torch checkpoint {torch} -> native checkpoint {native}" in capsys.readouterr().out
+    assert_same_parameters(toto_jax.load(native), model)
+
+
 def test_native_checkpoint_without_its_marker_is_named_incomplete(object_stores, model):
     """An upload cut short leaves everything but the marker, which goes up last."""
     bucket = object_stores.new_bucket("gs")

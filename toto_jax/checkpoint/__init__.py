@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .. import storage
+from . import hub
 from .files import CheckpointError
 from .native import is_native_checkpoint, load_native, save_native
 from .torch_format import export_torch, is_torch_checkpoint, load_torch_checkpoint
@@ -42,13 +43,13 @@ def load(path: str | Path, *, dtype: str | None = None, mesh=None, rules=None):
     (parameters stay float32). With ``mesh``, every parameter is placed directly with the sharding its
     logical axes map to under ``rules`` (default rules if None). ``path`` may be a ``gs://`` or ``s3://``
     URL (``toto-jax[cloud]``): checkpoints are read through a temporary local copy, run directories
-    (gs:// only) directly.
+    (gs:// only) directly. ``hf://OWNER/NAME[@REVISION]`` is a model on the Hugging Face Hub
+    (``hf://Datadog/Toto-Open-Base-1.0``), read from huggingface_hub's cache, downloaded on first use.
     """
-    path = bundled_model_directory(path) or path
+    path = locate(path)
     storage.check_access(path)
-    path = storage.as_path(path)
     if not path.exists():
-        raise CheckpointError(f"checkpoint not found: {path}")
+        raise CheckpointError(f"checkpoint not found: {path}{hub.hint(path)}")
     kind = checkpoint_kind(path)
     if kind in ("torch", "native"):
         loader = load_torch_checkpoint if kind == "torch" else load_native
@@ -66,6 +67,14 @@ def load(path: str | Path, *, dtype: str | None = None, mesh=None, rules=None):
         f"{path} is not a checkpoint: expected model.safetensors + config.json (PyTorch), "
         "a native checkpoint (config.json + state/ + toto_jax_checkpoint.json) or a training run directory"
     )
+
+
+def locate(path: str | Path):
+    """The directory (or file) the checkpoint ``path`` names: a bundled model's, the local snapshot of an
+    ``hf://`` model (downloaded on first use), else ``path`` itself, local or in a bucket."""
+    if hub.is_hub_name(path):
+        return hub.download(path)
+    return bundled_model_directory(path) or storage.as_path(path)
 
 
 def bundled_model_directory(name) -> Path | None:
@@ -121,5 +130,6 @@ __all__ = [
     "load",
     "load_native",
     "load_torch_checkpoint",
+    "locate",
     "save",
 ]

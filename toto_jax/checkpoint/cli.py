@@ -49,10 +49,11 @@ def tensor_group_checksums(model) -> dict[str, tuple[int, str]]:
 
 def convert(source: str | Path, destination: str | Path, *, to: str | None = None, overwrite: bool = False):
     """Convert a checkpoint; returns (source kind, target kind, checksums of the written, re-read model)."""
-    from . import CheckpointError, checkpoint_kind, export_torch, load, save
+    from .. import storage
+    from . import CheckpointError, checkpoint_kind, export_torch, load, locate, save
     from .files import check_destination
 
-    source, destination = Path(source), Path(destination)
+    source, destination = locate(source), storage.as_path(destination)
     kind = checkpoint_kind(source)
     if kind is None:
         if not source.exists():
@@ -95,8 +96,9 @@ def add_parser(subparsers) -> None:
         "convert",
         help="convert a checkpoint between the native and the PyTorch (reference) layouts",
         description=(
-            "Convert SRC (a PyTorch model.safetensors + config.json directory, a native checkpoint or a "
-            "training run directory) into DST. Without --to, PyTorch becomes native and native becomes "
+            "Convert SRC (a PyTorch model.safetensors + config.json directory, a native checkpoint, a "
+            "training run directory or a Hugging Face Hub model, hf://OWNER/NAME) into DST; both may be gs:// or "
+            "s3:// URLs. Without --to, PyTorch becomes native and native becomes "
             "PyTorch. Prints the parameter count and a checksum per tensor group of the written checkpoint."
         ),
     )

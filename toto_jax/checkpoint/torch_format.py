@@ -124,6 +124,14 @@ def config_from_reference_dict(values: dict):
     return TotoConfig.from_reference_dict(values)
 
 
+def index_shards(index_path: Path) -> list[str]:
+    """The shard files a ``model.safetensors.index.json`` lists, sorted."""
+    try:
+        return sorted(set(json.loads(index_path.read_text())["weight_map"].values()))
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as error:
+        raise CheckpointError(f"{index_path} is not a safetensors index (needs a weight_map): {error}") from None
+
+
 def _weight_files(directory: Path, weights: Path | None) -> list[Path]:
     """The safetensors file(s) to read: one file, or the shards a ``model.safetensors.index.json`` lists."""
     if weights is not None:
@@ -131,11 +139,7 @@ def _weight_files(directory: Path, weights: Path | None) -> list[Path]:
     index_path = directory / INDEX_FILE
     if (directory / WEIGHTS_FILE).is_file() or not index_path.is_file():
         return [directory / WEIGHTS_FILE]
-    try:
-        weight_map = json.loads(index_path.read_text())["weight_map"]
-        shards = sorted(set(weight_map.values()))
-    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as error:
-        raise CheckpointError(f"{index_path} is not a safetensors index (needs a weight_map): {error}") from None
+    shards = index_shards(index_path)
     absent = [shard for shard in shards if not (directory / shard).is_file()]
     if absent:
         raise CheckpointError(f"{index_path} lists shard(s) missing from {directory}: {absent}")

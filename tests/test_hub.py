@@ -1,0 +1,121 @@
+"""Checkpoints on the Hugging Face Hub (``hf://OWNER/NAME[@REVISION]``), downloaded by huggingface_hub from a
+Hub on loopback (tests/hub_server.py) into a temporary cache: the config and weights (one file or every shard)
+and nothing else, once; the cache alone when offline; errors that name the model, revision or file."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import safetensors.numpy
+from flax import nnx
+from hub_server import commit_of, running_hub
+
+import toto_jax
+from toto_jax.checkpoint import CheckpointError, checkpoint_kind
+from toto_jax.cli import main as cli_main
+from toto_jax.config import TotoConfig
+
+
+@pytest.fixture(scope="module")
+def model():
+    config = TotoConfig(
+        patch_size=8, stride=8, embed_dim=16, num_heads=2, num_layers=2, mlp_hidden_dim=32,
+        spacewise_every_n_layers=2, k_components=2,
+    )  # fmt: skip
+    return toto_jax.Toto(config, rngs=nnx.Rngs(0))
+
+
+@pytest.fixture(scope="module")
+def repositories(tmp_path_factory, model):
+    """Published directories: 'plain' (config + model.safetensors + a README not to download), 'sharded'
+    (the same weights in two shards and their index), 'no-weights' (a config alone)."""
+    root = tmp_path_factory.mktemp("hub")
+    plain = toto_jax.export_torch(model, root / "plain")
+    (plain / "README.md").write_text("a model card\n")
+    tensors = safetensors.numpy.load_file(plain / "model.safetensors")
+    sharded = root / "sharded"
+    sharded.mkdir()
+    (sharded / "config.json").write_bytes((plain / "config.json").read_bytes())
+    weight_map = {}
+    for shard, keys in enumerate(np.array_split(sorted(tensors), 2), start=1):
+        name = f"model-0000{shard}-of-00002.safetensors"
+        safetensors.numpy.save_file({key: tensors[key] for key in keys}, sharded / name)
+        weight_map.update(dict.fromkeys(keys, name))
+    (sharded / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    no_weights = root / "no-weights"
+    no_weights.mkdir()
+    (no_weights / "config.json").write_bytes((plain / "config.json").read_bytes())
+    return {"plain": plain, "sharded": sharded, "no-weights": no_weights}
+
+
+@pytest.fixture
+def hub(repositories, tmp_path):
+    """The Hub on loopback with the three repositories under 'Datadog/', and an empty cache."""
+    from huggingface_hub import constants
+
+    with running_hub() as hub, pytest.MonkeyPatch.context() as patch:
+        for name, directory in repositories.items():
+            hub.add(f"Datadog/{name}", directory)
+        patch.setenv("HF_ENDPOINT", hub.url)
+        patch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
+        yield hub
+
+
+def assert_same_parameters(a, b):
+    flat_a, flat_b = dict(nnx.to_flat_state(nnx.state(a))), dict(nnx.to_flat_state(nnx.state(b)))
+    assert flat_a.keys() == flat_b.keys()
+    for key in flat_a:
+        np.testing.assert_array_equal(np.asarray(flat_a[key][...]), np.asarray(flat_b[key][...]), err_msg=str(key))
+
+
+def test_a_hub_model_is_downloaded_once_without_extra_files(hub, model):
+    assert_same_parameters(toto_jax.load("hf://Datadog/plain"), model)
+    assert sorted(hub.downloads) == ["Datadog/plain/config.json", "Datadog/plain/model.safetensors"]
+    assert_same_parameters(toto_jax.load(f"hf://Datadog/plain@{commit_of('Datadog/plain')}"), model)
+    assert len(hub.downloads) == 2  # the second load, at the same commit, reads the cache
+
+
+def test_a_sharded_hub_model_downloads_its_index_and_every_shard(hub, model):
+    assert_same_parameters(toto_jax.load("hf://Datadog/sharded"), model)
+    assert sorted(hub.downloads) == [
+        "Datadog/sharded/config.json",
+        "Datadog/sharded/model-00001-of-00002.safetensors",
+        "Datadog/sharded/model-00002-of-00002.safetensors",
+        "Datadog/sharded/model.safetensors.index.json",
+    ]
+
+
+def test_offline_the_cache_serves_what_was_downloaded(hub, model, monkeypatch):
+    from huggingface_hub import constants
+
+    toto_jax.load("hf://Datadog/sharded")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    assert_same_parameters(toto_jax.load("hf://Datadog/sharded"), model)
+    with pytest.raises(CheckpointError, match=r"hf://Datadog/plain: cannot download config\.json from the Hugging"):
+        toto_jax.load("hf://Datadog/plain")
+
+
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        ("hf://Datadog/absent", r"hf://Datadog/absent: the Hugging Face Hub has no model Datadog/absent \(or it is "),
+        ("hf://Datadog/plain@v9", r"hf://Datadog/plain@v9: the Hub model Datadog/plain has no revision 'v9'"),
+        ("hf://Datadog/no-weights", r"hf://Datadog/no-weights is not a checkpoint: the Hub model Datadog/no-weights "
+         r"has no model\.safetensors \(or model\.safetensors\.index\.json\)"),
+        ("hf://Toto-Open-Base-1.0", r"hf://Toto-Open-Base-1.0: a Hugging Face Hub checkpoint is named hf://OWNER/NAME"),
+        ("Datadog/plain", r"checkpoint not found: Datadog/plain \(a model on the Hugging Face Hub is named "
+         r"hf://Datadog/plain\)"),
+    ],
+)  # fmt: skip
+def test_hub_errors_name_the_model(hub, name, message):
+    with pytest.raises(CheckpointError, match=message):
+        toto_jax.load(name)
+
+
+def test_convert_reads_a_hub_model(hub, model, tmp_path, capsys):
+    assert cli_main(["convert", "hf://Datadog/plain", str(tmp_path / "native")]) == 0
+    assert "converted torch checkpoint hf://Datadog/plain -> native checkpoint" in capsys.readouterr().out
+    assert checkpoint_kind(tmp_path / "native") == "native"
+    assert_same_parameters(toto_jax.load(tmp_path / "native"), model)
