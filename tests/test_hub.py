@@ -9,22 +9,17 @@ import json
 import numpy as np
 import pytest
 import safetensors.numpy
-from flax import nnx
 from hub_server import commit_of, running_hub
+from tiny_models import assert_same_parameters, tiny_toto1
 
 import toto_jax
 from toto_jax.checkpoint import CheckpointError, checkpoint_kind
 from toto_jax.cli import main as cli_main
-from toto_jax.config import TotoConfig
 
 
 @pytest.fixture(scope="module")
 def model():
-    config = TotoConfig(
-        patch_size=8, stride=8, embed_dim=16, num_heads=2, num_layers=2, mlp_hidden_dim=32,
-        spacewise_every_n_layers=2, k_components=2,
-    )  # fmt: skip
-    return toto_jax.Toto(config, rngs=nnx.Rngs(0))
+    return tiny_toto1()
 
 
 @pytest.fixture(scope="module")
@@ -61,13 +56,6 @@ def hub(repositories, tmp_path):
         patch.setenv("HF_ENDPOINT", hub.url)
         patch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
         yield hub
-
-
-def assert_same_parameters(a, b):
-    flat_a, flat_b = dict(nnx.to_flat_state(nnx.state(a))), dict(nnx.to_flat_state(nnx.state(b)))
-    assert flat_a.keys() == flat_b.keys()
-    for key in flat_a:
-        np.testing.assert_array_equal(np.asarray(flat_a[key][...]), np.asarray(flat_b[key][...]), err_msg=str(key))
 
 
 def test_a_hub_model_is_downloaded_once_without_extra_files(hub, model):

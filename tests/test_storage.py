@@ -16,12 +16,12 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from flax import nnx
+from tiny_models import assert_same_parameters, tiny_toto1
 
 import toto_jax
 from toto_jax import storage
 from toto_jax.checkpoint import CheckpointError, checkpoint_kind
 from toto_jax.cli import main as cli_main
-from toto_jax.config import TotoConfig
 from toto_jax.data.convert import convert_csv_directory
 
 SCHEMES = ["gs", "s3"]
@@ -31,18 +31,7 @@ TINY = Path(__file__).parents[1] / "experiments" / "configs" / "tiny.yaml"
 
 @pytest.fixture(scope="module")
 def model():
-    config = TotoConfig(
-        patch_size=8, stride=8, embed_dim=16, num_heads=2, num_layers=2, mlp_hidden_dim=32,
-        spacewise_every_n_layers=2, k_components=2,
-    )  # fmt: skip
-    return toto_jax.Toto(config, rngs=nnx.Rngs(0))
-
-
-def assert_same_parameters(a, b):
-    flat_a, flat_b = dict(nnx.to_flat_state(nnx.state(a))), dict(nnx.to_flat_state(nnx.state(b)))
-    assert flat_a.keys() == flat_b.keys()
-    for key in flat_a:
-        np.testing.assert_array_equal(np.asarray(flat_a[key][...]), np.asarray(flat_b[key][...]), err_msg=str(key))
+    return tiny_toto1()
 
 
 @pytest.mark.parametrize("scheme", SCHEMES)
