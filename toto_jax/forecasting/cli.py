@@ -29,8 +29,8 @@ def add_parser(subparsers) -> None:
         "--checkpoint",
         default="default",
         help="model: a reference checkpoint (model.safetensors + config.json), a native checkpoint, a training run "
-        "directory, or a model shipped with toto-jax: 'toto1-small', 'toto2-small' or 'default' (the better of "
-        "them, toto1-small; the default)",
+        "directory, a Hugging Face Hub model (hf://OWNER/NAME), or a model shipped with toto-jax: 'toto1-small', "
+        "'toto2-small' or 'default' (the better of them, toto1-small; the default)",
     )
     parser.add_argument(
         "--input",

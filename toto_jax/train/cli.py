@@ -21,7 +21,8 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (checkpoint.every=N)")
     parser.add_argument(
         "--init-from",
-        help="fine-tune: start from this checkpoint (reference model.safetensors + config.json, or a run directory)",
+        help="fine-tune: start from this checkpoint (reference model.safetensors + config.json, hf://OWNER/NAME, or "
+        "a run directory)",
     )
     parser.add_argument(
         "--compilation-cache-dir",
@@ -43,8 +44,8 @@ def add_parser(subparsers) -> None:
     finetune.add_argument("--input", required=True, help="CSV or Parquet table of the series to fine-tune on")
     finetune.add_argument("--workdir", required=True, help="run directory: checkpoints, metrics, the best model")
     finetune.add_argument("--checkpoint", default="default",
-                          help="model to start from: a published checkpoint, a native one, a run directory, or "
-                               "'default' (the bundled model)")  # fmt: skip
+                          help="model to start from: a published checkpoint (a directory or hf://OWNER/NAME), a "
+                               "native one, a run directory, or 'default' (the bundled model)")  # fmt: skip
     finetune.add_argument("--covariates", default=None,
                           help="comma-separated covariate columns: inputs known in the future, not forecast nor in "
                                "the loss (variate labels are added to the model)")  # fmt: skip
