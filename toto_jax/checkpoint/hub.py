@@ -58,8 +58,9 @@ def download(name: str) -> Path:
             fetch(file := WEIGHTS_FILE)
         except EntryNotFoundError as no_weights:  # absent, or (offline) not in the cache: a sharded checkpoint?
             try:
-                index = fetch(INDEX_FILE)
+                index = fetch(file := INDEX_FILE)
             except EntryNotFoundError:
+                file = WEIGHTS_FILE
                 raise no_weights from None
             for file in index_shards(index):
                 fetch(file)
