@@ -58,9 +58,13 @@ def hub(repositories, tmp_path):
         yield hub
 
 
-def test_a_hub_model_is_downloaded_once_without_extra_files(hub, model):
-    assert_same_parameters(toto_jax.load("hf://Datadog/plain"), model)
+def test_a_hub_model_downloads_once_without_extra_files_and_exports_bit_identically(hub, model, repositories, tmp_path):
+    loaded = toto_jax.load("hf://Datadog/plain")
+    assert_same_parameters(loaded, model)
     assert sorted(hub.downloads) == ["Datadog/plain/config.json", "Datadog/plain/model.safetensors"]
+    exported = toto_jax.export_torch(loaded, tmp_path / "exported")
+    for file in ("config.json", "model.safetensors"):
+        assert (exported / file).read_bytes() == (repositories["plain"] / file).read_bytes(), file
     assert_same_parameters(toto_jax.load(f"hf://Datadog/plain@{commit_of('Datadog/plain')}"), model)
     assert len(hub.downloads) == 2  # the second load, at the same commit, reads the cache
 
