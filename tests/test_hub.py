@@ -111,3 +111,11 @@ def test_convert_reads_a_hub_model(hub, model, tmp_path, capsys):
     assert "converted torch checkpoint hf://Datadog/plain -> native checkpoint" in capsys.readouterr().out
     assert checkpoint_kind(tmp_path / "native") == "native"
     assert_same_parameters(toto_jax.load(tmp_path / "native"), model)
+
+
+@pytest.mark.parametrize("write", ["save", "export_torch"])
+def test_writing_to_a_hub_name_is_refused_and_writes_nothing(model, tmp_path, monkeypatch, write):
+    monkeypatch.chdir(tmp_path)  # where pathlib would have made hf://Datadog/mine a local hf:/Datadog/mine
+    with pytest.raises(ValueError, match=r"hf://Datadog/mine names a model on the Hugging Face Hub, which "):
+        getattr(toto_jax, write)(model, "hf://Datadog/mine")
+    assert not any(tmp_path.iterdir())

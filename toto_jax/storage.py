@@ -53,7 +53,13 @@ def scheme(path) -> str | None:
 
 
 def as_path(path) -> AnyPath:
-    """``gs://`` / ``s3://`` URLs as ``epath.Path``; anything else as ``pathlib.Path``."""
+    """``gs://`` / ``s3://`` URLs as ``epath.Path``; anything else as ``pathlib.Path``, but for ``hf://`` Hub
+    model names, which only ``toto_jax.load`` reads (pathlib would make ``hf://a/b`` a local ``hf:/a/b``)."""
+    if str(path).startswith("hf://"):
+        raise StorageError(
+            f"{path} names a model on the Hugging Face Hub, which toto_jax.load and `toto-jax convert` read but "
+            "nothing here writes or lists: write a directory and upload it (`hf upload OWNER/NAME DIRECTORY`)"
+        )
     if not is_remote(path):
         return pathlib.Path(path)
     _require_client(scheme(path))

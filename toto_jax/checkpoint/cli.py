@@ -49,11 +49,10 @@ def tensor_group_checksums(model) -> dict[str, tuple[int, str]]:
 
 def convert(source: str | Path, destination: str | Path, *, to: str | None = None, overwrite: bool = False):
     """Convert a checkpoint; returns (source kind, target kind, checksums of the written, re-read model)."""
-    from .. import storage
     from . import CheckpointError, checkpoint_kind, export_torch, load, locate, save
     from .files import check_destination
 
-    source, destination = locate(source), storage.as_path(destination)
+    source = locate(source)
     kind = checkpoint_kind(source)
     if kind is None:
         if not source.exists():

@@ -328,15 +328,9 @@ def measure_matmul_peak(dtype=jnp.float32, size: int = 2048, repeats: int = 5) -
 
 
 def _initial_params(init_from):
-    from .checkpointing import is_run_directory, load_model_from_run
-
-    if isinstance(init_from, nnx.Module):
-        return init_from
-    if is_run_directory(init_from):
-        return load_model_from_run(init_from)
     from ..checkpoint import load
 
-    return load(init_from)
+    return init_from if isinstance(init_from, nnx.Module) else load(init_from)  # load reads run directories too
 
 
 def _training_knobs(model_config) -> dict[str, Any]:
