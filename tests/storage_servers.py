@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import email.message
 import logging
 import os
 import sys
@@ -100,8 +101,9 @@ def _store_multipart_uploads_exactly() -> None:
 
 
 def _boundary(content_type: str) -> bytes:
-    parameters = dict(p.strip().split("=", 1) for p in content_type.split(";")[1:] if "=" in p)
-    return parameters["boundary"].strip('"').encode()
+    header = email.message.Message()
+    header["Content-Type"] = content_type
+    return header.get_param("boundary").encode()
 
 
 def _multipart_file_content(body: bytes, boundary: bytes) -> bytes:

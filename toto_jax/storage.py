@@ -33,6 +33,7 @@ if logging.getLogger("fsspec").level == logging.NOTSET:
     logging.getLogger("fsspec").setLevel(logging.WARNING)
 
 REMOTE_PREFIXES = ("gs://", "s3://")
+HUB_PREFIX = "hf://"  # a Hugging Face Hub model name, read by toto_jax.checkpoint.hub: not a path
 CLIENT_PACKAGES = {"gs": "gcsfs", "s3": "s3fs"}
 ENDPOINT_TIMEOUT_SECONDS = 10.0  # a connection attempt to an endpoint that drops packets
 
@@ -47,6 +48,10 @@ def is_remote(path) -> bool:
     return str(path).startswith(REMOTE_PREFIXES)
 
 
+def is_hub_name(path) -> bool:
+    return str(path).startswith(HUB_PREFIX)
+
+
 def scheme(path) -> str | None:
     """'gs', 's3' or None (local)."""
     return str(path).split("://", 1)[0] if is_remote(path) else None
@@ -55,7 +60,7 @@ def scheme(path) -> str | None:
 def as_path(path) -> AnyPath:
     """``gs://`` / ``s3://`` URLs as ``epath.Path``; anything else as ``pathlib.Path``, but for ``hf://`` Hub
     model names, which only ``toto_jax.load`` reads (pathlib would make ``hf://a/b`` a local ``hf:/a/b``)."""
-    if str(path).startswith("hf://"):
+    if is_hub_name(path):
         raise StorageError(
             f"{path} names a model on the Hugging Face Hub, which toto_jax.load and `toto-jax convert` read but "
             "nothing here writes or lists: write a directory and upload it (`hf upload OWNER/NAME DIRECTORY`)"

@@ -72,7 +72,7 @@ def load(path: str | Path, *, dtype: str | None = None, mesh=None, rules=None):
 def locate(path: str | Path):
     """The directory (or file) the checkpoint ``path`` names: a bundled model's, the local snapshot of an
     ``hf://`` model (downloaded on first use), else ``path`` itself, local or in a bucket."""
-    if hub.is_hub_name(path):
+    if storage.is_hub_name(path):
         return hub.download(path)
     return bundled_model_directory(path) or storage.as_path(path)
 

@@ -13,15 +13,11 @@ import os
 import re
 from pathlib import Path
 
+from ..storage import HUB_PREFIX
 from .files import CheckpointError
 from .torch_format import CONFIG_FILE, INDEX_FILE, WEIGHTS_FILE, index_shards
 
-PREFIX = "hf://"
 _NAME = re.compile(r"(?P<repo>[\w.-]+/[\w.-]+)(?:@(?P<revision>[\w./-]+))?")
-
-
-def is_hub_name(path) -> bool:
-    return str(path).startswith(PREFIX)
 
 
 def hint(path) -> str:
@@ -29,7 +25,7 @@ def hint(path) -> str:
     text = str(path)
     if "://" in text or text.startswith(("/", ".")) or _NAME.fullmatch(text) is None:
         return ""
-    return f" (a model on the Hugging Face Hub is named {PREFIX}{text})"
+    return f" (a model on the Hugging Face Hub is named {HUB_PREFIX}{text})"
 
 
 def download(name: str) -> Path:
@@ -43,7 +39,7 @@ def download(name: str) -> Path:
         RevisionNotFoundError,
     )
 
-    match = _NAME.fullmatch(str(name)[len(PREFIX) :])
+    match = _NAME.fullmatch(str(name)[len(HUB_PREFIX) :])
     if match is None:
         raise CheckpointError(f"{name}: a Hugging Face Hub checkpoint is named hf://OWNER/NAME[@REVISION]")
     repo, revision = match["repo"], match["revision"]
