@@ -43,3 +43,20 @@ SLOWEST_FILES_FIRST = ("test_train_storage.py", "test_train_run.py", "test_distr
 def pytest_collection_modifyitems(items):
     rank = {name: position for position, name in enumerate(SLOWEST_FILES_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: files keep their own order
+
+
+SHARED_DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), os.pardir, "shared", "data")
+
+
+def shared_data_path(relative: str):
+    """``../shared/data/RELATIVE`` (read-only data beside the repository) as a path. Absent, the calling test
+    is skipped with that reason, except under CI=true, where the data must be there and the test fails."""
+    import pathlib
+
+    path = pathlib.Path(SHARED_DATA, relative).resolve()
+    if not path.exists():
+        reason = f"shared data {path} is absent"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"{reason} (CI=true: the shared data must be present)")
+        pytest.skip(reason)
+    return path
