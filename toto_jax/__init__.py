@@ -22,6 +22,10 @@ _LAZY = {
     "Forecast": "toto_jax.forecasting.api",
     "ForecastError": "toto_jax.forecasting.api",
     "ForecastOptions": "toto_jax.forecasting.options",
+    "detect": "toto_jax.detection.api",
+    "Detection": "toto_jax.detection.api",
+    "DetectError": "toto_jax.detection.api",
+    "DetectOptions": "toto_jax.detection.options",
 }
 
 
@@ -37,6 +41,9 @@ __all__ = [
     "PRESETS",
     "CheckpointError",
     "ConfigError",
+    "DetectError",
+    "DetectOptions",
+    "Detection",
     "Forecast",
     "ForecastError",
     "ForecastOptions",
@@ -48,6 +55,7 @@ __all__ = [
     "TotoConfig",
     "TotoOutput",
     "count_parameters",
+    "detect",
     "export_torch",
     "forecast",
     "load",

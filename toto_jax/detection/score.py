@@ -1,0 +1,173 @@
+"""The surprise of every observed step, from one causal, teacher-forced, jitted pass per window.
+
+Toto's output at patch k is its distribution for patch k + 1, so one forward pass over a window scores every
+step of it after the first patch. A series longer than the context is covered by windows of ``context`` input
+steps every ``stride`` steps; each window keeps the predictions of its last ``stride`` steps (the first window
+all of its own), so every kept prediction has seen at least ``context - stride`` steps of history and uses no
+step at or after the one it scores.
+
+Each window is prepared only from its *prefix*, the steps before the first step it keeps (the first window:
+its first patch), so that a step's score never depends on a later step:
+
+- gaps: a missing step is fed to the model as the last observed value before it (``gaps="fill"``, causal,
+  unlike forecasting's interpolation) or masked (``"mask"``); it is not scored (surprise 0);
+- normalization (``ForecastOptions.normalize``): the prefix's mean and standard deviation, in float64, so 1e9
+  counters keep their signal;
+- glitch clipping (``ForecastOptions.clip_outliers``): the prefix's clip range bounds what the model *sees*,
+  so one glitch does not blind the scaler to what follows, but never the step being scored: a glitch is
+  scored at its full value, and is clipped only as history for the steps after it;
+- the scaler's global stabilisation takes its statistics from the prefix (``prefix_length``).
+
+The surprise of an observed step x is -log of its two-sided tail probability 2 min(P(X <= x), P(X >= x))
+under the Student-T mixture, each tail summed from the components' own tails (``StudentTMixture.tails``),
+floored at 1e-30 (69 nats).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from ..forecasting.inputs import ForecastError
+from ..forecasting.options import ForecastOptions
+from ..forecasting.placement import forecast_placement
+from ..forecasting.preprocessing import normalize_context, outlier_bounds
+
+TAIL_FLOOR = 1e-30
+INPUT_LIMIT = 1e30  # normalized inputs beyond float32's range (an unclipped 1e300 glitch) are held here
+
+
+@dataclasses.dataclass(frozen=True)
+class Windows:
+    """How series of ``length`` steps are covered: window starts, and the first output kept in each."""
+
+    context: int
+    stride: int
+    patch: int
+
+    def starts(self, length: int) -> np.ndarray:
+        covered = self.context + self.patch  # a window scores its steps [start + patch, start + context + patch)
+        count = 1 + max(0, -(-(length - covered) // self.stride))
+        return np.arange(count) * self.stride
+
+    def first_kept(self, number: int) -> int:
+        """Index (in the window's outputs) of the first prediction window ``number`` keeps."""
+        return 0 if number == 0 else self.context - self.stride
+
+
+def window_plan(config, options: ForecastOptions, stride: int | None) -> Windows:
+    patch = config.patch_size
+    context = min(options.context_length or config.max_context, config.max_context)
+    context = max(patch, context // patch * patch)
+    if stride is None:
+        stride = max(patch, context // 2 // patch * patch)
+    if stride % patch or stride > context:
+        raise ForecastError(
+            f"DetectOptions.stride must be a multiple of the patch size ({patch}) no larger than the context "
+            f"({context}), got {stride}"
+        )
+    return Windows(context, stride, patch)
+
+
+def _carry_forward(values, valid):
+    """Each missing step [..., time] takes the last observed value before it; steps before the first
+    observation stay missing."""
+    steps = np.arange(values.shape[-1])
+    last = np.maximum.accumulate(np.where(valid, steps, -1), axis=-1)
+    filled = np.take_along_axis(values, np.maximum(last, 0), axis=-1)
+    return np.where(last >= 0, filled, values), last >= 0
+
+
+@dataclasses.dataclass
+class Batch:
+    """Model inputs and targets of a set of windows [window, variate, context], float32."""
+
+    inputs: np.ndarray
+    input_valid: np.ndarray
+    targets: np.ndarray
+    target_valid: np.ndarray
+    prefix: np.ndarray  # [window] steps the statistics come from
+
+
+def prepare_windows(values, valid, starts, windows: Windows, options: ForecastOptions) -> Batch:
+    """One series [variate, time] (float64, validity mask) -> its windows, prepared from their prefixes."""
+    context, patch = windows.context, windows.patch
+    span = context + patch
+    length = values.shape[-1]
+    padded = np.full((values.shape[0], int(starts[-1]) + span), np.nan)
+    padded_valid = np.zeros(padded.shape, bool)
+    padded[:, :length], padded_valid[:, :length] = values, valid
+    index = starts[:, None] + np.arange(span)
+    window_values = np.moveaxis(padded[:, index], 0, 1)  # [window, variate, span]
+    window_valid = np.moveaxis(padded_valid[:, index], 0, 1)
+    prefix = np.array([patch + windows.first_kept(n) for n in range(len(starts))])
+    in_prefix = (np.arange(span) < prefix[:, None])[:, None, :]
+    fit = window_valid & in_prefix
+    _, shift, unit = normalize_context(np.where(window_valid, window_values, 0.0), fit, options.normalize)
+    inputs, input_valid = window_values[..., :context], window_valid[..., :context]
+    if options.gaps == "fill":
+        inputs, input_valid = _carry_forward(np.where(input_valid, inputs, 0.0), input_valid)
+    if options.clip_outliers is not None:
+        low, high = outlier_bounds(window_values, fit, options.clip_outliers)
+        inputs = np.clip(inputs, low, high)
+    inputs = np.clip((inputs - shift) / unit, -INPUT_LIMIT, INPUT_LIMIT)
+    targets = np.clip((window_values[..., patch:] - shift) / unit, -3e38, 3e38)
+    return Batch(np.where(input_valid, inputs, 0.0).astype(np.float32), input_valid,
+                 np.where(window_valid[..., patch:], targets, 0.0).astype(np.float32), window_valid[..., patch:],
+                 prefix.astype(np.int32))  # fmt: skip
+
+
+@functools.partial(jax.jit, static_argnums=0, donate_argnums=4)
+def _surprise(graphdef, params, inputs, input_valid, targets, target_valid, prefix):
+    model = nnx.merge(graphdef, params)
+    output = model(inputs, input_valid, prefix_length=prefix[:, None, None])
+    scaled = (targets - output.loc) / output.scale
+    below, above = output.distribution.tails(scaled)
+    tail = jnp.clip(2.0 * jnp.minimum(below, above), TAIL_FLOOR, 1.0)
+    return jnp.where(target_valid, -jnp.log(tail), 0.0)
+
+
+def surprise(model, rows: list[np.ndarray], valid: list[np.ndarray], options: ForecastOptions,
+             stride: int | None, batch_size: int, progress=None) -> list[np.ndarray]:  # fmt: skip
+    """Surprise (nats, float32) [variate, time] of every step of each series (0 where unscored: missing steps
+    and the first patch)."""
+    windows = window_plan(model.config, options, stride)
+    placement = forecast_placement(options.devices)
+    graphdef, params = nnx.split(model)
+    params = placement.put_parameters(params)
+    prepared, owners = [], []
+    for number, (row, mask) in enumerate(zip(rows, valid)):
+        starts = windows.starts(row.shape[-1])
+        prepared.append(prepare_windows(row, mask, starts, windows, options))
+        owners.append((number, starts))
+    fields = [np.concatenate([getattr(b, f.name) for b in prepared]) for f in dataclasses.fields(Batch)]
+    total = fields[0].shape[0]
+    rows_per_call = placement.row_multiple(min(batch_size * placement.count, placement.row_multiple(total)))
+    outputs = []
+    calls = range(0, total, rows_per_call)
+    for begin in progress(calls) if progress else calls:
+        chunk = [f[begin : begin + rows_per_call] for f in fields]
+        pad = rows_per_call - chunk[0].shape[0]
+        if pad:
+            chunk = [np.concatenate([c, np.zeros((pad,) + c.shape[1:], c.dtype)]) for c in chunk]
+        chunk[-1] = np.maximum(chunk[-1], 1)  # padded rows: a harmless prefix
+        outputs.append(np.asarray(_surprise(graphdef, params, *placement.put(chunk)))[: rows_per_call - pad])
+    scored = np.concatenate(outputs)
+    results, offset = [], 0
+    for (number, starts), row in zip(owners, rows):
+        length = row.shape[-1]
+        out = np.zeros(row.shape, np.float32)
+        for n, start in enumerate(starts):
+            keep = windows.first_kept(n)
+            first, last = start + windows.patch + keep, min(length, start + windows.patch + windows.context)
+            if first < last:
+                out[:, first:last] = scored[offset + n, :, keep : keep + last - first]
+        offset += len(starts)
+        results.append(out)
+    return results
+
