@@ -10,11 +10,7 @@ from ..forecasting.inputs import ForecastError, _is_pandas, _split_rows, read_ro
 from ..forecasting.options import ForecastOptions
 from ..models import is_toto2
 from .adaptive import adaptive_scores, combine_surprise
-from .options import DetectOptions
-
-
-class DetectError(ForecastError):
-    """Input that cannot be scored, with a message naming the offending series, variate or step."""
+from .options import DetectError, DetectOptions
 
 
 @dataclasses.dataclass(frozen=True)

@@ -9,6 +9,12 @@ from __future__ import annotations
 import dataclasses
 import math
 
+from ..forecasting.inputs import ForecastError
+
+
+class DetectError(ForecastError):
+    """Input that cannot be scored, with a message naming the offending series, variate, step or option."""
+
 
 @dataclasses.dataclass(frozen=True)
 class DetectOptions:

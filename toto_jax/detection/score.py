@@ -33,10 +33,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from ..forecasting.inputs import ForecastError
 from ..forecasting.options import ForecastOptions
 from ..forecasting.placement import forecast_placement
 from ..forecasting.preprocessing import normalize_context, outlier_bounds
+from .options import DetectError
 
 TAIL_FLOOR = 1e-30
 INPUT_LIMIT = 1e30  # normalized inputs beyond float32's range (an unclipped 1e300 glitch) are held here
@@ -67,7 +67,7 @@ def window_plan(config, options: ForecastOptions, stride: int | None) -> Windows
     if stride is None:
         stride = max(patch, context // 2 // patch * patch)
     if stride % patch or stride > context:
-        raise ForecastError(
+        raise DetectError(
             f"DetectOptions.stride must be a multiple of the patch size ({patch}) no larger than the context "
             f"({context}), got {stride}"
         )

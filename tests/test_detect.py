@@ -1,0 +1,183 @@
+"""toto_jax.detect with the bundled Toto 1.0 model: causality, valid scores on awkward series, the combined
+multivariate score, glitches, bad input, and the ``toto-jax detect`` round trip (files in a temp dir)."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import toto_jax
+from toto_jax.cli import main
+from toto_jax.detection import DetectError, DetectOptions
+from toto_jax.detection.adaptive import adaptive_scores, combine_surprise
+
+# A short context keeps the compiled pass small; the windows' stride still makes series span several windows.
+SHORT = toto_jax.ForecastOptions(context_length=256)
+OPTIONS = DetectOptions(stride=128, history=300)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return toto_jax.load("default")
+
+
+def daily(steps, variates=1, seed=0, period=96):
+    rng = np.random.default_rng(seed)
+    t = np.arange(steps)
+    return np.stack([10 + 3 * np.sin(2 * np.pi * (t + 7 * v) / period) + 0.3 * rng.standard_normal(steps)
+                     for v in range(variates)])  # fmt: skip
+
+
+def test_a_later_change_moves_no_earlier_score(model):
+    """Scores, combined scores and surprise up to step t are bit-identical when the steps after t change
+    (a glitch, new noise), across window boundaries; the later scores do change."""
+    series = daily(1200, variates=2)
+    changed = series.copy()
+    t = 700
+    changed[:, t + 1 :] += np.random.default_rng(1).standard_normal((2, 1200 - t - 1))
+    changed[0, t + 1] = 1e6
+    before = toto_jax.detect(model, series, options=OPTIONS, forecast_options=SHORT)
+    after = toto_jax.detect(model, changed, options=OPTIONS, forecast_options=SHORT)
+    np.testing.assert_array_equal(after.scores[..., : t + 1], before.scores[..., : t + 1])
+    np.testing.assert_array_equal(after.combined[: t + 1], before.combined[: t + 1])
+    np.testing.assert_array_equal(after.surprise[..., : t + 1], before.surprise[..., : t + 1])
+    assert not np.array_equal(after.scores[..., t + 1 :], before.scores[..., t + 1 :])
+    assert after.scores[0, t + 1] > 0.9  # the glitch itself
+
+
+@pytest.mark.parametrize("kind", ["constant", "gappy", "offset"])
+def test_scores_valid_on_awkward_series(model, kind):
+    """Constant, gappy (leading, inner and trailing gaps) and 1e9-offset series give finite scores in [0, 1];
+    missing steps score 0; an offset of 1e9 scores as the series without it (float64 normalization)."""
+    series = daily(900)
+    if kind == "constant":
+        series = np.full((1, 900), 42.0)
+    if kind == "gappy":
+        series[0, :30] = np.nan
+        series[0, 300:340] = np.nan
+        series[0, 500:700:3] = np.nan
+        series[0, -25:] = np.nan
+    if kind == "offset":
+        series = series + 1e9
+    result = toto_jax.detect(model, series, options=OPTIONS, forecast_options=SHORT)
+    for values in (result.scores, result.combined, result.surprise):
+        assert np.all(np.isfinite(values))
+    assert np.all((result.scores >= 0) & (result.scores <= 1))
+    assert np.all((result.combined >= 0) & (result.combined <= 1))
+    if kind == "constant":
+        assert result.scores.max() < OPTIONS.threshold
+    if kind == "gappy":
+        assert np.all(result.scores[0][np.isnan(series[0])] == 0)
+    if kind == "offset":
+        plain = toto_jax.detect(model, series - 1e9, options=OPTIONS, forecast_options=SHORT)
+        np.testing.assert_allclose(result.surprise, plain.surprise, atol=2e-3)
+
+
+def test_a_glitch_is_scored_at_full_value_and_clipped_as_history(model):
+    """Clipping bounds what the model sees, not what is scored: a 1000x glitch is flagged, and the steps after
+    it, seen with the glitch clipped, are not."""
+    series = daily(900)
+    series[0, 600] = 1e4
+    result = toto_jax.detect(model, series, options=OPTIONS, forecast_options=SHORT)
+    assert result.flags[0, 600]
+    assert result.surprise[0, 600] > 15  # a tail probability below 1e-6
+    assert not result.flags[0, 620:].any()
+
+
+def test_combined_score_of_several_variates(model):
+    """A jump in one of three variates raises the combined score at that step; a one-variate series' combined
+    score is its variate's score; the combination is Bonferroni's bound."""
+    series = daily(900, variates=3)
+    series[1, 650:] += 8.0
+    result = toto_jax.detect(model, series[None], options=OPTIONS, forecast_options=SHORT)
+    assert result.scores.shape == (1, 3, 900) and result.combined.shape == (1, 900)
+    assert result.combined[0, 650] > OPTIONS.threshold
+    assert result.combined[0, 650] >= result.combined[0, 400:640].max()
+    single = toto_jax.detect(model, series[1:2], options=OPTIONS, forecast_options=SHORT)
+    np.testing.assert_array_equal(single.combined, single.scores[0])
+    surprise = np.array([[1.0, 5.0], [3.0, 0.5]])
+    combined, scored = combine_surprise(surprise, np.ones((2, 2), bool))
+    np.testing.assert_allclose(combined, [3.0 - np.log(2), 5.0 - np.log(2)])
+    assert scored.all()
+
+
+def test_adaptive_score_is_relative_to_the_series_history():
+    """The same surprise scores higher in a series whose history is calm than in one whose history is noisy."""
+    rng = np.random.default_rng(0)
+    calm, noisy = rng.gamma(1.0, 0.5, 500), rng.gamma(1.0, 3.0, 500)
+    calm[400] = noisy[400] = 12.0
+    options = DetectOptions(average=1, history=300)
+    scores = adaptive_scores(np.stack([calm, noisy]), np.ones(500, bool), options)
+    assert scores[0, 400] > 0.5 > scores[1, 400]
+    assert np.all((scores >= 0) & (scores < 1))
+
+
+def test_dataframe_in_and_out(model):
+    """A DataFrame's scores come back on its own time index with one score column per variate."""
+    index = pd.date_range("2024-01-01", periods=700, freq="5min")
+    frame = pd.DataFrame(daily(700, variates=2).T, index=index, columns=["cpu", "mem"])
+    table = toto_jax.detect(model, frame, options=OPTIONS, forecast_options=SHORT).to_dataframe()
+    assert table.index.equals(index)
+    assert list(table.columns) == ["cpu_score", "cpu_surprise", "mem_score", "mem_surprise", "anomaly_score",
+                                   "anomaly"]  # fmt: skip
+
+
+def test_bad_input_is_named(model):
+    series = daily(300, variates=2)
+    series[1, 120] = np.inf
+    with pytest.raises(DetectError, match="series 0, variate 1: infinite value at step 120"):
+        toto_jax.detect(model, series)
+    series[1] = np.nan
+    with pytest.raises(DetectError, match=r"variate\(s\) \[1\] have no observed values"):
+        toto_jax.detect(model, series)
+    with pytest.raises(DetectError, match="numeric"):
+        toto_jax.detect(model, np.array([["a", "b"]]))
+    with pytest.raises(ValueError, match="DetectOptions.history must be a positive integer"):
+        DetectOptions(history=0)
+    with pytest.raises(ValueError, match="DetectOptions.threshold must lie in"):
+        DetectOptions(threshold=2.0)
+    with pytest.raises(DetectError, match="stride must be a multiple of the patch size"):
+        toto_jax.detect(model, daily(300), options=DetectOptions(stride=100), forecast_options=SHORT)
+    with pytest.raises(DetectError, match="Toto 2.0"):
+        toto_jax.detect(toto_jax.load("toto2-small"), daily(300))
+
+
+def test_cli_round_trip(model, tmp_path, capsys):
+    """Wide CSV and long Parquet tables come back in their layout with score columns equal to the API's; the
+    plot is a PNG; an existing output needs --overwrite; a non-numeric column is refused by name."""
+    index = pd.date_range("2024-01-01", periods=700, freq="5min")
+    values = daily(700, variates=2)
+    values[0, 500] = 1e3
+    wide = pd.DataFrame({"timestamp": index, "cpu": values[0], "mem": values[1]})
+    wide.to_csv(tmp_path / "wide.csv", index=False)
+    flags = ["--context-length", "256", "--stride", "128", "--history", "300"]
+    assert main(["detect", "--input", str(tmp_path / "wide.csv"), "--output", str(tmp_path / "scored.csv"),
+                 "--plot", str(tmp_path / "scored.png"), *flags]) == 0  # fmt: skip
+    scored = pd.read_csv(tmp_path / "scored.csv")
+    expected = toto_jax.detect(model, values, options=OPTIONS, forecast_options=SHORT)
+    assert list(scored.columns) == ["timestamp", "cpu", "mem", "cpu_score", "mem_score", "anomaly_score", "anomaly"]
+    np.testing.assert_allclose(scored[["cpu", "mem"]].to_numpy().T, values)
+    np.testing.assert_allclose(scored[["cpu_score", "mem_score"]].to_numpy().T, expected.scores, atol=1e-12)
+    np.testing.assert_allclose(scored["anomaly_score"], expected.combined, atol=1e-12)
+    assert scored["anomaly"].iloc[500]
+    assert (tmp_path / "scored.png").read_bytes()[:4] == b"\x89PNG"
+
+    long = pd.concat([pd.DataFrame({"unique_id": name, "ds": index, "y": row}) for name, row in zip("ab", values)])
+    long = long.iloc[::-1]  # rows out of order: the output keeps the input's row order
+    long.to_parquet(tmp_path / "long.parquet", index=False)
+    assert main(["detect", "--input", str(tmp_path / "long.parquet"), "--output", str(tmp_path / "out.parquet"),
+                 *flags]) == 0  # fmt: skip
+    out = pd.read_parquet(tmp_path / "out.parquet")
+    assert list(out.columns) == ["unique_id", "ds", "y", "anomaly_score", "anomaly"]
+    separate = toto_jax.detect(model, [values[:1], values[1:]], options=OPTIONS, forecast_options=SHORT)
+    for name, row in zip("ab", separate.combined):
+        part = out[out.unique_id == name].sort_values("ds")
+        np.testing.assert_allclose(part["anomaly_score"], row, atol=1e-12)
+
+    before = (tmp_path / "scored.csv").read_bytes()
+    assert main(["detect", "--input", str(tmp_path / "wide.csv"), "--output", str(tmp_path / "scored.csv")]) == 2
+    assert "already exists; pass --overwrite" in capsys.readouterr().err
+    assert (tmp_path / "scored.csv").read_bytes() == before
+    wide.assign(host="x").to_csv(tmp_path / "text.csv", index=False)
+    assert main(["detect", "--input", str(tmp_path / "text.csv"), "--output", str(tmp_path / "t.csv")]) == 2
+    assert "'host'" in capsys.readouterr().err
+    assert not (tmp_path / "t.csv").exists()
