@@ -314,6 +314,15 @@ def stored_thresholds(root, detector: str) -> dict[str, float]:
     return {profile: entry["threshold"] for profile, entry in table[detector].items()}
 
 
+def detect_corpus(model, corpus: Corpus, options=None, forecast_options=None) -> dict[str, np.ndarray]:
+    """``toto_jax.detect``'s scores of every NAB file (each a univariate series; all in one batched pass)."""
+    from ..detection.api import detect
+
+    series = [corpus.values[name][None] for name in corpus.files]
+    detection = detect(model, series, options=options, forecast_options=forecast_options)
+    return dict(zip(corpus.files, detection.combined))
+
+
 def format_scoreboard(results: dict[str, ProfileResult], name: str = "toto-jax") -> str:
     """Our three profile scores beside NAB's published scoreboard, best standard score first."""
     ours = (name, *(results[p].score for p in PROFILES))
