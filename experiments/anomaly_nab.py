@@ -22,11 +22,12 @@ from toto_jax.detection.score import surprise
 from toto_jax.eval import nab
 from toto_jax.forecasting.options import ForecastOptions
 
+VERSION = 2  # of the surprise pass; bump when it changes
 CACHE = Path(__file__).resolve().parents[1] / "out" / "nab_cache"
 
 
 def cached_surprise(model_name, corpus, options: ForecastOptions, stride):
-    key = hashlib.sha1(repr((model_name, options, stride)).encode()).hexdigest()[:12]
+    key = hashlib.sha1(repr((VERSION, model_name, options, stride)).encode()).hexdigest()[:12]
     path = CACHE / f"{key}.npz"
     if path.exists():
         return dict(np.load(path)), None

@@ -8,7 +8,7 @@ import pytest
 import toto_jax
 from toto_jax.cli import main
 from toto_jax.detection import DetectError, DetectOptions
-from toto_jax.detection.adaptive import adaptive_scores, combine_surprise
+from toto_jax.detection.adaptive import adaptive_scores, combine_surprise, extremes, trailing_max
 
 # A short context keeps the compiled pass small; the windows' stride still makes series span several windows.
 SHORT = toto_jax.ForecastOptions(context_length=256)
@@ -101,14 +101,39 @@ def test_combined_score_of_several_variates(model):
 
 
 def test_adaptive_score_is_relative_to_the_series_history():
-    """The same surprise scores higher in a series whose history is calm than in one whose history is noisy."""
+    """The same surprise scores higher in a series whose history is calm than in one whose history is noisy; a
+    surprise that stays high is not raised again; an extreme scores in the top tier; the first steps, with no
+    history, score 0."""
     rng = np.random.default_rng(0)
     calm, noisy = rng.gamma(1.0, 0.5, 500), rng.gamma(1.0, 3.0, 500)
     calm[400] = noisy[400] = 12.0
-    options = DetectOptions(average=1, history=300)
-    scores = adaptive_scores(np.stack([calm, noisy]), np.ones(500, bool), options)
+    calm[401] = 11.0
+    options = DetectOptions(history=300)
+    none = np.zeros((2, 500), bool)
+    scores = adaptive_scores(np.stack([calm, noisy]), np.ones(500, bool), none, options)
     assert scores[0, 400] > 0.5 > scores[1, 400]
-    assert np.all((scores >= 0) & (scores < 1))
+    assert scores[0, 401] < 0.5
+    assert np.all((scores >= 0) & (scores < 0.9)) and np.all(scores[:, :64] == 0)
+    extreme = none.copy()
+    extreme[1, 400] = True
+    assert adaptive_scores(np.stack([calm, noisy]), np.ones(500, bool), extreme, options)[1, 400] > 0.9
+
+
+def test_extremes_need_a_new_range_and_surprise():
+    """An extreme lies beyond every earlier observed value (missing steps ignored) and surprises the model."""
+    values = np.array([[1.0, 3.0, np.nan, 2.0, 4.0, 4.0, 0.5, 5.0]])
+    valid = ~np.isnan(values)
+    surprise = np.array([[9.0, 9.0, 0.0, 9.0, 9.0, 9.0, 9.0, 1.0]])
+    found = extremes(values, valid, surprise, DetectOptions(extreme_surprise=3.0))
+    np.testing.assert_array_equal(found[0], [False, True, False, False, True, False, True, False])
+    assert not extremes(values, valid, surprise, DetectOptions(extreme_surprise=None)).any()
+
+
+def test_trailing_max_matches_its_definition():
+    values = np.random.default_rng(0).standard_normal((3, 101))
+    for width in (1, 7, 50, 200):
+        expected = np.stack([values[:, max(0, t - width + 1) : t + 1].max(-1) for t in range(101)], -1)
+        np.testing.assert_array_equal(trailing_max(values, width), expected)
 
 
 def test_dataframe_in_and_out(model):
@@ -131,9 +156,9 @@ def test_bad_input_is_named(model):
         toto_jax.detect(model, series)
     with pytest.raises(DetectError, match="numeric"):
         toto_jax.detect(model, np.array([["a", "b"]]))
-    with pytest.raises(ValueError, match="DetectOptions.history must be a positive integer"):
+    with pytest.raises(DetectError, match="DetectOptions.history must be a positive integer"):
         DetectOptions(history=0)
-    with pytest.raises(ValueError, match="DetectOptions.threshold must lie in"):
+    with pytest.raises(DetectError, match="DetectOptions.threshold must lie in"):
         DetectOptions(threshold=2.0)
     with pytest.raises(DetectError, match="stride must be a multiple of the patch size"):
         toto_jax.detect(model, daily(300), options=DetectOptions(stride=100), forecast_options=SHORT)

@@ -1,57 +1,77 @@
 """Surprise -> anomaly score in [0, 1], relative to each series' own history (numpy, causal).
 
-The idea of HTM's anomaly likelihood: a model is more surprised by some series than by others (noisy ones,
-ones unlike its training data), so one fixed surprise level flags too much in one and too little in another.
-Instead, ask whether the *recent* surprise (its mean over the last ``average`` scored steps) is unusual for
-*this* series: z = (recent - mean) / max(std, min_spread), with the mean and standard deviation of the recent
-surprise over the ``history`` steps before it. The score maps the Gaussian tail of z, d = -log10 P(Z >= z),
-to d / (d + 5): 0.5 at a one-in-10^5 z, strictly increasing, so a corpus-wide threshold never meets a tie.
+A model is more surprised by some series than by others (noisy ones, ones unlike its training data), so one
+fixed surprise level flags too much in one series and too little in another. As HTM's anomaly likelihood
+does, the score asks whether a step's surprise is unusual *for this series*:
 
-Unscored steps (missing values, the first patch) score 0 and stay out of the statistics, as do steps with
-fewer than two steps of history.
+- the surprise ratio r = s_t / max(min_reference, largest surprise of the ``history`` steps before t): a step
+  is anomalous when it surprises the model more than anything in the series' recent past (a noisy series
+  that routinely surprises by 10 nats needs more than 10; a calm one far less), and a surprise that stays
+  high is not raised again at every step;
+- an extreme: a value beyond the whole range the series has shown so far (as HTM's NAB detector's "spatial
+  anomaly"), counted only when the model also finds it surprising (``extreme_surprise`` nats), so a metric
+  the model expects to grow (a trend) is not an extreme at every new high.
+
+score = 0.9 r / (1 + r), or 0.9 + 0.1 r / (1 + r) for an extreme: strictly increasing in r within each tier
+(a corpus-wide threshold meets no ties), 0.45 at r = 1 (as surprising as the recent maximum), 0.5 at r = 1.25.
+Unscored steps (missing values, the first patch) score 0 and stay out of the history, as do the steps of a
+warm-up: until a series has ``WARM_UP`` scored steps behind it, there is no history to compare with.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from scipy.special import log_ndtr
 
 from .options import DetectOptions
 
-_HALF = 5.0  # -log10 of the tail probability that scores 0.5
+WARM_UP = 64  # scored steps of history before a step is scored
+_SURPRISE_WEIGHT = 0.9  # the top of the non-extreme tier
 
 
-def _trailing_sums(values, width: int, exclusive: bool = False):
-    """Sums of ``values`` [..., time] over the last ``width`` steps up to each step (``exclusive``: before it)."""
-    total = np.cumsum(values, axis=-1, dtype=np.float64)
-    shifted = np.zeros_like(total)
-    shifted[..., width:] = total[..., :-width]
-    sums = total - shifted
-    if exclusive:
-        sums = np.concatenate([np.zeros(sums.shape[:-1] + (1,)), sums[..., :-1]], axis=-1)
-    return sums
+def trailing_max(values, width: int):
+    """max(values[..., t - width + 1 : t + 1]) at every t (van Herk / Gil-Werman: O(time) for any width)."""
+    values = np.asarray(values, np.float64)
+    time = values.shape[-1]
+    padded_time = -(-time // width) * width
+    padded = np.concatenate([values, np.full(values.shape[:-1] + (padded_time - time,), -np.inf)], axis=-1)
+    blocks = padded.reshape(values.shape[:-1] + (-1, width))
+    from_left = np.maximum.accumulate(blocks, axis=-1).reshape(padded.shape)
+    from_right = np.flip(np.maximum.accumulate(np.flip(blocks, -1), axis=-1), -1).reshape(padded.shape)
+    steps = np.arange(time)
+    start = steps - width + 1
+    result = np.where(start >= 0, np.maximum(from_right[..., np.maximum(start, 0)], from_left[..., steps]),
+                      from_left[..., steps])  # fmt: skip
+    return result
 
 
-def adaptive_scores(surprise, scored, options: DetectOptions):
-    """Anomaly scores [..., time] in [0, 1] from surprise [..., time] (nats) and which steps carry one
-    (``scored``, broadcastable); step t uses steps <= t only."""
+def _previous(values, fill):
+    return np.concatenate([np.full(values.shape[:-1] + (1,), fill), values[..., :-1]], axis=-1)
+
+
+def extremes(values, valid, surprise, options: DetectOptions):
+    """Steps [..., time] whose observed value lies beyond every earlier observed value of its series and whose
+    surprise reaches ``options.extreme_surprise`` (none when that is None)."""
+    if options.extreme_surprise is None:
+        return np.zeros(np.shape(surprise), bool)
+    values = np.where(valid, np.asarray(values, np.float64), np.nan)
+    high = _previous(np.fmax.accumulate(values, axis=-1), np.nan)
+    low = _previous(np.fmin.accumulate(values, axis=-1), np.nan)
+    beyond = (values > high) | (values < low)  # False against NaN: no earlier observation
+    return valid & beyond & (surprise >= options.extreme_surprise)
+
+
+def adaptive_scores(surprise, scored, extreme, options: DetectOptions):
+    """Anomaly scores [..., time] in [0, 1] from surprise [..., time] (nats), which steps carry one (``scored``)
+    and which are extremes (``extremes``); step t uses steps <= t only."""
     surprise = np.asarray(surprise, np.float64)
     scored = np.broadcast_to(np.asarray(scored, bool), surprise.shape)
-    weight = scored.astype(np.float64)
-    counts = _trailing_sums(weight, options.average)
-    recent = _trailing_sums(np.where(scored, surprise, 0.0), options.average) / np.maximum(counts, 1.0)
-    ready = scored  # a scored step always has itself in its average
-    history = options.history
-    past = _trailing_sums(weight, history, exclusive=True)
-    # Moments about a per-series anchor (its first scored recent surprise: causal) keep the variance exact.
-    anchor = np.take_along_axis(recent, np.argmax(scored, axis=-1)[..., None], axis=-1)
-    centred = np.where(ready, recent - anchor, 0.0)
-    mean = _trailing_sums(centred, history, exclusive=True) / np.maximum(past, 1.0)
-    square = _trailing_sums(centred**2, history, exclusive=True) / np.maximum(past, 1.0)
-    spread = np.maximum(np.sqrt(np.maximum(square - mean**2, 0.0)), options.min_spread)
-    z = (recent - anchor - mean) / spread
-    decades = -log_ndtr(-z) / np.log(10.0)
-    return np.where(ready & (past >= 2), decades / (decades + _HALF), 0.0)
+    past = _previous(np.where(scored, surprise, -np.inf), -np.inf)
+    reference = np.maximum(trailing_max(past, options.history), options.min_reference)
+    ratio = np.where(scored, surprise, 0.0) / reference
+    level = ratio / (1.0 + ratio)
+    score = np.where(extreme, _SURPRISE_WEIGHT + (1.0 - _SURPRISE_WEIGHT) * level, _SURPRISE_WEIGHT * level)
+    warm = _previous(np.cumsum(scored, axis=-1), 0) >= WARM_UP
+    return np.where(scored & warm, score, 0.0)
 
 
 def combine_surprise(surprise, scored):

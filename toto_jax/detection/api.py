@@ -9,7 +9,7 @@ import numpy as np
 from ..forecasting.inputs import ForecastError, _is_pandas, _split_rows, read_rows
 from ..forecasting.options import ForecastOptions
 from ..models import is_toto2
-from .adaptive import adaptive_scores, combine_surprise
+from .adaptive import adaptive_scores, combine_surprise, extremes
 from .options import DetectError, DetectOptions
 
 
@@ -133,12 +133,14 @@ def detect(model, series, padding_mask=None, *, options: DetectOptions | None = 
     raw = surprise_pass(model, rows.values, valid, forecast_options, options.stride, options.batch_size, progress)
     patch = model.config.patch_size
     scores, combined, surprises = [], [], []
-    for values, mask in zip(raw, valid):
+    for values, raw_surprise, mask in zip(rows.values, raw, valid):
         scored = mask & (np.arange(mask.shape[-1]) >= patch)
-        surprises.append(np.where(scored, values, 0.0))
-        scores.append(adaptive_scores(values, scored, options))
-        joint, joint_scored = combine_surprise(values, scored)
-        combined.append(adaptive_scores(joint, joint_scored, options))
+        surprise = np.where(scored, raw_surprise, 0.0)
+        extreme = extremes(values, mask, surprise, options)
+        surprises.append(surprise)
+        scores.append(adaptive_scores(surprise, scored, extreme, options))
+        joint, joint_scored = combine_surprise(surprise, scored)
+        combined.append(adaptive_scores(joint, joint_scored, extreme.any(axis=0), options))
     index = variates = None
     if rows.index is not None:
         index, variates = _pandas_labels(series)

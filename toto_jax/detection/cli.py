@@ -44,12 +44,13 @@ def add_parser(subparsers) -> None:
                        help=f"scores at or above it are flagged (default {detect_default.threshold:g})")
     group.add_argument("--stride", type=int, default=detect_default.stride,
                        help="steps between sliding windows (default: half the context)")
-    group.add_argument("--average", type=int, default=detect_default.average,
-                       help=f"steps the recent surprise is averaged over (default {detect_default.average})")
     group.add_argument("--history", type=int, default=detect_default.history,
-                       help=f"steps of past surprise it is compared with (default {detect_default.history})")
-    group.add_argument("--min-spread", type=float, default=detect_default.min_spread,
-                       help=f"floor on that past surprise's spread, nats (default {detect_default.min_spread:g})")
+                       help=f"steps of the series' past surprise a step is compared with (default {detect_default.history})")
+    group.add_argument("--min-reference", type=float, default=detect_default.min_reference,
+                       help=f"floor on that past surprise, nats (default {detect_default.min_reference:g})")
+    group.add_argument("--extreme-surprise", type=_optional_nats, default=detect_default.extreme_surprise,
+                       help="nats of surprise at which a value beyond the series' whole past range is an extreme "
+                            f"('none': no extremes; default {detect_default.extreme_surprise:g})")  # fmt: skip
     group = parser.add_argument_group("series preparation (defaults: toto_jax.ForecastOptions())")
     group.add_argument("--reference-options", action="store_true",
                        help="no gap filling, clipping or normalization (ForecastOptions.reference())")
@@ -67,16 +68,20 @@ def add_parser(subparsers) -> None:
     parser.set_defaults(func=run, **_UNUSED_FORECAST_FLAGS)
 
 
+def _optional_nats(text: str) -> float | None:
+    return None if text.strip().lower() in ("none", "off") else float(text)
+
+
 def _options(args):
     from ..forecasting.options import options_from_args
     from .options import DetectOptions
 
     try:
-        detect = DetectOptions(threshold=args.threshold, stride=args.stride, average=args.average,
-                               history=args.history, min_spread=args.min_spread)  # fmt: skip
+        detect = DetectOptions(threshold=args.threshold, stride=args.stride, history=args.history,
+                               min_reference=args.min_reference, extreme_surprise=args.extreme_surprise)  # fmt: skip
     except ValueError as error:
         message = str(error)
-        for name in ("threshold", "stride", "average", "history", "min_spread"):
+        for name in ("threshold", "stride", "history", "min_reference", "extreme_surprise"):
             message = message.replace(f"DetectOptions.{name}", "--" + name.replace("_", "-"))
         raise ValueError(message) from None
     return detect, options_from_args(args).replace(progress=False)

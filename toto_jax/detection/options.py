@@ -18,23 +18,25 @@ class DetectError(ForecastError):
 
 @dataclasses.dataclass(frozen=True)
 class DetectOptions:
-    """How ``toto_jax.detect`` scores steps (defaults chosen on NAB by the rule in experiments/anomaly_nab.md).
+    """How ``toto_jax.detect`` scores steps (``toto_jax.detection.adaptive``). The defaults were chosen on half of
+    NAB by the rule in experiments/anomaly_nab.md.
 
-    - ``stride``: steps between the starts of the sliding windows that cover a series longer than the context
-      (a multiple of the patch size; None: half the context). Every scored step sees at least
-      ``context - stride`` steps of history; smaller strides cost more passes.
-    - ``average``: steps the recent surprise is averaged over (1: each step alone).
-    - ``history``: steps of a series' own past surprise the recent average is compared with.
-    - ``min_spread``: floor (in nats) on the spread of that past surprise, so a series the model predicts
-      perfectly (a flat line) is not flagged for a tiny, harmless surprise.
-    - ``threshold``: scores at or above it are flagged (``Detection.flags``, the plot, the CLI's flag column).
+    - ``stride``: steps between the sliding windows that cover a series (a multiple of the patch size; None:
+      half the context). Every scored step sees at least ``context - stride`` steps of history (all there is
+      near the start of a series); smaller strides cost more passes.
+    - ``history``: steps of the series' own past surprise a step's surprise is compared with.
+    - ``min_reference``: floor (nats) on that past surprise, so a series the model predicts perfectly (a flat
+      line) is not flagged for a harmless wobble.
+    - ``extreme_surprise``: nats of surprise at which a value beyond the series' whole past range scores in the
+      top tier (None: no extremes, e.g. for metrics that grow without bound).
+    - ``threshold``: scores at or above it are flagged (``Detection.flags``, the plot, the CLI's ``anomaly``).
     - ``batch_size``: windows per compiled call (per device).
     """
 
     stride: int | None = None
-    average: int = 3
-    history: int = 2000
-    min_spread: float = 0.5
+    history: int = 700
+    min_reference: float = 1.0
+    extreme_surprise: float | None = 3.0
     threshold: float = 0.5
     batch_size: int = 64
 
@@ -44,20 +46,28 @@ class DetectOptions:
             if value is None and allow_none:
                 return
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"DetectOptions.{name} must be a positive integer{' or None' * allow_none}, got {value!r}")
+                raise DetectError(f"DetectOptions.{name} must be a positive integer{' or None' * allow_none}, "
+                                  f"got {value!r}")  # fmt: skip
+
+        def non_negative_number(name, allow_none=False):
+            value = getattr(self, name)
+            if value is None and allow_none:
+                return
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+                value >= 0 and math.isfinite(value)
+            ):
+                raise DetectError(f"DetectOptions.{name} must be a non-negative number{' or None' * allow_none}, "
+                                  f"got {value!r}")  # fmt: skip
 
         positive_int("stride", allow_none=True)
-        positive_int("average")
         positive_int("history")
         positive_int("batch_size")
-        if self.history < 2:
-            raise ValueError(f"DetectOptions.history must be at least 2 steps, got {self.history}")
-        if isinstance(self.min_spread, bool) or not isinstance(self.min_spread, (int, float)) or not (
-            self.min_spread > 0 and math.isfinite(self.min_spread)
-        ):
-            raise ValueError(f"DetectOptions.min_spread must be a positive number, got {self.min_spread!r}")
+        non_negative_number("extreme_surprise", allow_none=True)
+        non_negative_number("min_reference")
+        if self.min_reference <= 0:
+            raise DetectError(f"DetectOptions.min_reference must be positive, got {self.min_reference!r}")
         if isinstance(self.threshold, bool) or not isinstance(self.threshold, (int, float)) or not 0 <= self.threshold <= 1:
-            raise ValueError(f"DetectOptions.threshold must lie in [0, 1], got {self.threshold!r}")
+            raise DetectError(f"DetectOptions.threshold must lie in [0, 1], got {self.threshold!r}")
 
     def replace(self, **changes) -> DetectOptions:
         return dataclasses.replace(self, **changes)

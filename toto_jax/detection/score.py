@@ -39,25 +39,34 @@ from ..forecasting.preprocessing import normalize_context, outlier_bounds
 from .options import DetectError
 
 TAIL_FLOOR = 1e-30
+CLIP_MIN_HISTORY = 256  # observed prefix steps a clip range is taken from; shorter pasts are not clipped
 INPUT_LIMIT = 1e30  # normalized inputs beyond float32's range (an unclipped 1e300 glitch) are held here
 
 
 @dataclasses.dataclass(frozen=True)
 class Windows:
-    """How series of ``length`` steps are covered: window starts, and the first output kept in each."""
+    """How a series is covered: window j scores steps [patch + j stride, patch + (j + 1) stride) with the last
+    ``stride`` of its ``context`` outputs; its inputs are the ``context`` steps before its last scored patch
+    (left-padded as missing at the start of a series), the first ``context - stride`` of them its prefix."""
 
     context: int
     stride: int
     patch: int
 
     def starts(self, length: int) -> np.ndarray:
-        covered = self.context + self.patch  # a window scores its steps [start + patch, start + context + patch)
-        count = 1 + max(0, -(-(length - covered) // self.stride))
-        return np.arange(count) * self.stride
+        """First input step of each window (negative: left padding)."""
+        count = max(1, -(-(length - self.patch) // self.stride))
+        return (np.arange(count) + 1) * self.stride - self.context
 
-    def first_kept(self, number: int) -> int:
-        """Index (in the window's outputs) of the first prediction window ``number`` keeps."""
-        return 0 if number == 0 else self.context - self.stride
+    @property
+    def first_kept(self) -> int:
+        """Index (in a window's outputs) of the first prediction it keeps."""
+        return self.context - self.stride
+
+    @property
+    def prefix(self) -> int:
+        """Window steps before its first scored step: what its statistics come from."""
+        return self.patch + self.first_kept
 
 
 def window_plan(config, options: ForecastOptions, stride: int | None) -> Windows:
@@ -96,30 +105,31 @@ class Batch:
 
 def prepare_windows(values, valid, starts, windows: Windows, options: ForecastOptions) -> Batch:
     """One series [variate, time] (float64, validity mask) -> its windows, prepared from their prefixes."""
-    context, patch = windows.context, windows.patch
+    context, patch, prefix = windows.context, windows.patch, windows.prefix
     span = context + patch
     length = values.shape[-1]
-    padded = np.full((values.shape[0], int(starts[-1]) + span), np.nan)
+    left = max(0, -int(starts[0]))
+    width = left + max(length, int(starts[-1]) + span)
+    padded = np.full((values.shape[0], width), np.nan)
     padded_valid = np.zeros(padded.shape, bool)
-    padded[:, :length], padded_valid[:, :length] = values, valid
-    index = starts[:, None] + np.arange(span)
+    padded[:, left : left + length], padded_valid[:, left : left + length] = values, valid
+    index = left + starts[:, None] + np.arange(span)
     window_values = np.moveaxis(padded[:, index], 0, 1)  # [window, variate, span]
     window_valid = np.moveaxis(padded_valid[:, index], 0, 1)
-    prefix = np.array([patch + windows.first_kept(n) for n in range(len(starts))])
-    in_prefix = (np.arange(span) < prefix[:, None])[:, None, :]
-    fit = window_valid & in_prefix
+    fit = window_valid & (np.arange(span) < prefix)
     _, shift, unit = normalize_context(np.where(window_valid, window_values, 0.0), fit, options.normalize)
     inputs, input_valid = window_values[..., :context], window_valid[..., :context]
     if options.gaps == "fill":
         inputs, input_valid = _carry_forward(np.where(input_valid, inputs, 0.0), input_valid)
     if options.clip_outliers is not None:
         low, high = outlier_bounds(window_values, fit, options.clip_outliers)
-        inputs = np.clip(inputs, low, high)
+        enough = fit.sum(-1, keepdims=True) >= CLIP_MIN_HISTORY  # a short past has no reliable range
+        inputs = np.clip(inputs, np.where(enough, low, -np.inf), np.where(enough, high, np.inf))
     inputs = np.clip((inputs - shift) / unit, -INPUT_LIMIT, INPUT_LIMIT)
     targets = np.clip((window_values[..., patch:] - shift) / unit, -3e38, 3e38)
     return Batch(np.where(input_valid, inputs, 0.0).astype(np.float32), input_valid,
                  np.where(window_valid[..., patch:], targets, 0.0).astype(np.float32), window_valid[..., patch:],
-                 prefix.astype(np.int32))  # fmt: skip
+                 np.full(len(starts), prefix, np.int32))  # fmt: skip
 
 
 @functools.partial(jax.jit, static_argnums=0, donate_argnums=4)
@@ -157,17 +167,14 @@ def surprise(model, rows: list[np.ndarray], valid: list[np.ndarray], options: Fo
             chunk = [np.concatenate([c, np.zeros((pad,) + c.shape[1:], c.dtype)]) for c in chunk]
         chunk[-1] = np.maximum(chunk[-1], 1)  # padded rows: a harmless prefix
         outputs.append(np.asarray(_surprise(graphdef, params, *placement.put(chunk)))[: rows_per_call - pad])
-    scored = np.concatenate(outputs)
+    scored = np.concatenate(outputs)[..., windows.first_kept :]  # [window, variate, stride]
     results, offset = [], 0
-    for (number, starts), row in zip(owners, rows):
+    for (_, starts), row in zip(owners, rows):
         length = row.shape[-1]
+        kept = np.moveaxis(scored[offset : offset + len(starts)], 0, 1).reshape(row.shape[0], -1)
         out = np.zeros(row.shape, np.float32)
-        for n, start in enumerate(starts):
-            keep = windows.first_kept(n)
-            first, last = start + windows.patch + keep, min(length, start + windows.patch + windows.context)
-            if first < last:
-                out[:, first:last] = scored[offset + n, :, keep : keep + last - first]
+        if length > windows.patch:
+            out[:, windows.patch :] = kept[:, : length - windows.patch]
         offset += len(starts)
         results.append(out)
     return results
-
