@@ -206,3 +206,24 @@ def test_cli_round_trip(model, tmp_path, capsys):
     assert main(["detect", "--input", str(tmp_path / "text.csv"), "--output", str(tmp_path / "t.csv")]) == 2
     assert "'host'" in capsys.readouterr().err
     assert not (tmp_path / "t.csv").exists()
+
+
+def test_mixture_tails_match_scipy_far_out():
+    """StudentTMixture.tails: both tails of a Student-T mixture to 1e-4 relative against scipy, far into the
+    upper tail too, where 1 - cdf would be 0 in float32."""
+    import jax.numpy as jnp
+    from scipy import stats
+
+    from toto_jax.models.toto1.distribution import StudentTMixture
+
+    df, loc, scale, logits = (np.array([[3.0, 7.5]]), np.array([[0.0, 2.0]]), np.array([[1.0, 0.5]]),
+                              np.array([[0.3, -0.2]]))  # fmt: skip
+    mixture = StudentTMixture(*(jnp.asarray(a, jnp.float32) for a in (df, loc, scale, logits)))
+    x = np.array([-40.0, -3.0, 0.5, 2.0, 6.0, 300.0])
+    below, above = (np.asarray(t) for t in mixture.tails(jnp.asarray(x[:, None], jnp.float32)))
+    weights = np.exp(logits) / np.exp(logits).sum()
+    expected_below = sum(w * stats.t.cdf(x, d, m, s) for w, d, m, s in zip(weights[0], df[0], loc[0], scale[0]))
+    expected_above = sum(w * stats.t.sf(x, d, m, s) for w, d, m, s in zip(weights[0], df[0], loc[0], scale[0]))
+    np.testing.assert_allclose(below[:, 0], expected_below, rtol=1e-4)
+    np.testing.assert_allclose(above[:, 0], expected_above, rtol=1e-4)
+    assert above[-1, 0] < 1e-6

@@ -1,21 +1,24 @@
 """The surprise of every observed step, from one causal, teacher-forced, jitted pass per window.
 
-Toto's output at patch k is its distribution for patch k + 1, so one forward pass over a window scores every
-step of it after the first patch. A series longer than the context is covered by windows of ``context`` input
-steps every ``stride`` steps; each window keeps the predictions of its last ``stride`` steps (the first window
-all of its own), so every kept prediction has seen at least ``context - stride`` steps of history and uses no
-step at or after the one it scores.
+Toto's output at patch k is its distribution for patch k + 1, so one forward pass over a window of ``context``
+steps predicts every step after its first patch. Window j scores the steps [patch + j stride, patch + (j + 1)
+stride) from the last ``stride`` of its outputs; its inputs are the ``context`` steps before its last scored
+patch, left-padded as missing at the start of a series. Every scored step has seen ``context - stride`` steps
+of history (all there is near the start), and no step at or after itself. All windows of all series are one
+batch, split into calls of ``batch_size`` windows per device over ``ForecastOptions.devices`` (as forecasting).
 
-Each window is prepared only from its *prefix*, the steps before the first step it keeps (the first window:
-its first patch), so that a step's score never depends on a later step:
+Each window is prepared only from its *prefix*, the steps before the first step it scores, so that a step's
+score never depends on a later step:
 
-- gaps: a missing step is fed to the model as the last observed value before it (``gaps="fill"``, causal,
+- gaps: a missing step is fed to the model as the last observed value before it (``gaps="fill"``: causal,
   unlike forecasting's interpolation) or masked (``"mask"``); it is not scored (surprise 0);
 - normalization (``ForecastOptions.normalize``): the prefix's mean and standard deviation, in float64, so 1e9
   counters keep their signal;
 - glitch clipping (``ForecastOptions.clip_outliers``): the prefix's clip range bounds what the model *sees*,
-  so one glitch does not blind the scaler to what follows, but never the step being scored: a glitch is
-  scored at its full value, and is clipped only as history for the steps after it;
+  so one glitch does not inflate the causal scaler and blind it to what follows, but never the value being
+  scored: a glitch is scored at its full value and clipped only as history for the steps after it. A prefix
+  with fewer than ``CLIP_MIN_HISTORY`` observed steps (the start of a series) has no reliable range and
+  clips nothing;
 - the scaler's global stabilisation takes its statistics from the prefix (``prefix_length``).
 
 The surprise of an observed step x is -log of its two-sided tail probability 2 min(P(X <= x), P(X >= x))
@@ -166,8 +169,9 @@ def surprise(model, rows: list[np.ndarray], valid: list[np.ndarray], options: Fo
         if pad:
             chunk = [np.concatenate([c, np.zeros((pad,) + c.shape[1:], c.dtype)]) for c in chunk]
         chunk[-1] = np.maximum(chunk[-1], 1)  # padded rows: a harmless prefix
-        outputs.append(np.asarray(_surprise(graphdef, params, *placement.put(chunk)))[: rows_per_call - pad])
-    scored = np.concatenate(outputs)[..., windows.first_kept :]  # [window, variate, stride]
+        outputs.append((_surprise(graphdef, params, *placement.put(chunk)), rows_per_call - pad))
+    # Dispatched calls run while the next ones are prepared; results are read once all are queued.
+    scored = np.concatenate([np.asarray(output)[:rows] for output, rows in outputs])[..., windows.first_kept :]  # [window, variate, stride]
     results, offset = [], 0
     for (_, starts), row in zip(owners, rows):
         length = row.shape[-1]
