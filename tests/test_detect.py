@@ -20,6 +20,11 @@ def model():
     return toto_jax.load("default")
 
 
+@pytest.fixture(scope="module")
+def toto2():
+    return toto_jax.load("toto2-small")
+
+
 def daily(steps, variates=1, seed=0, period=96):
     rng = np.random.default_rng(seed)
     t = np.arange(steps)
@@ -27,9 +32,11 @@ def daily(steps, variates=1, seed=0, period=96):
                      for v in range(variates)])  # fmt: skip
 
 
-def test_a_later_change_moves_no_earlier_score(model):
+@pytest.mark.parametrize("family", ["toto1", "toto2"])
+def test_a_later_change_moves_no_earlier_score(model, toto2, family):
     """Scores, combined scores and surprise up to step t are bit-identical when the steps after t change
-    (a glitch, new noise), across window boundaries; the later scores do change."""
+    (a glitch, new noise), across window boundaries, for both families; the later scores do change."""
+    model = model if family == "toto1" else toto2
     series = daily(1200, variates=2)
     changed = series.copy()
     t = 700
@@ -44,10 +51,13 @@ def test_a_later_change_moves_no_earlier_score(model):
     assert after.scores[0, t + 1] > 0.9  # the glitch itself
 
 
+@pytest.mark.parametrize("family", ["toto1", "toto2"])
 @pytest.mark.parametrize("kind", ["constant", "gappy", "offset"])
-def test_scores_valid_on_awkward_series(model, kind):
-    """Constant, gappy (leading, inner and trailing gaps) and 1e9-offset series give finite scores in [0, 1];
-    missing steps score 0; an offset of 1e9 scores as the series without it (float64 normalization)."""
+def test_scores_valid_on_awkward_series(model, toto2, kind, family):
+    """Constant, gappy (leading, inner and trailing gaps) and 1e9-offset series give finite scores in [0, 1]
+    with both families; missing steps score 0; an offset of 1e9 scores as the series without it (float64
+    normalization)."""
+    model = model if family == "toto1" else toto2
     series = daily(900)
     if kind == "constant":
         series = np.full((1, 900), 42.0)
@@ -162,8 +172,6 @@ def test_bad_input_is_named(model):
         DetectOptions(threshold=2.0)
     with pytest.raises(DetectError, match="stride must be a multiple of the patch size"):
         toto_jax.detect(model, daily(300), options=DetectOptions(stride=100), forecast_options=SHORT)
-    with pytest.raises(DetectError, match="Toto 2.0"):
-        toto_jax.detect(toto_jax.load("toto2-small"), daily(300))
 
 
 def test_cli_round_trip(model, tmp_path, capsys):
@@ -227,3 +235,23 @@ def test_mixture_tails_match_scipy_far_out():
     np.testing.assert_allclose(below[:, 0], expected_below, rtol=1e-4)
     np.testing.assert_allclose(above[:, 0], expected_above, rtol=1e-4)
     assert above[-1, 0] < 1e-6
+
+
+def test_quantile_tails_of_toto2_knots():
+    """The Toto 2.0 distribution from nine quantiles: linear between the knots, exponential tails beyond them
+    with the outer interval's width as scale; both tails agree with that definition, and a value far out has a
+    tiny but positive tail probability."""
+    import jax.numpy as jnp
+
+    from toto_jax.detection.score import quantile_tails
+
+    levels = np.arange(1, 10) / 10
+    knots = np.array([-3.0, -2.0, -1.5, -0.5, 0.0, 0.2, 1.0, 2.0, 4.0])
+    x = np.array([-5.0, -3.0, -1.75, 0.1, 3.0, 4.0, 10.0, 40.0])
+    below, above = (np.asarray(t) for t in quantile_tails(jnp.asarray(knots[:, None], jnp.float32), levels,
+                                                            jnp.asarray(x[None], jnp.float32)[0], 1e-4))  # fmt: skip
+    inside = np.interp(x, knots, levels)
+    expected_below = np.where(x < -3, 0.1 * np.exp((x + 3) / 1.0), np.where(x > 4, 1 - 0.1 * np.exp((4 - x) / 2.0), inside))
+    np.testing.assert_allclose(below, expected_below, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(above, 1 - expected_below, rtol=1e-5, atol=1e-6)
+    assert 0 < above[-1] < 1e-6

@@ -8,7 +8,6 @@ import numpy as np
 
 from ..forecasting.inputs import ForecastError, _is_pandas, _split_rows, read_rows
 from ..forecasting.options import ForecastOptions
-from ..models import is_toto2
 from .adaptive import adaptive_scores, combine_surprise, extremes
 from .options import DetectError, DetectOptions
 
@@ -107,7 +106,8 @@ def detect(model, series, padding_mask=None, *, options: DetectOptions | None = 
     [variate, time] arrays (lengths may differ), a DataFrame (rows = time steps, columns = variates) or
     Series, or a list of them; NaN (or ``padding_mask`` False) is missing. ``forecast_options`` prepares
     the series as for forecasting (gaps, glitch clipping, normalization, context length, devices; see
-    ``toto_jax.detection.score`` for how each is kept causal); ``options`` maps surprise to scores.
+    ``toto_jax.detection.score`` for how each is kept causal); ``options`` maps surprise to scores. Both
+    families: Toto 1.0's Student-T mixture or Toto 2.0's quantiles give each step's tail probability.
     """
     from .score import surprise as surprise_pass
 
@@ -117,11 +117,6 @@ def detect(model, series, padding_mask=None, *, options: DetectOptions | None = 
         raise DetectError(f"options must be a DetectOptions, got {type(options).__name__}")
     if not isinstance(forecast_options, ForecastOptions):
         raise DetectError(f"forecast_options must be a ForecastOptions, got {type(forecast_options).__name__}")
-    if is_toto2(model):
-        raise DetectError(
-            "anomaly detection needs a Toto 1.0 model (Student-T mixture head); Toto 2.0's quantile head is not "
-            "supported yet"
-        )
     try:
         rows = read_rows(series, 1, model.config.patch_size)
     except ForecastError as error:

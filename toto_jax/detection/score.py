@@ -21,9 +21,11 @@ score never depends on a later step:
   clips nothing;
 - the scaler's global stabilisation takes its statistics from the prefix (``prefix_length``).
 
-The surprise of an observed step x is -log of its two-sided tail probability 2 min(P(X <= x), P(X >= x))
-under the Student-T mixture, each tail summed from the components' own tails (``StudentTMixture.tails``),
-floored at 1e-30 (69 nats).
+The surprise of an observed step x is -log of its two-sided tail probability 2 min(P(X <= x), P(X >= x)),
+floored at 1e-30 (69 nats): under Toto 1.0's Student-T mixture, each tail summed from the components' own
+tails (``StudentTMixture.tails``); under Toto 2.0's nine quantiles, the distribution ``quantile_tails``
+builds from them (its first output patch at patch k predicts patch k + 1, de-scaled with the statistics up
+to patch k).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from flax import nnx
 from ..forecasting.options import ForecastOptions
 from ..forecasting.placement import forecast_placement
 from ..forecasting.preprocessing import normalize_context, outlier_bounds
+from ..models import is_toto2
 from .options import DetectError
 
 TAIL_FLOOR = 1e-30
@@ -135,14 +138,58 @@ def prepare_windows(values, valid, starts, windows: Windows, options: ForecastOp
                  np.full(len(starts), prefix, np.int32))  # fmt: skip
 
 
+def _two_sided(below, above):
+    """-log of the two-sided tail probability 2 min(P(X <= x), P(X >= x)), floored."""
+    return -jnp.log(jnp.clip(2.0 * jnp.minimum(below, above), TAIL_FLOOR, 1.0))
+
+
+def quantile_tails(knots, levels, x, floor):
+    """(P(X <= x), P(X >= x)) of the distribution whose quantile function runs linearly between sorted
+    ``knots`` [level, ...] at ``levels`` and continues beyond the outer knots with exponential tails whose
+    density at the outer knot matches the neighbouring interval's (scale = that interval's width, at least
+    ``floor``), so a step far beyond the outer knots gets a finite, decreasing tail probability."""
+    levels = jnp.asarray(levels, jnp.float32)
+    low, high = knots[0], knots[-1]
+    width = knots[1:] - knots[:-1]
+    mass = (levels[1:] - levels[:-1]).reshape((-1,) + (1,) * x.ndim)
+    # Inside: each interval adds its mass as far as x has passed through it (a zero-width one as a step).
+    passed = jnp.where(width > 0, jnp.clip((x - knots[:-1]) / jnp.where(width > 0, width, 1.0), 0.0, 1.0),
+                       (x >= knots[1:]).astype(x.dtype))  # fmt: skip
+    before = jnp.where(width > 0, jnp.clip((knots[1:] - x) / jnp.where(width > 0, width, 1.0), 0.0, 1.0),
+                       (x <= knots[:-1]).astype(x.dtype))  # fmt: skip
+    below = levels[0] + jnp.sum(mass * passed, axis=0)
+    above = (1.0 - levels[-1]) + jnp.sum(mass * before, axis=0)
+    lower_scale = jnp.maximum(width[0], floor)
+    upper_scale = jnp.maximum(width[-1], floor)
+    lower_tail = levels[0] * jnp.exp(jnp.minimum((x - low) / lower_scale, 0.0))
+    upper_tail = (1.0 - levels[-1]) * jnp.exp(jnp.minimum((high - x) / upper_scale, 0.0))
+    below = jnp.where(x < low, lower_tail, jnp.where(x > high, 1.0 - upper_tail, below))
+    above = jnp.where(x > high, upper_tail, jnp.where(x < low, 1.0 - lower_tail, above))
+    return below, above
+
+
 @functools.partial(jax.jit, static_argnums=0, donate_argnums=4)
 def _surprise(graphdef, params, inputs, input_valid, targets, target_valid, prefix):
     model = nnx.merge(graphdef, params)
+    if is_toto2(model):
+        return _toto2_surprise(model, inputs, input_valid, targets, target_valid)
     output = model(inputs, input_valid, prefix_length=prefix[:, None, None])
-    scaled = (targets - output.loc) / output.scale
-    below, above = output.distribution.tails(scaled)
-    tail = jnp.clip(2.0 * jnp.minimum(below, above), TAIL_FLOOR, 1.0)
-    return jnp.where(target_valid, -jnp.log(tail), 0.0)
+    below, above = output.distribution.tails((targets - output.loc) / output.scale)
+    return jnp.where(target_valid, _two_sided(below, above), 0.0)
+
+
+def _toto2_surprise(model, inputs, input_valid, targets, target_valid):
+    """Toto 2.0: the first output patch at patch k is its quantiles of patch k + 1 (as it trains), de-scaled
+    with the causal statistics at patch k (what a hidden patch k + 1 would carry: the data up to patch k)."""
+    from ..models.toto2.config import QUANTILE_LEVELS
+
+    patch = model.config.patch_size
+    output = model(inputs, input_valid)
+    scaled = output.quantiles[..., :patch]  # [quantile, batch, variate, patches, patch]
+    scaled = scaled.reshape(scaled.shape[:-2] + (-1,))
+    knots = jnp.sort(jnp.sinh(scaled.astype(jnp.float32)) * output.scale + output.loc, axis=0)
+    below, above = quantile_tails(knots, QUANTILE_LEVELS, targets, 1e-4 * output.scale)
+    return jnp.where(target_valid, _two_sided(below, above), 0.0)
 
 
 def surprise(model, rows: list[np.ndarray], valid: list[np.ndarray], options: ForecastOptions,
