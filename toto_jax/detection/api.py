@@ -99,7 +99,7 @@ def _checked(rows, masks) -> list[np.ndarray]:
 
 
 def detect(model, series, padding_mask=None, *, options: DetectOptions | None = None,
-           forecast_options: ForecastOptions | None = None, progress=None) -> Detection:  # fmt: skip
+           forecast_options: ForecastOptions | None = None) -> Detection:  # fmt: skip
     """Anomaly scores of every step of ``series``, each from the steps up to it only (NAB's streaming rule).
 
     ``series``: as ``toto_jax.forecast`` takes it: [variate, time], [batch, variate, time], a list of
@@ -125,7 +125,7 @@ def detect(model, series, padding_mask=None, *, options: DetectOptions | None = 
     if masks is not None and len(masks) != len(rows.values):
         raise DetectError(f"padding_mask has {len(masks)} rows, expected one per series ({len(rows.values)})")
     valid = _checked(rows.values, masks)
-    raw = surprise_pass(model, rows.values, valid, forecast_options, options.stride, options.batch_size, progress)
+    raw = surprise_pass(model, rows.values, valid, forecast_options, options.stride, options.batch_size)
     patch = model.config.patch_size
     scores, combined, surprises = [], [], []
     for values, raw_surprise, mask in zip(rows.values, raw, valid):

@@ -193,7 +193,7 @@ def _toto2_surprise(model, inputs, input_valid, targets, target_valid):
 
 
 def surprise(model, rows: list[np.ndarray], valid: list[np.ndarray], options: ForecastOptions,
-             stride: int | None, batch_size: int, progress=None) -> list[np.ndarray]:  # fmt: skip
+             stride: int | None, batch_size: int) -> list[np.ndarray]:  # fmt: skip
     """Surprise (nats, float32) [variate, time] of every step of each series (0 where unscored: missing steps
     and the first patch)."""
     windows = window_plan(model.config, options, stride)
@@ -210,7 +210,11 @@ def surprise(model, rows: list[np.ndarray], valid: list[np.ndarray], options: Fo
     rows_per_call = placement.row_multiple(min(batch_size * placement.count, placement.row_multiple(total)))
     outputs = []
     calls = range(0, total, rows_per_call)
-    for begin in progress(calls) if progress else calls:
+    if options.progress if options.progress is not None else len(calls) > 1:
+        from tqdm.auto import tqdm
+
+        calls = tqdm(calls, desc="detect", unit="call")
+    for begin in calls:
         chunk = [f[begin : begin + rows_per_call] for f in fields]
         pad = rows_per_call - chunk[0].shape[0]
         if pad:
