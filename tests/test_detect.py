@@ -255,3 +255,14 @@ def test_quantile_tails_of_toto2_knots():
     np.testing.assert_allclose(below, expected_below, rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(above, 1 - expected_below, rtol=1e-5, atol=1e-6)
     assert 0 < above[-1] < 1e-6
+
+
+def test_windows_split_over_devices_give_the_same_scores(model):
+    """ForecastOptions.devices splits the windows over 4 (virtual CPU) devices, batches padded to a multiple:
+    the same surprise as one device."""
+    series = [daily(900, seed=s) for s in range(3)]
+    one = toto_jax.detect(model, series, options=OPTIONS.replace(batch_size=2), forecast_options=SHORT)
+    four = toto_jax.detect(model, series, options=OPTIONS.replace(batch_size=2),
+                           forecast_options=SHORT.replace(devices=4))  # fmt: skip
+    for a, b in zip(one.surprise, four.surprise):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
