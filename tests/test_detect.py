@@ -251,7 +251,8 @@ def test_quantile_tails_of_toto2_knots():
     below, above = (np.asarray(t) for t in quantile_tails(jnp.asarray(knots[:, None], jnp.float32), levels,
                                                             jnp.asarray(x[None], jnp.float32)[0], 1e-4))  # fmt: skip
     inside = np.interp(x, knots, levels)
-    expected_below = np.where(x < -3, 0.1 * np.exp((x + 3) / 1.0), np.where(x > 4, 1 - 0.1 * np.exp((4 - x) / 2.0), inside))
+    far_below, far_above = 0.1 * np.exp((x + 3) / 1.0), 1 - 0.1 * np.exp((4 - x) / 2.0)
+    expected_below = np.where(x < -3, far_below, np.where(x > 4, far_above, inside))
     np.testing.assert_allclose(below, expected_below, rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(above, 1 - expected_below, rtol=1e-5, atol=1e-6)
     assert 0 < above[-1] < 1e-6

@@ -74,7 +74,9 @@ def _pandas_labels(series) -> tuple[list, list]:
     items = series if isinstance(series, (list, tuple)) else [series]
     index, names = [], []
     for item in items:
-        frame = item.to_frame(name=item.name if item.name is not None else "value") if isinstance(item, pd.Series) else item
+        frame = item
+        if isinstance(item, pd.Series):
+            frame = item.to_frame(name=item.name if item.name is not None else "value")
         index.append(frame.index)
         names.append([str(c) for c in frame.columns])
     return index, names

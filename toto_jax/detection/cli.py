@@ -45,7 +45,8 @@ def add_parser(subparsers) -> None:
     group.add_argument("--stride", type=int, default=detect_default.stride,
                        help="steps between sliding windows (default: half the context)")
     group.add_argument("--history", type=int, default=detect_default.history,
-                       help=f"steps of the series' past surprise a step is compared with (default {detect_default.history})")
+                       help=f"steps of the series' past surprise a step is compared with "
+                            f"(default {detect_default.history})")  # fmt: skip
     group.add_argument("--min-reference", type=float, default=detect_default.min_reference,
                        help=f"floor on that past surprise, nats (default {detect_default.min_reference:g})")
     group.add_argument("--extreme-surprise", type=_optional_nats, default=detect_default.extreme_surprise,

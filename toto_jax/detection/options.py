@@ -66,7 +66,8 @@ class DetectOptions:
         non_negative_number("min_reference")
         if self.min_reference <= 0:
             raise DetectError(f"DetectOptions.min_reference must be positive, got {self.min_reference!r}")
-        if isinstance(self.threshold, bool) or not isinstance(self.threshold, (int, float)) or not 0 <= self.threshold <= 1:
+        threshold = self.threshold
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold <= 1:
             raise DetectError(f"DetectOptions.threshold must lie in [0, 1], got {self.threshold!r}")
 
     def replace(self, **changes) -> DetectOptions:

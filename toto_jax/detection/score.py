@@ -222,14 +222,18 @@ def surprise(model, rows: list[np.ndarray], valid: list[np.ndarray], options: Fo
         chunk[-1] = np.maximum(chunk[-1], 1)  # padded rows: a harmless prefix
         outputs.append((_surprise(graphdef, params, *placement.put(chunk)), rows_per_call - pad))
     # Dispatched calls run while the next ones are prepared; results are read once all are queued.
-    scored = np.concatenate([np.asarray(output)[:rows] for output, rows in outputs])[..., windows.first_kept :]  # [window, variate, stride]
+    scored = np.concatenate([np.asarray(output)[:rows] for output, rows in outputs])
+    scored = scored[..., windows.first_kept :]  # [window, variate, stride]
     results, offset = [], 0
-    for (_, starts), row in zip(owners, rows):
+    for (number, starts), row in zip(owners, rows):
         length = row.shape[-1]
         kept = np.moveaxis(scored[offset : offset + len(starts)], 0, 1).reshape(row.shape[0], -1)
         out = np.zeros(row.shape, np.float32)
         if length > windows.patch:
             out[:, windows.patch :] = kept[:, : length - windows.patch]
+        if np.isnan(out).any():  # a model that produced NaN: never a silent score
+            variate, step = (int(i[0]) for i in np.nonzero(np.isnan(out)))
+            raise DetectError(f"series {number}, variate {variate}: the model's distribution at step {step} is NaN")
         offset += len(starts)
         results.append(out)
     return results

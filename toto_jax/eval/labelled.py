@@ -18,8 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-POINT_ADJUSTED_CAVEAT = ("point-adjusted F1 counts a whole labelled segment as found when one step in it is flagged; "
-                         "it flatters (random scores score well on long segments): read it beside AUC-PR and F1")  # fmt: skip
+POINT_ADJUSTED_CAVEAT = (
+    "point-adjusted F1 counts a whole labelled segment as found when one step in it is flagged; it flatters "
+    "(random scores score well on long segments): read it beside AUC-PR and F1"
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,8 +91,10 @@ def evaluate_labelled(scores: list[np.ndarray], labels: list[np.ndarray]) -> Lab
     adjusted_fp = (normal.size - np.searchsorted(normal, thresholds, side="left")).astype(np.float64)
     adjusted = _f1(adjusted_tp, adjusted_fp, positives - adjusted_tp)
     best_adjusted = int(np.argmax(adjusted))
-    return LabelledResult(auc_pr, float(f1[best]), float(thresholds[best]), float(adjusted[best_adjusted]),
-                          float(thresholds[best_adjusted]), int(all_scores.size), positives, int(lengths.size))  # fmt: skip
+    return LabelledResult(
+        auc_pr, float(f1[best]), float(thresholds[best]), float(adjusted[best_adjusted]),
+        float(thresholds[best_adjusted]), int(all_scores.size), positives, int(lengths.size),
+    )  # fmt: skip
 
 
 def read_labelled(path, label_column: str = "label"):
