@@ -279,10 +279,9 @@ def test_existing_output_needs_overwrite_and_files_get_usual_permissions(checkpo
     assert sorted(p.name for p in tmp_path.iterdir()) == ["daily.csv", "forecast.csv", "forecast.png"]
 
 
-def test_directory_of_inputs_is_checked_before_anything_is_forecast(tmp_path, capsys):
-    """With a directory of inputs, one existing output (without --overwrite) or two inputs that would
-    write the same plot stop the run before the model loads (the checkpoint does not exist) and before
-    any output is written."""
+def test_dataset_job_is_checked_before_the_model_loads(tmp_path, capsys):
+    """A directory of inputs: an output directory holding other files, --plot, or an output file stop the run
+    before the model loads (the checkpoint does not exist) and before anything is written."""
     inputs, out = tmp_path / "in", tmp_path / "out"
     inputs.mkdir()
     out.mkdir()
@@ -291,12 +290,13 @@ def test_directory_of_inputs_is_checked_before_anything_is_forecast(tmp_path, ca
     (out / "b.csv").write_text("keep me\n")
     missing = tmp_path / "no-such-checkpoint"
     assert _forecast_cli(missing, inputs, out, "--horizon", "4") == 2
-    assert f"--output {out / 'b.csv'} already exists; pass --overwrite" in capsys.readouterr().err
+    assert f"{out} holds files that are not a forecast job's (['b.csv'])" in capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == ["b.csv"] and (out / "b.csv").read_text() == "keep me\n"
-    pd.read_csv(DAILY).tail(30).to_parquet(inputs / "a.parquet")
-    assert _forecast_cli(missing, inputs, out, "--horizon", "4", "--overwrite", "--plot", str(tmp_path / "png")) == 2
-    assert f"--plot: several inputs would write {tmp_path / 'png' / 'a.png'} (['a'])" in capsys.readouterr().err
-    assert sorted(p.name for p in out.iterdir()) == ["b.csv"]
+    assert _forecast_cli(missing, inputs, f"{tmp_path}/new/", "--horizon", "4", "--plot", str(tmp_path / "p.png")) == 2
+    assert "--plot draws the series of one table" in capsys.readouterr().err
+    assert _forecast_cli(missing, inputs, tmp_path / "out.csv", "--horizon", "4") == 2
+    assert f"--input {inputs}: a directory or a bucket is a dataset" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "out"]
 
 
 @pytest.mark.parametrize("how", ["same_path", "other_spelling", "symlink", "hard_link", "directory"])
@@ -324,7 +324,7 @@ def test_input_is_never_overwritten(checkpoint, tmp_path, capsys, how):
     assert _forecast_cli(checkpoint, target, output, "--horizon", "4", "--overwrite") == 2
     error = capsys.readouterr().err
     if how == "directory":
-        assert f"--output {inputs} is the input directory" in error
+        assert f"--output {inputs} holds the input {source}; the inputs are never overwritten" in error
     else:
         assert f"--output {output} is the input file {source}" in error and "not even with --overwrite" in error
     assert source.read_bytes() == before and sorted(tmp_path.rglob("*")) == listing

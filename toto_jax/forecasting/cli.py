@@ -124,15 +124,12 @@ def _run_job(args: argparse.Namespace, options) -> int:
     initialize()  # processes launched together split the shards
     if args.plot is not None:
         raise ValueError("--plot draws the series of one table; a dataset job writes Parquet shards only")
-    import toto_jax
-
-    model = toto_jax.load(args.checkpoint)
     quantiles = None if args.quantiles is None else _parse_quantiles(args.quantiles)
     summary = forecast_dataset(
-        model, args.input, args.output, args.horizon, args.samples, quantiles, seed=args.seed, options=options,
+        args.checkpoint, args.input, args.output, args.horizon, args.samples, quantiles, seed=args.seed, options=options,
         covariates=covariate_names(args.covariates), future_covariates=args.future_covariates,
         on_error=args.on_error, min_length=args.min_length, rows_per_shard=args.rows_per_shard,
-        series_per_batch=args.series_per_batch, overwrite=args.overwrite, model_name=args.checkpoint,
+        series_per_batch=args.series_per_batch, overwrite=args.overwrite,
     )
     print(summary.describe())
     if not summary.complete:

@@ -49,6 +49,7 @@ ON_ERROR = ("skip", "fail")
 JOB_FORMAT = 1
 # Options that change how fast a forecast runs, never its values: a job may resume with others.
 RESULT_NEUTRAL_OPTIONS = ("memory_budget", "progress", "devices", "bucket")
+SCRATCH_PREFIX = ".toto-jax-part-"
 PREFETCH_BATCHES = 2  # batches read ahead while the current one is forecast (bounded memory)
 
 
@@ -65,8 +66,8 @@ class JobSummary:
     output: str
     shards: int  # in the dataset
     committed: int  # shards whose forecasts are in (all of them when complete)
-    series: int  # forecast, over every committed shard
-    skipped: dict[str, int]  # series skipped, by reason
+    series: int | None  # forecast, over every shard, once complete (None: on processes other than the first)
+    skipped: dict[str, int] | None  # series skipped, by reason (likewise)
     series_this_run: int  # forecast and skipped by this process in this run
     seconds: float
     complete: bool
@@ -77,11 +78,14 @@ class JobSummary:
         return self.series_this_run / self.seconds if self.seconds > 0 else 0.0
 
     def describe(self) -> str:
+        this_run = (f"{self.series_this_run} series in {self.seconds:.1f} s this run, "
+                    f"{self.series_per_second:.1f} series/s")  # fmt: skip
+        if not self.complete:
+            return f"{self.output}: {self.committed} of {self.shards} shards committed ({this_run})"
+        if self.series is None:  # another process sums up the job
+            return f"{self.output}: complete ({this_run} by this process)"
         skipped = ", ".join(f"{count} {reason}" for reason, count in sorted(self.skipped.items())) or "none"
-        state = "complete" if self.complete else f"{self.committed} of {self.shards} shards committed"
-        return (f"{self.output}: {state}; {self.series} series forecast, skipped: {skipped} "
-                f"({self.series_this_run} series in {self.seconds:.1f} s this run, "
-                f"{self.series_per_second:.1f} series/s)")  # fmt: skip
+        return f"{self.output}: complete; {self.series} series forecast, skipped: {skipped} ({this_run})"
 
 
 def forecast_dataset(model, source, output, horizon: int, num_samples: int | None = None,
@@ -91,6 +95,8 @@ def forecast_dataset(model, source, output, horizon: int, num_samples: int | Non
                      series_per_batch: int = DEFAULT_SERIES_PER_BATCH, overwrite: bool = False,
                      model_name: str | None = None, progress: bool | None = None, mesh=None) -> JobSummary:  # fmt: skip
     """Forecast every series of ``source`` into the directory ``output``; returns the summary.
+
+    ``model``: a loaded model, or what ``toto_jax.load`` takes (loaded once the input and output are checked).
 
     ``source``: a CSV/Parquet file, directory or glob, local or ``gs://`` / ``s3://``, long (``unique_id, ds,
     y`` [+ ``covariates``], each series' rows consecutive) or wide (one multivariate series per file).
@@ -145,10 +151,8 @@ class _Job:
         options = ForecastOptions() if options is None else options
         if not isinstance(options, ForecastOptions):
             raise ValueError(f"options must be a ForecastOptions, got {type(options).__name__}")
-        self.model, self.mesh = model, mesh
         self.horizon = _check_positive("horizon", horizon)
         self.num_samples = None if num_samples is None else _check_positive("num_samples", num_samples)
-        self.levels = statistic_levels(is_toto2(model), self.num_samples, quantiles)
         self.seed, self.on_error = int(seed), on_error
         self.min_length = _check_positive("min_length", min_length)
         self.series_per_batch = _check_positive("series_per_batch", series_per_batch)
@@ -161,6 +165,14 @@ class _Job:
         self.future = None if future_covariates is None else _FutureCovariates(future_covariates, self.dataset)
         if self.dataset.covariates and self.future is None:
             raise ValueError(f"covariates {self.dataset.covariates} need their future values: give future_covariates")
+        if JOB_FILE not in self._names():
+            self._refuse_foreign_files()
+        if isinstance(model, (str, os.PathLike)):  # loaded once the paths are known to be good
+            import toto_jax
+
+            model_name, model = str(model), toto_jax.load(model)
+        self.model, self.mesh = model, mesh
+        self.levels = statistic_levels(is_toto2(model), self.num_samples, quantiles)
         self.spec = {
             "format": JOB_FORMAT,
             "input": self.dataset.source,
@@ -191,14 +203,13 @@ class _Job:
         if existing is not None and existing != self.spec:
             if not overwrite:
                 raise JobError(_difference(self.output_name, existing, self.spec))
-        elif existing is None:
-            self._refuse_foreign_files()
         if self.on_error == "fail":
             problems = distributed.exchange("job/checked", self._first_problem() or "")
             named = [p for p in problems if p]
             if named:
                 raise JobError(named[0] + " (--on-error fail: nothing was written)")
         if distributed.is_coordinator():
+            self._remove_scratch()
             if existing is not None and existing != self.spec:
                 self._remove_job_files()
             if existing != self.spec:
@@ -214,14 +225,19 @@ class _Job:
         return None
 
     def _refuse_foreign_files(self) -> None:
-        if not self.output.exists():
-            return
-        if not self.output.is_dir():
+        if self.output.exists() and not self.output.is_dir():
             raise JobError(f"{self.output_name} is a file; a dataset job writes a directory: name a new one")
-        others = sorted(p.name for p in self.output.iterdir())
+        others = sorted(self._names())
         if others:
             raise JobError(f"{self.output_name} holds files that are not a forecast job's ({others[:3]}): name a new "
                            "or empty directory")  # fmt: skip
+
+    def _remove_scratch(self) -> None:
+        """Shards a killed run was writing (local outputs keep them beside the parts, for the final rename)."""
+        if not storage.is_remote(self.output_name):
+            for name in self._names():
+                if name.startswith(SCRATCH_PREFIX):
+                    storage.rmtree(self.output / name)
 
     def _remove_job_files(self) -> None:
         for path in self.output.iterdir():
@@ -231,8 +247,7 @@ class _Job:
                 storage.rmtree(path)
 
     def _read_json(self, name: str):
-        path = self.output / name
-        return json.loads(path.read_text()) if path.exists() else None
+        return json.loads((self.output / name).read_text()) if name in self._names() else None
 
     def _write_json(self, name: str, value) -> None:
         self.output.mkdir(parents=True, exist_ok=True)
@@ -303,10 +318,19 @@ class _Job:
 
         return pa.Table.from_pandas(frame, preserve_index=False)
 
+    def _names(self) -> set[str]:
+        """The names in the output directory now (a bucket's listing is read afresh: other processes write)."""
+        if storage.is_remote(self.output_name):
+            fs = storage.filesystem(self.output_name)
+            fs.invalidate_cache()
+            try:
+                return {entry.rstrip("/").rsplit("/", 1)[-1] for entry in fs.ls(self.output_name, detail=False)}
+            except FileNotFoundError:
+                return set()
+        return {p.name for p in self.output.iterdir()} if self.output.is_dir() else set()
+
     def _committed(self) -> set[int]:
-        if not self.output.exists():
-            return set()
-        names = {p.name for p in self.output.iterdir()}
+        names = self._names()
         return {s.index for s in self.dataset.shards if part_name(s.index) in names}
 
     def _finish(self, seconds: float, series_this_run: int, stopped: bool) -> JobSummary:
@@ -314,8 +338,9 @@ class _Job:
 
         committed = self._committed()
         complete = len(committed) == len(self.dataset.shards)
-        series, skipped, keys = 0, {}, []
+        series, skipped, keys = None, None, []
         if complete and distributed.is_coordinator():
+            series, skipped = 0, {}
             for shard in self.dataset.shards:
                 stats = _part_stats(self.output / part_name(shard.index))
                 series += stats["series"]
@@ -325,7 +350,7 @@ class _Job:
             _check_contiguous(keys, self.dataset, self.output)
         summary = JobSummary(self.output_name, len(self.dataset.shards), len(committed), series, skipped,
                              series_this_run, seconds, complete, stopped)  # fmt: skip
-        if complete and distributed.is_coordinator() and not (self.output / SUCCESS_FILE).exists():
+        if complete and distributed.is_coordinator() and SUCCESS_FILE not in self._names():
             self._write_json(SUCCESS_FILE, {**dataclasses.asdict(summary), "job": self.spec})
         return summary
 
@@ -412,7 +437,7 @@ class _ShardWriter:
 
     def __init__(self, output, shard: int):
         self.output, self.shard = output, shard
-        self.scratch = Path(tempfile.mkdtemp(prefix=".toto-jax-part-", dir=None if storage.is_remote(output) else output))
+        self.scratch = Path(tempfile.mkdtemp(prefix=SCRATCH_PREFIX, dir=None if storage.is_remote(output) else output))
         self.file = self.scratch / part_name(shard)
         self.writer = None
         self.errors: list[tuple[str, str]] = []
