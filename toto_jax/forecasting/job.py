@@ -175,7 +175,7 @@ class _Job:
         self.levels = statistic_levels(is_toto2(model), self.num_samples, quantiles)
         self.spec = {
             "format": JOB_FORMAT,
-            "input": self.dataset.source,
+            "input": self.dataset.source if storage.is_remote(source) else os.path.abspath(source),
             "files": len(self.dataset.files),
             "shards": len(self.dataset.shards),
             "model": model_name or "(in memory)",
@@ -200,9 +200,9 @@ class _Job:
         from .. import distributed
 
         existing = self._read_json(JOB_FILE)
-        if existing is not None and existing != self.spec:
+        if existing is not None and _defining(existing) != _defining(self.spec):
             if not overwrite:
-                raise JobError(_difference(self.output_name, existing, self.spec))
+                raise JobError(_difference(self.output_name, _defining(existing), _defining(self.spec)))
         if self.on_error == "fail":
             problems = distributed.exchange("job/checked", self._first_problem() or "")
             named = [p for p in problems if p]
@@ -210,9 +210,10 @@ class _Job:
                 raise JobError(named[0] + " (--on-error fail: nothing was written)")
         if distributed.is_coordinator():
             self._remove_scratch()
-            if existing is not None and existing != self.spec:
+            if existing is not None and _defining(existing) != _defining(self.spec):
                 self._remove_job_files()
-            if existing != self.spec:
+                existing = None
+            if existing is None:
                 self._write_json(JOB_FILE, self.spec)
         distributed.exchange("job/recorded", "")
 
@@ -405,6 +406,11 @@ def _refuse_input_as_output(dataset: Dataset, output: str) -> None:
         if name == root or name.startswith(root.rstrip("/") + "/"):
             raise JobError(f"--output {output} holds the input {file}; the inputs are never overwritten: name "
                            "another directory")  # fmt: skip
+
+
+def _defining(spec: dict) -> dict:
+    """What makes two jobs the same: all but the model's name (the digest of its weights decides)."""
+    return {key: value for key, value in spec.items() if key != "model"}
 
 
 def _difference(output: str, existing: dict, wanted: dict) -> str:
