@@ -516,7 +516,7 @@ def _kind(reason: str) -> str:
 def _part_stats(path) -> dict:
     import pyarrow.parquet as pq
 
-    with (storage.filesystem(str(path)).open(str(path), "rb") if storage.is_remote(path) else open(path, "rb")) as f:
+    with storage.open_file(path) as f:
         metadata = pq.ParquetFile(f).metadata.metadata or {}
     return json.loads(metadata[b"toto_jax.shard"])
 
@@ -535,13 +535,13 @@ def _check_contiguous(keys: list[np.ndarray], dataset: Dataset, output) -> None:
     shards = [s for s, k in zip(dataset.shards, keys) if (k == twice).any()]
     path = output / part_name(shards[0].index)
     name = "?"
-    with (storage.filesystem(str(path)).open(str(path), "rb") if storage.is_remote(path) else open(path, "rb")) as f:
+    with storage.open_file(path) as f:
         for candidate in set(pq.read_table(f, columns=["unique_id"]).column(0).to_pylist()):
             if series_key(str(candidate)) == int(twice):
                 name = str(candidate)
     errors = output / ERRORS_DIRECTORY / part_name(shards[0].index)
     if name == "?" and errors.exists():
-        with (storage.filesystem(str(errors)).open(str(errors), "rb") if storage.is_remote(errors) else open(errors, "rb")) as f:
+        with storage.open_file(errors) as f:
             for candidate in pq.read_table(f, columns=["unique_id"]).column(0).to_pylist():
                 if series_key(str(candidate)) == int(twice):
                     name = str(candidate)
