@@ -1,21 +1,22 @@
 """The NAB scorer (toto_jax.eval.nab) against NAB's published final scores.
 
-Reads ``../shared/data/nab`` (NAB's data, labels, thresholds and the result files of the ``numenta`` and
-``windowedGaussian`` detectors, read-only); skipped when absent, failed under CI=true.
+The tests marked ``shared_data`` read ``../shared/data/nab`` (NAB's data, labels, thresholds and the result files
+of the ``numenta`` and ``windowedGaussian`` detectors, read-only); skipped where absent, failed under CI=true
+(tests/conftest.py).
 """
 
 import json
 
 import numpy as np
 import pytest
-from conftest import shared_data_path
+from conftest import SHARED_DATA
 
 from toto_jax.eval import nab
 
 
 @pytest.fixture(scope="module")
 def root():
-    return shared_data_path("nab")
+    return SHARED_DATA / "nab"
 
 
 @pytest.fixture(scope="module")
@@ -23,6 +24,7 @@ def corpus(root):
     return nab.read_corpus(root)
 
 
+@pytest.mark.shared_data
 @pytest.mark.parametrize("detector", ["numenta", "windowedGaussian"])
 def test_published_scores_reproduced(root, corpus, detector):
     """With NAB's stored thresholds every profile's final score is NAB's to 0.05; with our own threshold
@@ -42,6 +44,7 @@ def test_published_scores_reproduced(root, corpus, detector):
             assert optimised.score > published[profile] + 0.05
 
 
+@pytest.mark.shared_data
 def test_null_and_perfect_detectors(corpus):
     """The normalisation's ends: a constant detector scores 0, one detecting each window's first row (and
     nothing else) 100, in every profile."""

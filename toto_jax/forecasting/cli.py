@@ -13,6 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import storage
+from .dataset import DEFAULT_MIN_LENGTH, DEFAULT_ROWS_PER_SHARD, DEFAULT_SERIES_PER_BATCH
+from .job import ON_ERROR
 from .options import add_options_arguments, options_from_args
 
 DEFAULT_QUANTILES = "0.1,0.5,0.9"
@@ -35,9 +38,8 @@ def add_parser(subparsers) -> None:
     parser.add_argument(
         "--input",
         required=True,
-        type=Path,
-        help="CSV or Parquet table, or a directory of them (then --output and --plot are directories, one file per "
-        "input, and several processes launched together split the files between them)",
+        help="CSV or Parquet table; with an --output directory, a dataset: a file, a directory or a glob of them, "
+        "local, gs:// or s3://",
     )
     parser.add_argument("--horizon", required=True, type=int, help="steps to forecast")
     parser.add_argument("--samples", type=int, default=None,
@@ -48,7 +50,28 @@ def add_parser(subparsers) -> None:
         help=f"comma-separated levels to write: Toto 1.0 with --samples, Toto 2.0 always, within 0.1-0.9 "
              f"(default {DEFAULT_QUANTILES})",
     )  # fmt: skip
-    parser.add_argument("--output", required=True, type=Path, help="CSV or Parquet file (or directory) to write")
+    parser.add_argument("--output", required=True,
+                        help="CSV or Parquet file to write; or a directory (ending in '/', or an existing one; local, "
+                             "gs:// or s3://): a dataset job, streamed in shards, resumable (see 'dataset jobs' below)")
+    job = parser.add_argument_group(
+        "dataset jobs (--output DIR/)",
+        "The input is read in batches of whole series and forecast into Parquet shards DIR/part-NNNNN.parquet "
+        "(unique_id, ds, mean [, median, q...]; pyarrow.dataset.dataset(DIR) reads them as one table), series "
+        "that cannot be forecast into DIR/_errors/, and DIR/_SUCCESS (a JSON summary) when complete. The same "
+        "command resumes a stopped job (SIGTERM/SIGINT: exit 75); a different one against DIR is refused. "
+        "Processes launched together split the shards.",
+    )
+    job.add_argument("--on-error", choices=ON_ERROR, default="skip",
+                     help="series too short, all NaN, non-numeric or irregular: 'skip' writes them to DIR/_errors/ "
+                          "with the reason; 'fail' checks every series first and stops before anything is written "
+                          "(default skip)")  # fmt: skip
+    job.add_argument("--min-length", type=int, default=DEFAULT_MIN_LENGTH, metavar="STEPS",
+                     help=f"fewest observed steps a series needs (default {DEFAULT_MIN_LENGTH})")
+    job.add_argument("--series-per-batch", type=int, default=DEFAULT_SERIES_PER_BATCH, metavar="N",
+                     help=f"series forecast per call (default {DEFAULT_SERIES_PER_BATCH}); part of the job: a "
+                          "resumed job keeps it")  # fmt: skip
+    job.add_argument("--rows-per-shard", type=int, default=DEFAULT_ROWS_PER_SHARD, metavar="ROWS",
+                     help=f"Parquet input rows per output shard (default {DEFAULT_ROWS_PER_SHARD}); part of the job")
     parser.add_argument("--plot", type=Path, default=None, help="PNG of history, median and quantile bands")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing --output / --plot (the input is never overwritten)")  # fmt: skip
@@ -58,7 +81,7 @@ def add_parser(subparsers) -> None:
                              "--future-covariates), not forecast. A Toto 1.0 checkpoint needs variate labels "
                              "(toto-jax finetune --covariates gives them) and sees them one patch ahead, as it was "
                              "fine-tuned")  # fmt: skip
-    parser.add_argument("--future-covariates", type=Path, default=None,
+    parser.add_argument("--future-covariates", default=None,
                         help="CSV/Parquet with the covariates' values for the horizon: the input's layout (wide: its "
                              "timestamp column; long: unique_id, ds) and the --covariates columns")  # fmt: skip
     add_options_arguments(parser)
@@ -75,50 +98,44 @@ def _parse_quantiles(text: str) -> list[float]:
     return levels
 
 
-TABLE_SUFFIXES = (".csv", ".parquet")
-
-
 def run(args: argparse.Namespace) -> int:
-    from ..distributed import host_shard, initialize
-
-    initialize()  # several processes launched together split a directory of inputs
     levels, options = _check_arguments(args)
-    if not args.input.is_dir():
-        jobs, total = [(args.input, args.output, args.plot)], 1
-    else:
-        jobs, total = _directory_jobs(args, host_shard)
-        args.output.mkdir(parents=True, exist_ok=True)
-        if args.plot is not None:
-            args.plot.mkdir(parents=True, exist_ok=True)
-    for job in jobs:  # every path is checked before the model loads and anything is written
-        _check_paths(*job, overwrite=args.overwrite)
-    model = None
-    for input_path, output, plot in jobs:
-        model = _forecast_file(args, levels, options, input_path, output, plot, model)
-    if args.input.is_dir():
-        print(f"forecast {len(jobs)} of {total} files into {args.output}")
+    if names_directory(args.output):
+        return _run_job(args, options)
+    if Path(args.input).is_dir() or storage.is_remote(args.input):
+        raise ValueError(f"--input {args.input}: a directory or a bucket is a dataset; name an --output directory "
+                         "(ending in '/') for a dataset job")  # fmt: skip
+    job = (Path(args.input), Path(args.output), args.plot)
+    _check_paths(*job, overwrite=args.overwrite)  # every path is checked before the model loads
+    _forecast_file(args, levels, options, *job, None)
     return 0
 
 
-def _directory_jobs(args: argparse.Namespace, host_shard) -> tuple[list[tuple[Path, Path, Path | None]], int]:
-    """(input, output, plot) for this process's share of a directory of tables, and the number of tables."""
-    inputs = sorted(p for p in args.input.iterdir() if p.is_file() and p.suffix.lower() in TABLE_SUFFIXES)
-    if not inputs:
-        raise FileNotFoundError(f"no .csv or .parquet files in {args.input}")
-    for name, path in (("--output", args.output), ("--plot", args.plot)):
-        if path is not None and path.exists() and not path.is_dir():
-            raise ValueError(f"with a directory of inputs, {name} must be a directory, got the file {path}")
-    if args.output.exists() and os.path.samefile(args.output, args.input):
-        raise ValueError(f"--output {args.output} is the input directory; the inputs are never overwritten: "
-                         "name another directory")  # fmt: skip
-    stems = [p.stem for p in inputs]
-    if args.plot is not None and len(set(stems)) < len(stems):
-        twice = sorted({stem for stem in stems if stems.count(stem) > 1})
-        raise ValueError(f"--plot: several inputs would write {args.plot / (twice[0] + '.png')} ({twice}); "
-                         "give the tables different names")  # fmt: skip
-    mine = [inputs[i] for i in host_shard(len(inputs))]
-    plots = [None if args.plot is None else args.plot / f"{path.stem}.png" for path in mine]
-    return [(path, args.output / path.name, plot) for path, plot in zip(mine, plots)], len(inputs)
+def names_directory(output: str) -> bool:
+    """An output ending in '/' or naming an existing directory: a dataset job's directory."""
+    return str(output).endswith("/") or (not storage.is_remote(output) and Path(output).is_dir())
+
+
+def _run_job(args: argparse.Namespace, options) -> int:
+    from ..distributed import initialize
+    from ..train.preemption import PREEMPTED_EXIT_CODE
+    from .job import forecast_dataset
+
+    initialize()  # processes launched together split the shards
+    if args.plot is not None:
+        raise ValueError("--plot draws the series of one table; a dataset job writes Parquet shards only")
+    quantiles = None if args.quantiles is None else _parse_quantiles(args.quantiles)
+    summary = forecast_dataset(
+        args.checkpoint, args.input, args.output, args.horizon, args.samples, quantiles, seed=args.seed, options=options,
+        covariates=covariate_names(args.covariates), future_covariates=args.future_covariates,
+        on_error=args.on_error, min_length=args.min_length, rows_per_shard=args.rows_per_shard,
+        series_per_batch=args.series_per_batch, overwrite=args.overwrite,
+    )
+    print(summary.describe())
+    if not summary.complete:
+        print(f"stopped: the same command resumes the job (exit {PREEMPTED_EXIT_CODE})")
+        return PREEMPTED_EXIT_CODE
+    return 0
 
 
 def _check_arguments(args: argparse.Namespace):
@@ -132,7 +149,9 @@ def _check_arguments(args: argparse.Namespace):
     if (args.covariates is None) != (args.future_covariates is None):
         raise ValueError("--covariates and --future-covariates go together: name the columns and the file of their "
                          "future values")  # fmt: skip
-    if args.future_covariates is not None and not args.future_covariates.is_file():
+    if args.future_covariates is not None and not storage.is_remote(args.future_covariates) and not (
+        Path(args.future_covariates).exists()
+    ):
         raise FileNotFoundError(f"--future-covariates file not found: {args.future_covariates}")
     return _parse_quantiles(args.quantiles or DEFAULT_QUANTILES), options
 

@@ -47,6 +47,24 @@ class SeriesTable:
     def future_timestamps(self, horizon: int) -> list[pd.DatetimeIndex]:
         return [future_timestamps(stamps[-1], freq, horizon) for stamps, freq in zip(self.timestamps, self.frequency)]
 
+    def future_timestamp_column(self, horizon: int) -> pd.DatetimeIndex:
+        """Every series' ``future_timestamps`` end to end: at once for fixed steps in one time zone and unit (a
+        fleet's usual case; ``pd.date_range`` per series would cost as much as its forecast), else one by one."""
+        zones = {stamps.tz for stamps in self.timestamps}
+        units = {stamps.unit for stamps in self.timestamps}
+        if len(zones) == 1 and len(units) == 1 and all(isinstance(f, pd.Timedelta) for f in self.frequency):
+            unit = units.pop()
+            last = np.array([stamps.asi8[-1] for stamps in self.timestamps])  # one unit: checked above
+            step = np.array([f.to_timedelta64().astype(f"timedelta64[{unit}]").astype(np.int64) for f in self.frequency])
+            ticks = (last[:, None] + step[:, None] * np.arange(1, horizon + 1)).reshape(-1)
+            column = pd.DatetimeIndex(ticks.view(f"datetime64[{unit}]"))
+            zone = zones.pop()
+            return column if zone is None else column.tz_localize("UTC").tz_convert(zone)
+        future = self.future_timestamps(horizon)
+        stamps = [f.tz_convert("UTC").tz_localize(None) if f.tz is not None else f for f in future]
+        column = pd.DatetimeIndex(np.concatenate([s.to_numpy() for s in stamps]))
+        return column if not future or future[0].tz is None else column.tz_localize("UTC").tz_convert(future[0].tz)
+
 
 def future_timestamps(last, frequency, horizon: int) -> pd.DatetimeIndex:
     """The ``horizon`` timestamps after ``last`` on the grid of ``frequency`` (a ``pd.Timedelta``, a
@@ -113,7 +131,7 @@ def infer_frequency(stamps: pd.DatetimeIndex, series_name: str):
     )
 
 
-def _parse_timestamps(column: pd.Series, what: str) -> pd.DatetimeIndex:
+def parse_timestamps(column: pd.Series, what: str) -> pd.DatetimeIndex:
     try:
         with warnings.catch_warnings():  # pandas 2 warns about mixed time zones before returning objects
             warnings.filterwarnings("ignore", message=".*mixed time zones", category=FutureWarning)
@@ -178,7 +196,7 @@ def _parse_long(frame: pd.DataFrame, covariates: list[str]) -> SeriesTable:
     names, values, timestamps, frequencies = [], [], [], []
     for unique_id, group in frame.groupby("unique_id", sort=False):
         name = str(unique_id)
-        stamps = _parse_timestamps(group["ds"], f"series {name!r}")
+        stamps = parse_timestamps(group["ds"], f"series {name!r}")
         order = np.argsort(stamps.asi8, kind="stable")
         stamps = stamps[order]
         rows = np.array([_numeric(group[c], f"column {c!r} of series {name!r}")[order] for c in ["y", *covariates]])
@@ -203,7 +221,7 @@ def _parse_wide(frame: pd.DataFrame, covariates: list[str]) -> SeriesTable:
         raise TableError(f"no value columns besides the timestamp column {time_column!r} and the covariates")
     by_name = {str(c): c for c in frame.columns}
     variates = targets + [by_name[c] for c in covariates]
-    stamps = _parse_timestamps(frame[time_column], f"column {time_column!r}")
+    stamps = parse_timestamps(frame[time_column], f"column {time_column!r}")
     rows = np.array([_numeric(frame[c], f"column {c!r}") for c in variates])
     empty = [str(c) for c, row in zip(variates, rows) if np.all(np.isnan(row))]
     if empty:
@@ -216,17 +234,29 @@ def read_future_covariates(path: str | Path, table: SeriesTable, horizon: int) -
     """Known covariate values for the ``horizon`` steps after every series of ``table``: [series, covariate,
     horizon] float64. The file has the table's layout: wide, its timestamp column and the covariate columns;
     long, ``unique_id``, ``ds`` and the covariate columns. Every step must be present, every value observed."""
-    frame = read_table(path)
+    return future_covariates_from_frame(read_table(path), table, horizon, str(path))
+
+
+def future_covariates_from_frame(frame: pd.DataFrame, table: SeriesTable, horizon: int, where: str) -> np.ndarray:
+    """``read_future_covariates`` of a table already read (``where`` names it in errors)."""
+    path = where
     layout_columns = [table.timestamp_column] if table.layout == "wide" else ["unique_id", "ds"]
     missing = [c for c in layout_columns + table.covariates if c not in [str(x) for x in frame.columns]]
     if missing:
         raise TableError(f"{path}: column(s) {missing} missing (future covariates need {layout_columns + table.covariates})")
     frame = frame.rename(columns={c: str(c) for c in frame.columns})
-    groups = [frame] if table.layout == "wide" else [frame[frame["unique_id"].astype(str) == n] for n in table.names]
+    if table.layout == "wide":
+        groups = [frame]
+    else:
+        by_id = {str(name): group for name, group in frame.groupby(frame["unique_id"].astype(str), sort=False)}
+        groups = [by_id.get(n, frame.iloc[:0]) for n in table.names]
     out = np.empty((len(groups), len(table.covariates), horizon))
     for row, (group, future) in enumerate(zip(groups, table.future_timestamps(horizon))):
         where = f"{path}" + ("" if table.layout == "wide" else f", series {table.names[row]!r}")
-        stamps = _parse_timestamps(group[layout_columns[-1]], where)
+        if group.empty:
+            raise TableError(f"{where}: no rows; the future covariates must cover the {horizon} steps after the "
+                             "input's last timestamp")  # fmt: skip
+        stamps = parse_timestamps(group[layout_columns[-1]], where)
         position = pd.Index(stamps).get_indexer(future)
         if (position < 0).any():
             raise TableError(f"{where}: no row for {future[int(np.flatnonzero(position < 0)[0])]}; the future "
@@ -246,19 +276,16 @@ def forecast_frame(table: SeriesTable, horizon: int, columns: dict[str, np.ndarr
     in the order of ``table.values``. Wide output: the timestamp column, then ``<variate>_<statistic>``;
     long output: ``unique_id``, ``ds``, then one column per statistic.
     """
-    future = table.future_timestamps(horizon)
     if table.layout == "wide":
-        out = {table.timestamp_column: future[0]}
+        out = {table.timestamp_column: table.future_timestamps(horizon)[0]}
         for v, name in enumerate(table.names):
             for statistic, array in columns.items():
                 out[f"{name}_{statistic}"] = array[0, v]
         return pd.DataFrame(out)
-    parts = []
-    for b, name in enumerate(table.names):
-        part = {"unique_id": np.repeat(name, horizon), "ds": future[b]}
-        part.update({statistic: array[b, 0] for statistic, array in columns.items()})
-        parts.append(pd.DataFrame(part))
-    return pd.concat(parts, ignore_index=True)
+    out = {"unique_id": np.repeat(np.asarray(table.names, dtype=object), horizon),
+           "ds": table.future_timestamp_column(horizon)}  # fmt: skip
+    out.update({statistic: array[:, 0].reshape(-1) for statistic, array in columns.items()})
+    return pd.DataFrame(out)
 
 
 def check_output_path(path: str | Path) -> None:
