@@ -3,7 +3,9 @@
 The surprise of every NAB file is computed once per (model, ForecastOptions, stride) by the same pass
 ``toto_jax.detect`` runs, and cached under out/nab_cache/ (git-ignored), so choices of the score mapping
 (``DetectOptions``) re-run no model. The tuning rule: the DetectOptions grid point with the best standard-profile
-score on the even-numbered files (sorted paths: 0, 2, 4, ...); the odd-numbered half is held out.
+score on the even-numbered files (sorted paths: 0, 2, 4, ...); the odd-numbered half is held out. The grid is
+searched in stages (``STAGES``), each from the best point of the one before: first the surprise ratio and the
+extremes (without level shifts), then the level shifts.
 
     python experiments/anomaly_nab.py [--nab ../shared/data/nab] [--context N] [--stride N] [--tune]
 """
@@ -21,14 +23,18 @@ import numpy as np
 
 import toto_jax
 from toto_jax.detection import DetectOptions
-from toto_jax.detection.adaptive import adaptive_scores, extremes
+from toto_jax.detection.adaptive import adaptive_scores, extremes, level_shifts
 from toto_jax.detection.score import surprise
 from toto_jax.eval import nab
 from toto_jax.forecasting.options import ForecastOptions
 
 VERSION = 3  # of the surprise pass; bump when it changes
 CACHE = Path(__file__).resolve().parents[1] / "out" / "nab_cache"
-GRID = dict(history=[300, 500, 700, 1000, 1500], min_reference=[0.5, 1.0, 2.0], extreme_surprise=[None, 2.0, 3.0, 4.0])
+STAGES = (
+    dict(history=[300, 500, 700, 1000, 1500], min_reference=[0.5, 1.0, 2.0], extreme_surprise=[None, 2.0, 3.0, 4.0],
+         level_span=[None]),
+    dict(level_span=[None, 4, 8, 12, 16, 24, 32, 64], level_margin=[0.05, 0.075, 0.1, 0.15, 0.2]),
+)
 
 
 def cached_surprise(model_name, corpus, options: ForecastOptions, stride):
@@ -55,7 +61,8 @@ def scores_from(corpus, raw, options: DetectOptions, patch=64):
         valid = ~np.isnan(values)
         scored = valid & (np.arange(len(values)) >= patch)
         s = np.where(scored, raw[f], 0.0)
-        out[f] = adaptive_scores(s, scored, extremes(values, valid, s, options), options)
+        shift = level_shifts(values, valid, options)
+        out[f] = adaptive_scores(s, scored, extremes(values, valid, s, options), shift, options)
     return out
 
 
@@ -90,7 +97,7 @@ def main():
     parser.add_argument("--model", default="default")
     parser.add_argument("--context", type=int, default=None)
     parser.add_argument("--stride", type=int, default=None)
-    parser.add_argument("--tune", action="store_true", help="the DetectOptions grid, chosen on the even half")
+    parser.add_argument("--tune", action="store_true", help="the DetectOptions grid (STAGES), chosen on the even half")
     args = parser.parse_args()
     corpus = nab.read_corpus(args.nab)
     raw, seconds = cached_surprise(args.model, corpus, ForecastOptions(context_length=args.context), args.stride)
@@ -98,18 +105,18 @@ def main():
         points = sum(len(v) for v in corpus.values.values())
         print(f"surprise of {points} points in {seconds:.1f}s, compilation included ({points / seconds:.0f} points/s)")
     tune, held_out = subset(corpus, lambda i: i % 2 == 0), subset(corpus, lambda i: i % 2 == 1)
+    options = DetectOptions()
     if args.tune:
-        found = []
-        for values in itertools.product(*GRID.values()):
-            options = DetectOptions(**dict(zip(GRID, values)))
-            scores = scores_from(corpus, raw, options)
-            found.append((nab.score_corpus(tune, scores, "standard").score, values))
-        found.sort(key=lambda item: -item[0])
-        for score, values in found[:10]:
-            print(f"tune half {score:6.2f}  {dict(zip(GRID, values))}")
-        options = DetectOptions(**dict(zip(GRID, found[0][1])))
-    else:
-        options = DetectOptions()
+        for stage in STAGES:
+            found = []
+            for values in itertools.product(*stage.values()):
+                candidate = options.replace(**dict(zip(stage, values)))
+                scores = scores_from(corpus, raw, candidate)
+                found.append((nab.score_corpus(tune, scores, "standard").score, values))
+            found.sort(key=lambda item: -item[0])
+            for score, values in found[:10]:
+                print(f"tune half {score:6.2f}  {dict(zip(stage, values))}")
+            options = options.replace(**dict(zip(stage, found[0][1])))
     print(f"{'':50s} {'std':>6s} {'lowFP':>6s} {'lowFN':>6s}   {options}")
     scores = scores_from(corpus, raw, options)
     report(tune, scores, "tuning half (even files)")

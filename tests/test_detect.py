@@ -8,7 +8,7 @@ import pytest
 import toto_jax
 from toto_jax.cli import main
 from toto_jax.detection import DetectError, DetectOptions
-from toto_jax.detection.adaptive import adaptive_scores, combine_surprise, extremes, trailing_max
+from toto_jax.detection.adaptive import adaptive_scores, combine_surprise, extremes, level_shifts, trailing_max
 
 # A short context keeps the compiled pass small; the windows' stride still makes series span several windows.
 SHORT = toto_jax.ForecastOptions(context_length=256)
@@ -112,21 +112,25 @@ def test_combined_score_of_several_variates(model):
 
 def test_adaptive_score_is_relative_to_the_series_history():
     """The same surprise scores higher in a series whose history is calm than in one whose history is noisy; a
-    surprise that stays high is not raised again; an extreme scores in the top tier; the first steps, with no
-    history, score 0."""
+    surprise that stays high is not raised again; an extreme scores in the top tier, a level shift at least
+    0.5; the first steps, with no history, score 0."""
     rng = np.random.default_rng(0)
     calm, noisy = rng.gamma(1.0, 0.5, 500), rng.gamma(1.0, 3.0, 500)
     calm[400] = noisy[400] = 12.0
     calm[401] = 11.0
     options = DetectOptions(history=300)
     none = np.zeros((2, 500), bool)
-    scores = adaptive_scores(np.stack([calm, noisy]), np.ones(500, bool), none, options)
+    scores = adaptive_scores(np.stack([calm, noisy]), np.ones(500, bool), none, none, options)
     assert scores[0, 400] > 0.5 > scores[1, 400]
     assert scores[0, 401] < 0.5
     assert np.all((scores >= 0) & (scores < 0.9)) and np.all(scores[:, :64] == 0)
-    extreme = none.copy()
-    extreme[1, 400] = True
-    assert adaptive_scores(np.stack([calm, noisy]), np.ones(500, bool), extreme, options)[1, 400] > 0.9
+    marked = none.copy()
+    marked[1, 400] = marked[1, 300] = True
+    with_extreme = adaptive_scores(np.stack([calm, noisy]), np.ones(500, bool), marked, none, options)
+    assert with_extreme[1, 400] > 0.9 and with_extreme[1, 300] > 0.9
+    with_shift = adaptive_scores(np.stack([calm, noisy]), np.ones(500, bool), none, marked, options)
+    assert 0.9 > with_shift[1, 400] > with_shift[1, 300] >= 0.5 > scores[1, 300]  # increasing in the surprise
+    np.testing.assert_array_equal(np.delete(with_shift, [300, 400], axis=1), np.delete(scores, [300, 400], axis=1))
 
 
 def test_extremes_need_a_new_range_and_surprise():
@@ -137,6 +141,32 @@ def test_extremes_need_a_new_range_and_surprise():
     found = extremes(values, valid, surprise, DetectOptions(extreme_surprise=3.0))
     np.testing.assert_array_equal(found[0], [False, True, False, False, True, False, True, False])
     assert not extremes(values, valid, surprise, DetectOptions(extreme_surprise=None)).any()
+
+
+def test_level_shifts_find_a_new_level_causally():
+    """A pattern whose level drops (peaks of 10 become 6, no single step beyond the past range) shifts within a
+    span of the drop; noise alone, a constant, a span with a gap and the first WARM_UP means do not; a later
+    change moves no earlier shift; a 1e9 offset changes nothing; level_span None finds none."""
+    rng = np.random.default_rng(0)
+    values = np.where(np.arange(600) % 2, 10.0, 0.0) + rng.uniform(0, 0.5, 600)
+    values[450:] = np.where(np.arange(450, 600) % 2, 6.0, 1.0) + rng.uniform(0, 0.5, 150)
+    options = DetectOptions(level_span=12, level_margin=0.1)
+    valid = np.ones(600, bool)
+    found = level_shifts(values, valid, options)
+    assert not found[:450].any() and found[450:462].any()
+    assert not (values[450:] < values[:450].min()).any()  # not an extreme: the drop hides in the range
+    np.testing.assert_array_equal(level_shifts(values + 1e9, valid, options), found)
+    changed = values.copy()
+    changed[300:] += 5.0
+    np.testing.assert_array_equal(level_shifts(changed, valid, options)[:300], found[:300])
+    gappy = valid.copy()
+    gappy[455] = False
+    assert not level_shifts(np.where(gappy, values, np.nan), gappy, options)[455:467].any()
+    assert not level_shifts(np.full(600, 3.0), valid, options).any()
+    early = values.copy()
+    early[40:] -= 5.0
+    assert not level_shifts(early, valid, options)[:12 + 64 - 1].any()
+    assert not level_shifts(values, valid, options.replace(level_span=None)).any()
 
 
 def test_trailing_max_matches_its_definition():
@@ -168,6 +198,8 @@ def test_bad_input_is_named(model):
         toto_jax.detect(model, np.array([["a", "b"]]))
     with pytest.raises(DetectError, match="DetectOptions.history must be a positive integer"):
         DetectOptions(history=0)
+    with pytest.raises(DetectError, match="DetectOptions.level_span must be a positive integer or None"):
+        DetectOptions(level_span=0)
     with pytest.raises(DetectError, match="DetectOptions.threshold must lie in"):
         DetectOptions(threshold=2.0)
     with pytest.raises(DetectError, match="stride must be a multiple of the patch size"):

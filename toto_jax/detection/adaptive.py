@@ -10,10 +10,14 @@ does, the score asks whether a step's surprise is unusual *for this series*:
   high is not raised again at every step;
 - an extreme: a value beyond the whole range the series has shown so far (as HTM's NAB detector's "spatial
   anomaly"), counted only when the model also finds it surprising (``extreme_surprise`` nats), so a metric
-  the model expects to grow (a trend) is not an extreme at every new high.
+  the model expects to grow (a trend) is not an extreme at every new high;
+- a level shift: the mean of the last ``level_span`` steps beyond the range of all earlier such means by
+  ``level_margin`` of its width. A pattern that changes (a lower daily peak, a holiday, a slow drift) may
+  give no single step a surprise above the recent maximum, but moves the short-term level out of its range.
 
-score = 0.9 r / (1 + r), or 0.9 + 0.1 r / (1 + r) for an extreme: strictly increasing in r within each tier
-(a corpus-wide threshold meets no ties), 0.45 at r = 1 (as surprising as the recent maximum), 0.5 at r = 1.25.
+score = 0.9 r / (1 + r); at least 0.5 + 0.4 r / (1 + r) at a level shift (at the default threshold, every
+shift is flagged); 0.9 + 0.1 r / (1 + r) for an extreme: strictly increasing in r within each tier (a
+corpus-wide threshold meets no ties), 0.45 at r = 1 (as surprising as the recent maximum), 0.5 at r = 1.25.
 Unscored steps (missing values, the first patch) score 0 and stay out of the history, as do the steps of a
 warm-up: until a series has ``WARM_UP`` scored steps behind it, there is no history to compare with.
 """
@@ -26,6 +30,7 @@ from .options import DetectOptions
 
 WARM_UP = 64  # scored steps of history before a step is scored
 _SURPRISE_WEIGHT = 0.9  # the top of the non-extreme tier
+_SHIFT_FLOOR = 0.5  # the lowest score of a level shift: DetectOptions' default threshold
 
 
 def trailing_max(values, width: int):
@@ -60,16 +65,42 @@ def extremes(values, valid, surprise, options: DetectOptions):
     return valid & beyond & (surprise >= options.extreme_surprise)
 
 
-def adaptive_scores(surprise, scored, extreme, options: DetectOptions):
-    """Anomaly scores [..., time] in [0, 1] from surprise [..., time] (nats), which steps carry one (``scored``)
-    and which are extremes (``extremes``); step t uses steps <= t only."""
+def level_shifts(values, valid, options: DetectOptions):
+    """Steps [..., time] where the mean of the last ``level_span`` steps (all observed) lies beyond the range
+    of every earlier such mean by ``level_margin`` of its width, once ``WARM_UP`` means lie behind it (none
+    when ``level_span`` is None)."""
+    span = options.level_span
+    values = np.asarray(values, np.float64)
+    if span is None or values.shape[-1] < span:
+        return np.zeros(values.shape, bool)
+    # Sums relative to the first observed value, so a 1e9 offset costs no precision.
+    origin = np.take_along_axis(values, np.argmax(valid, axis=-1)[..., None], axis=-1)
+    sums = np.cumsum(np.where(valid, values - origin, 0.0), axis=-1)
+    counts = np.cumsum(valid, axis=-1)
+    pad = np.zeros(values.shape[:-1] + (1,))
+    sums, counts = np.concatenate([pad, sums], axis=-1), np.concatenate([pad, counts], axis=-1)
+    windowed = sums[..., span:] - sums[..., :-span]
+    full = counts[..., span:] - counts[..., :-span] == span
+    mean = np.concatenate([np.full(values.shape[:-1] + (span - 1,), np.nan),
+                           np.where(full, windowed / span, np.nan)], axis=-1)  # fmt: skip
+    high = _previous(np.fmax.accumulate(mean, axis=-1), np.nan)
+    low = _previous(np.fmin.accumulate(mean, axis=-1), np.nan)
+    margin = options.level_margin * (high - low)
+    history = _previous(np.cumsum(~np.isnan(mean), axis=-1), 0)
+    return ((mean > high + margin) | (mean < low - margin)) & (history >= WARM_UP)
+
+
+def adaptive_scores(surprise, scored, extreme, shift, options: DetectOptions):
+    """Anomaly scores [..., time] in [0, 1] from surprise [..., time] (nats), which steps carry one (``scored``),
+    which are extremes (``extremes``) and which level shifts (``level_shifts``); step t uses steps <= t only."""
     surprise = np.asarray(surprise, np.float64)
     scored = np.broadcast_to(np.asarray(scored, bool), surprise.shape)
     past = _previous(np.where(scored, surprise, -np.inf), -np.inf)
     reference = np.maximum(trailing_max(past, options.history), options.min_reference)
     ratio = np.where(scored, surprise, 0.0) / reference
     level = ratio / (1.0 + ratio)
-    score = np.where(extreme, _SURPRISE_WEIGHT + (1.0 - _SURPRISE_WEIGHT) * level, _SURPRISE_WEIGHT * level)
+    ordinary = np.where(shift, _SHIFT_FLOOR + (_SURPRISE_WEIGHT - _SHIFT_FLOOR) * level, _SURPRISE_WEIGHT * level)
+    score = np.where(extreme, _SURPRISE_WEIGHT + (1.0 - _SURPRISE_WEIGHT) * level, ordinary)
     warm = _previous(np.cumsum(scored, axis=-1), 0) >= WARM_UP
     return np.where(scored & warm, score, 0.0)
 

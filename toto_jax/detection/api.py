@@ -8,7 +8,7 @@ import numpy as np
 
 from ..forecasting.inputs import ForecastError, _is_pandas, _split_rows, read_rows
 from ..forecasting.options import ForecastOptions
-from .adaptive import adaptive_scores, combine_surprise, extremes
+from .adaptive import adaptive_scores, combine_surprise, extremes, level_shifts
 from .options import DetectError, DetectOptions
 
 
@@ -134,10 +134,11 @@ def detect(model, series, padding_mask=None, *, options: DetectOptions | None = 
         scored = mask & (np.arange(mask.shape[-1]) >= patch)
         surprise = np.where(scored, raw_surprise, 0.0)
         extreme = extremes(values, mask, surprise, options)
+        shift = level_shifts(values, mask, options)
         surprises.append(surprise)
-        scores.append(adaptive_scores(surprise, scored, extreme, options))
+        scores.append(adaptive_scores(surprise, scored, extreme, shift, options))
         joint, joint_scored = combine_surprise(surprise, scored)
-        combined.append(adaptive_scores(joint, joint_scored, extreme.any(axis=0), options))
+        combined.append(adaptive_scores(joint, joint_scored, extreme.any(axis=0), shift.any(axis=0), options))
     index = variates = None
     if rows.index is not None:
         index, variates = _pandas_labels(series)

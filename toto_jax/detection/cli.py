@@ -52,6 +52,12 @@ def add_parser(subparsers) -> None:
     group.add_argument("--extreme-surprise", type=_optional_nats, default=detect_default.extreme_surprise,
                        help="nats of surprise at which a value beyond the series' whole past range is an extreme "
                             f"('none': no extremes; default {detect_default.extreme_surprise:g})")  # fmt: skip
+    group.add_argument("--level-span", type=_optional_steps, default=detect_default.level_span,
+                       help="steps whose mean is a level shift when beyond the range of all earlier such means "
+                            f"('none': no shifts; default {detect_default.level_span})")  # fmt: skip
+    group.add_argument("--level-margin", type=float, default=detect_default.level_margin,
+                       help="how far (a fraction of that range's width) the mean must pass it "
+                            f"(default {detect_default.level_margin:g})")  # fmt: skip
     group = parser.add_argument_group("series preparation (defaults: toto_jax.ForecastOptions())")
     group.add_argument("--reference-options", action="store_true",
                        help="no gap filling, clipping or normalization (ForecastOptions.reference())")
@@ -73,16 +79,22 @@ def _optional_nats(text: str) -> float | None:
     return None if text.strip().lower() in ("none", "off") else float(text)
 
 
+def _optional_steps(text: str) -> int | None:
+    return None if text.strip().lower() in ("none", "off") else int(text)
+
+
 def _options(args):
     from ..forecasting.options import options_from_args
     from .options import DetectOptions
 
     try:
         detect = DetectOptions(threshold=args.threshold, stride=args.stride, history=args.history,
-                               min_reference=args.min_reference, extreme_surprise=args.extreme_surprise)  # fmt: skip
+                               min_reference=args.min_reference, extreme_surprise=args.extreme_surprise,
+                               level_span=args.level_span, level_margin=args.level_margin)  # fmt: skip
     except ValueError as error:
         message = str(error)
-        for name in ("threshold", "stride", "history", "min_reference", "extreme_surprise"):
+        for name in ("threshold", "stride", "history", "min_reference", "extreme_surprise", "level_span",
+                     "level_margin"):
             message = message.replace(f"DetectOptions.{name}", "--" + name.replace("_", "-"))
         raise ValueError(message) from None
     return detect, options_from_args(args).replace(progress=False)

@@ -29,6 +29,11 @@ class DetectOptions:
       line) is not flagged for a harmless wobble.
     - ``extreme_surprise``: nats of surprise at which a value beyond the series' whole past range scores in the
       top tier (None: no extremes, e.g. for metrics that grow without bound).
+    - ``level_span``: steps whose mean is a level shift when it lies beyond the range of every earlier such mean
+      by ``level_margin`` times that range's width: a change of level no single step makes surprising (the
+      mean over a span beyond its past range, as an extreme is a value beyond it). A shift scores at least 0.5
+      (None: no shifts).
+    - ``level_margin``: how far (a fraction of the past range of the means) a mean must pass its past range.
     - ``threshold``: scores at or above it are flagged (``Detection.flags``, the plot, the CLI's ``anomaly``).
     - ``batch_size``: windows per compiled call (per device).
     """
@@ -37,6 +42,8 @@ class DetectOptions:
     history: int = 700
     min_reference: float = 1.0
     extreme_surprise: float | None = 3.0
+    level_span: int | None = 12
+    level_margin: float = 0.1
     threshold: float = 0.5
     batch_size: int = 64
 
@@ -61,6 +68,8 @@ class DetectOptions:
 
         positive_int("stride", allow_none=True)
         positive_int("history")
+        positive_int("level_span", allow_none=True)
+        non_negative_number("level_margin")
         positive_int("batch_size")
         non_negative_number("extreme_surprise", allow_none=True)
         non_negative_number("min_reference")
