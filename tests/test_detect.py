@@ -113,7 +113,7 @@ def test_combined_score_of_several_variates(model):
 def test_adaptive_score_is_relative_to_the_series_history():
     """The same surprise scores higher in a series whose history is calm than in one whose history is noisy; a
     surprise that stays high is not raised again; an extreme scores in the top tier, a level shift at least
-    0.5; the first steps, with no history, score 0."""
+    0.5, each only at the first step of a run; the first steps, with no history, score 0."""
     rng = np.random.default_rng(0)
     calm, noisy = rng.gamma(1.0, 0.5, 500), rng.gamma(1.0, 3.0, 500)
     calm[400] = noisy[400] = 12.0
@@ -125,9 +125,10 @@ def test_adaptive_score_is_relative_to_the_series_history():
     assert scores[0, 401] < 0.5
     assert np.all((scores >= 0) & (scores < 0.9)) and np.all(scores[:, :64] == 0)
     marked = none.copy()
-    marked[1, 400] = marked[1, 300] = True
+    marked[1, 400] = marked[1, 300] = marked[1, 401] = True
     with_extreme = adaptive_scores(np.stack([calm, noisy]), np.ones(500, bool), marked, none, options)
     assert with_extreme[1, 400] > 0.9 and with_extreme[1, 300] > 0.9
+    assert with_extreme[1, 401] == scores[1, 401]  # a run is one event: only its first step is raised
     with_shift = adaptive_scores(np.stack([calm, noisy]), np.ones(500, bool), none, marked, options)
     assert 0.9 > with_shift[1, 400] > with_shift[1, 300] >= 0.5 > scores[1, 300]  # increasing in the surprise
     np.testing.assert_array_equal(np.delete(with_shift, [300, 400], axis=1), np.delete(scores, [300, 400], axis=1))

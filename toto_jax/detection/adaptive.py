@@ -18,6 +18,7 @@ does, the score asks whether a step's surprise is unusual *for this series*:
 score = 0.9 r / (1 + r); at least 0.5 + 0.4 r / (1 + r) at a level shift (at the default threshold, every
 shift is flagged); 0.9 + 0.1 r / (1 + r) for an extreme: strictly increasing in r within each tier (a
 corpus-wide threshold meets no ties), 0.45 at r = 1 (as surprising as the recent maximum), 0.5 at r = 1.25.
+Only the first step of a run of extremes or of shifts is raised (one event, one alert).
 Unscored steps (missing values, the first patch) score 0 and stay out of the history, as do the steps of a
 warm-up: until a series has ``WARM_UP`` scored steps behind it, there is no history to compare with.
 """
@@ -90,15 +91,25 @@ def level_shifts(values, valid, options: DetectOptions):
     return ((mean > high + margin) | (mean < low - margin)) & (history >= WARM_UP)
 
 
+def _onsets(flags):
+    """The first step of each run of flagged steps [..., time]. A run of extremes (a climb to ever new highs) or
+    of shifted means is one event, so only its first step is raised; the rest score by their surprise alone, as
+    an alerting system raises one alert per event (and NAB counts every detection outside a window)."""
+    flags = np.asarray(flags, bool)
+    return flags & ~_previous(flags, False)
+
+
 def adaptive_scores(surprise, scored, extreme, shift, options: DetectOptions):
     """Anomaly scores [..., time] in [0, 1] from surprise [..., time] (nats), which steps carry one (``scored``),
-    which are extremes (``extremes``) and which level shifts (``level_shifts``); step t uses steps <= t only."""
+    which are extremes (``extremes``) and which level shifts (``level_shifts``), of which only the first step
+    of each run is raised; step t uses steps <= t only."""
     surprise = np.asarray(surprise, np.float64)
     scored = np.broadcast_to(np.asarray(scored, bool), surprise.shape)
     past = _previous(np.where(scored, surprise, -np.inf), -np.inf)
     reference = np.maximum(trailing_max(past, options.history), options.min_reference)
     ratio = np.where(scored, surprise, 0.0) / reference
     level = ratio / (1.0 + ratio)
+    extreme, shift = _onsets(extreme), _onsets(shift)
     ordinary = np.where(shift, _SHIFT_FLOOR + (_SURPRISE_WEIGHT - _SHIFT_FLOOR) * level, _SURPRISE_WEIGHT * level)
     score = np.where(extreme, _SURPRISE_WEIGHT + (1.0 - _SURPRISE_WEIGHT) * level, ordinary)
     warm = _previous(np.cumsum(scored, axis=-1), 0) >= WARM_UP
