@@ -5,7 +5,7 @@ The surprise of every NAB file is computed once per (model, ForecastOptions, str
 (``DetectOptions``) re-run no model. The tuning rule: the DetectOptions grid point with the best standard-profile
 score on the even-numbered files (sorted paths: 0, 2, 4, ...); the odd-numbered half is held out. The grid is
 searched in stages (``STAGES``), each from the best point of the one before: first the surprise ratio and the
-extremes (without level shifts), then the level shifts.
+extremes (without level shifts or drifts), then the level shifts, then the drifts.
 
     python experiments/anomaly_nab.py [--nab ../shared/data/nab] [--context N] [--stride N] [--tune]
 """
@@ -23,45 +23,50 @@ import numpy as np
 
 import toto_jax
 from toto_jax.detection import DetectOptions
-from toto_jax.detection.adaptive import adaptive_scores, extremes, level_shifts
+from toto_jax.detection.adaptive import adaptive_scores, drifts, extremes, level_shifts
 from toto_jax.detection.score import surprise
 from toto_jax.eval import nab
 from toto_jax.forecasting.options import ForecastOptions
 
-VERSION = 3  # of the surprise pass; bump when it changes
+VERSION = 4  # of the surprise pass; bump when it changes
 CACHE = Path(__file__).resolve().parents[1] / "out" / "nab_cache"
 STAGES = (
     dict(history=[300, 500, 700, 1000, 1500], min_reference=[0.5, 1.0, 2.0], extreme_surprise=[None, 2.0, 3.0, 4.0],
-         level_span=[None]),
+         level_span=[None], drift_allowance=[None]),
     dict(level_span=[None, 4, 8, 12, 16, 24, 32, 64], level_margin=[0.05, 0.075, 0.1, 0.15, 0.2]),
+    dict(drift_allowance=[None, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0]),
 )
 
 
 def cached_surprise(model_name, corpus, options: ForecastOptions, stride):
+    """(surprise, normal score) of every file, by relative path, and the seconds the pass took (None: cached)."""
     key = hashlib.sha1(repr((VERSION, model_name, options, stride)).encode()).hexdigest()[:12]
     path = CACHE / f"{key}.npz"
     if path.exists():
-        return dict(np.load(path)), None
+        stored = np.load(path)
+        return ({f: stored[f"surprise:{f}"] for f in corpus.files}, {f: stored[f"normal:{f}"] for f in corpus.files}), None
     model = toto_jax.load(model_name)
     rows = [corpus.values[f][None] for f in corpus.files]
     began = time.perf_counter()
-    result = surprise(model, rows, [~np.isnan(r) for r in rows], options, stride, 64)
+    surprises, normal_scores = surprise(model, rows, [~np.isnan(r) for r in rows], options, stride, 64)
     seconds = time.perf_counter() - began
-    out = {f: r[0] for f, r in zip(corpus.files, result)}
+    out = {f"surprise:{f}": r[0] for f, r in zip(corpus.files, surprises)}
+    out.update({f"normal:{f}": r[0] for f, r in zip(corpus.files, normal_scores)})
     CACHE.mkdir(parents=True, exist_ok=True)
     np.savez(path, **out)
-    return out, seconds
+    return cached_surprise(model_name, corpus, options, stride)[0], seconds
 
 
 def scores_from(corpus, raw, options: DetectOptions, patch=64):
-    """What toto_jax.detect returns for each (univariate) NAB file, from its cached surprise."""
+    """What toto_jax.detect returns for each (univariate) NAB file, from its cached (surprise, normal score)."""
+    surprises, normal_scores = raw
     out = {}
     for f in corpus.files:
         values = corpus.values[f]
         valid = ~np.isnan(values)
         scored = valid & (np.arange(len(values)) >= patch)
-        s = np.where(scored, raw[f], 0.0)
-        shift = level_shifts(values, valid, options)
+        s = np.where(scored, surprises[f], 0.0)
+        shift = level_shifts(values, valid, options) | drifts(normal_scores[f], scored, options)
         out[f] = adaptive_scores(s, scored, extremes(values, valid, s, options), shift, options)
     return out
 

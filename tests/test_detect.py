@@ -8,7 +8,8 @@ import pytest
 import toto_jax
 from toto_jax.cli import main
 from toto_jax.detection import DetectError, DetectOptions
-from toto_jax.detection.adaptive import adaptive_scores, combine_surprise, extremes, level_shifts, trailing_max
+from toto_jax.detection.adaptive import (adaptive_scores, combine_surprise, drifts, extremes, level_shifts,
+                                        trailing_max)  # fmt: skip
 
 # A short context keeps the compiled pass small; the windows' stride still makes series span several windows.
 SHORT = toto_jax.ForecastOptions(context_length=256)
@@ -170,6 +171,37 @@ def test_level_shifts_find_a_new_level_causally():
     assert not level_shifts(values, valid, options.replace(level_span=None)).any()
 
 
+def test_drifts_follow_the_cusum_definition():
+    """A drift is a step where the two-sided CUSUM of the normal scores, less the allowance per step, passes its
+    past maximum (and 0), after WARM_UP scored steps; unscored steps leave the sums as they are. Matches the
+    recursion step by step; a run of steps each 1.5 sigma above the model's expectation is found within a few
+    steps although no single one is surprising; a later change moves no earlier drift; None finds none."""
+    rng = np.random.default_rng(0)
+    z = rng.standard_normal((2, 900))
+    z[1, 600:630] = 1.5 + 0.1 * rng.standard_normal(30)
+    scored = rng.random((2, 900)) > 0.1
+    options = DetectOptions(drift_allowance=1.0)
+    found = drifts(z, scored, options)
+
+    expected = np.zeros((2, 900), bool)
+    for row in range(2):
+        up = down = record = 0.0
+        seen = 0
+        for t in range(900):
+            if scored[row, t]:
+                up, down = max(0.0, up + z[row, t] - 1.0), max(0.0, down - z[row, t] - 1.0)
+                expected[row, t] = seen >= 64 and max(up, down) > record
+                record = max(record, up, down)
+                seen += 1
+    np.testing.assert_array_equal(found, expected)
+    first = 600 + np.argmax(found[1, 600:])
+    assert found[1, 600:].any() and first < 610 and not found[0, 600:610].any()
+    changed = z.copy()
+    changed[:, 500:] = 5.0
+    np.testing.assert_array_equal(drifts(changed, scored, options)[:, :500], found[:, :500])
+    assert not drifts(z, scored, options.replace(drift_allowance=None)).any()
+
+
 def test_trailing_max_matches_its_definition():
     values = np.random.default_rng(0).standard_normal((3, 101))
     for width in (1, 7, 50, 200):
@@ -201,6 +233,8 @@ def test_bad_input_is_named(model):
         DetectOptions(history=0)
     with pytest.raises(DetectError, match="DetectOptions.level_span must be a positive integer or None"):
         DetectOptions(level_span=0)
+    with pytest.raises(DetectError, match="DetectOptions.drift_allowance must be a non-negative number or None"):
+        DetectOptions(drift_allowance=-1.0)
     with pytest.raises(DetectError, match="DetectOptions.threshold must lie in"):
         DetectOptions(threshold=2.0)
     with pytest.raises(DetectError, match="stride must be a multiple of the patch size"):
@@ -268,6 +302,27 @@ def test_mixture_tails_match_scipy_far_out():
     np.testing.assert_allclose(below[:, 0], expected_below, rtol=1e-4)
     np.testing.assert_allclose(above[:, 0], expected_above, rtol=1e-4)
     assert above[-1, 0] < 1e-6
+
+
+def test_surprise_and_normal_score_of_tails():
+    """The pass's two outputs from (P(X <= x), P(X >= x)): the surprise -log(2 min) and the normal score
+    Phi^-1(P(X <= x)) against scipy, to 1e-4 relative, deep in both tails (where 1 - P would round to 1 in
+    float32); both 0 at invalid steps."""
+    import jax.numpy as jnp
+    from scipy import special
+
+    from toto_jax.detection.score import _surprise_and_normal_score
+
+    below = np.array([1e-20, 1e-6, 0.02, 0.5, 0.9, 1 - 1e-6, 1.0], np.float64)
+    above = np.array([1.0, 1 - 1e-6, 0.98, 0.5, 0.1, 1e-6, 1e-20], np.float64)
+    valid = np.array([True] * 6 + [False])
+    surprise, normal = (np.asarray(a) for a in _surprise_and_normal_score(
+        jnp.asarray(below, jnp.float32), jnp.asarray(above, jnp.float32), jnp.asarray(valid)))  # fmt: skip
+    smaller = np.minimum(below, above)
+    np.testing.assert_allclose(surprise[:6], -np.log(2 * smaller[:6]), rtol=1e-4)
+    expected = np.where(below < above, special.ndtri(smaller), -special.ndtri(smaller))
+    np.testing.assert_allclose(normal[:6], expected[:6], rtol=1e-4, atol=1e-6)
+    assert normal[0] < -9 and normal[5] > 4.5 and surprise[6] == normal[6] == 0
 
 
 def test_quantile_tails_of_toto2_knots():

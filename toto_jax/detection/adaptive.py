@@ -13,7 +13,9 @@ does, the score asks whether a step's surprise is unusual *for this series*:
   the model expects to grow (a trend) is not an extreme at every new high;
 - a level shift: the mean of the last ``level_span`` steps beyond the range of all earlier such means by
   ``level_margin`` of its width. A pattern that changes (a lower daily peak, a holiday, a slow drift) may
-  give no single step a surprise above the recent maximum, but moves the short-term level out of its range.
+  give no single step a surprise above the recent maximum, but moves the short-term level out of its range;
+- a drift, scored as a level shift: a run of steps each a little off the model's expectation on one side, as
+  a CUSUM of their normal scores (``drifts``) reaching a value it has never had.
 
 score = 0.9 r / (1 + r); at least 0.5 + 0.4 r / (1 + r) at a level shift (at the default threshold, every
 shift is flagged); 0.9 + 0.1 r / (1 + r) for an extreme: strictly increasing in r within each tier (a
@@ -97,6 +99,25 @@ def _onsets(flags):
     an alerting system raises one alert per event (and NAB counts every detection outside a window)."""
     flags = np.asarray(flags, bool)
     return flags & ~_previous(flags, False)
+
+
+def drifts(normal_score, scored, options: DetectOptions):
+    """Steps [..., time] where a two-sided CUSUM of the normal scores (``drift_allowance`` subtracted per step)
+    passes every value it had before (a sum still at 0 is no drift), once ``WARM_UP`` scored steps lie behind it
+    (none when ``drift_allowance`` is None). Unscored steps leave the sums as they are."""
+    scored = np.asarray(scored, bool)
+    if options.drift_allowance is None:
+        return np.zeros(scored.shape, bool)
+    z = np.where(scored, np.asarray(normal_score, np.float64), 0.0)
+
+    def cusum(increments):  # S_t = max(0, S_t-1 + x_t) from S = 0, as C_t - min(0, min_j<=t C_j) (Lindley)
+        total = np.cumsum(np.where(scored, increments, 0.0), axis=-1)
+        return total - np.minimum(np.minimum.accumulate(total, axis=-1), 0.0)
+
+    statistic = np.maximum(cusum(z - options.drift_allowance), cusum(-z - options.drift_allowance))
+    record = _previous(np.maximum.accumulate(np.where(scored, statistic, -np.inf), axis=-1), -np.inf)
+    warm = _previous(np.cumsum(scored, axis=-1), 0) >= WARM_UP
+    return scored & warm & (statistic > np.maximum(record, 0.0))
 
 
 def adaptive_scores(surprise, scored, extreme, shift, options: DetectOptions):

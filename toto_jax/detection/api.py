@@ -8,7 +8,7 @@ import numpy as np
 
 from ..forecasting.inputs import ForecastError, _is_pandas, _split_rows, read_rows
 from ..forecasting.options import ForecastOptions
-from .adaptive import adaptive_scores, combine_surprise, extremes, level_shifts
+from .adaptive import adaptive_scores, combine_surprise, drifts, extremes, level_shifts
 from .options import DetectError, DetectOptions
 
 
@@ -127,14 +127,15 @@ def detect(model, series, padding_mask=None, *, options: DetectOptions | None = 
     if masks is not None and len(masks) != len(rows.values):
         raise DetectError(f"padding_mask has {len(masks)} rows, expected one per series ({len(rows.values)})")
     valid = _checked(rows.values, masks)
-    raw = surprise_pass(model, rows.values, valid, forecast_options, options.stride, options.batch_size)
+    raw, normal_scores = surprise_pass(model, rows.values, valid, forecast_options, options.stride,
+                                       options.batch_size)  # fmt: skip
     patch = model.config.patch_size
     scores, combined, surprises = [], [], []
-    for values, raw_surprise, mask in zip(rows.values, raw, valid):
+    for values, raw_surprise, normal_score, mask in zip(rows.values, raw, normal_scores, valid):
         scored = mask & (np.arange(mask.shape[-1]) >= patch)
         surprise = np.where(scored, raw_surprise, 0.0)
         extreme = extremes(values, mask, surprise, options)
-        shift = level_shifts(values, mask, options)
+        shift = level_shifts(values, mask, options) | drifts(normal_score, scored, options)
         surprises.append(surprise)
         scores.append(adaptive_scores(surprise, scored, extreme, shift, options))
         joint, joint_scored = combine_surprise(surprise, scored)

@@ -49,7 +49,7 @@ def add_parser(subparsers) -> None:
                             f"(default {detect_default.history})")  # fmt: skip
     group.add_argument("--min-reference", type=float, default=detect_default.min_reference,
                        help=f"floor on that past surprise, nats (default {detect_default.min_reference:g})")
-    group.add_argument("--extreme-surprise", type=_optional_nats, default=detect_default.extreme_surprise,
+    group.add_argument("--extreme-surprise", type=_optional_float, default=detect_default.extreme_surprise,
                        help="nats of surprise at which a value beyond the series' whole past range is an extreme "
                             f"('none': no extremes; default {detect_default.extreme_surprise:g})")  # fmt: skip
     group.add_argument("--level-span", type=_optional_steps, default=detect_default.level_span,
@@ -58,6 +58,9 @@ def add_parser(subparsers) -> None:
     group.add_argument("--level-margin", type=float, default=detect_default.level_margin,
                        help="how far (a fraction of that range's width) the mean must pass it "
                             f"(default {detect_default.level_margin:g})")  # fmt: skip
+    group.add_argument("--drift-allowance", type=_optional_float, default=detect_default.drift_allowance,
+                       help="allowance per step of the CUSUM of the model's normal scores whose new maxima are "
+                            f"drifts ('none': no drifts; default {detect_default.drift_allowance:g})")  # fmt: skip
     group = parser.add_argument_group("series preparation (defaults: toto_jax.ForecastOptions())")
     group.add_argument("--reference-options", action="store_true",
                        help="no gap filling, clipping or normalization (ForecastOptions.reference())")
@@ -75,7 +78,7 @@ def add_parser(subparsers) -> None:
     parser.set_defaults(func=run, **_UNUSED_FORECAST_FLAGS)
 
 
-def _optional_nats(text: str) -> float | None:
+def _optional_float(text: str) -> float | None:
     return None if text.strip().lower() in ("none", "off") else float(text)
 
 
@@ -90,11 +93,12 @@ def _options(args):
     try:
         detect = DetectOptions(threshold=args.threshold, stride=args.stride, history=args.history,
                                min_reference=args.min_reference, extreme_surprise=args.extreme_surprise,
-                               level_span=args.level_span, level_margin=args.level_margin)  # fmt: skip
+                               level_span=args.level_span, level_margin=args.level_margin,
+                               drift_allowance=args.drift_allowance)  # fmt: skip
     except ValueError as error:
         message = str(error)
         for name in ("threshold", "stride", "history", "min_reference", "extreme_surprise", "level_span",
-                     "level_margin"):
+                     "level_margin", "drift_allowance"):
             message = message.replace(f"DetectOptions.{name}", "--" + name.replace("_", "-"))
         raise ValueError(message) from None
     return detect, options_from_args(args).replace(progress=False)

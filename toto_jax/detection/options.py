@@ -34,6 +34,9 @@ class DetectOptions:
       mean over a span beyond its past range, as an extreme is a value beyond it). A shift scores at least 0.5
       (None: no shifts).
     - ``level_margin``: how far (a fraction of the past range of the means) a mean must pass its past range.
+    - ``drift_allowance``: a drift is a step where a two-sided CUSUM of the model's normal scores
+      Phi^-1(P(X <= x)), less this allowance per step, passes every value it had before: a run of steps each a
+      little off the model's expectation on one side. Scored as a level shift (None: no drifts).
     - ``threshold``: scores at or above it are flagged (``Detection.flags``, the plot, the CLI's ``anomaly``).
     - ``batch_size``: windows per compiled call (per device).
     """
@@ -44,6 +47,7 @@ class DetectOptions:
     extreme_surprise: float | None = 3.0
     level_span: int | None = 12
     level_margin: float = 0.1
+    drift_allowance: float | None = 2.5
     threshold: float = 0.5
     batch_size: int = 64
 
@@ -70,6 +74,7 @@ class DetectOptions:
         positive_int("history")
         positive_int("level_span", allow_none=True)
         non_negative_number("level_margin")
+        non_negative_number("drift_allowance", allow_none=True)
         positive_int("batch_size")
         non_negative_number("extreme_surprise", allow_none=True)
         non_negative_number("min_reference")

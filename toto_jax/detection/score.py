@@ -25,7 +25,8 @@ The surprise of an observed step x is -log of its two-sided tail probability 2 m
 floored at 1e-30 (69 nats): under Toto 1.0's Student-T mixture, each tail summed from the components' own
 tails (``StudentTMixture.tails``); under Toto 2.0's nine quantiles, the distribution ``quantile_tails``
 builds from them (its first output patch at patch k predicts patch k + 1, de-scaled with the statistics up
-to patch k).
+to patch k). Its normal score Phi^-1(P(X <= x)) says on which side, and how far, x lies: a run of steps all
+a little above (or below) what the model expects is a drift no single step's surprise shows.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.scipy.special import ndtri
 
 from ..forecasting.options import ForecastOptions
 from ..forecasting.placement import forecast_placement
@@ -138,9 +140,15 @@ def prepare_windows(values, valid, starts, windows: Windows, options: ForecastOp
                  np.full(len(starts), prefix, np.int32))  # fmt: skip
 
 
-def _two_sided(below, above):
-    """-log of the two-sided tail probability 2 min(P(X <= x), P(X >= x)), floored."""
-    return -jnp.log(jnp.clip(2.0 * jnp.minimum(below, above), TAIL_FLOOR, 1.0))
+def _surprise_and_normal_score(below, above, valid):
+    """(surprise, normal score): the surprise, -log of the two-sided tail probability 2 min(P(X <= x), P(X >= x)), floored; and
+    the normal score Phi^-1(P(X <= x)) (0 at the median, +-3 at the 0.13 % tails), from the smaller tail so
+    that far tails keep their precision. Both 0 where not ``valid``."""
+    smaller = jnp.minimum(below, above)
+    surprise = -jnp.log(jnp.clip(2.0 * smaller, TAIL_FLOOR, 1.0))
+    lower_quantile = ndtri(jnp.clip(smaller, TAIL_FLOOR / 2, 0.5))
+    normal_score = jnp.where(below < above, lower_quantile, -lower_quantile)
+    return jnp.where(valid, surprise, 0.0), jnp.where(valid, normal_score, 0.0)
 
 
 def quantile_tails(knots, levels, x, floor):
@@ -175,7 +183,7 @@ def _surprise(graphdef, params, inputs, input_valid, targets, target_valid, pref
         return _toto2_surprise(model, inputs, input_valid, targets, target_valid)
     output = model(inputs, input_valid, prefix_length=prefix[:, None, None])
     below, above = output.distribution.tails((targets - output.loc) / output.scale)
-    return jnp.where(target_valid, _two_sided(below, above), 0.0)
+    return _surprise_and_normal_score(below, above, target_valid)
 
 
 def _toto2_surprise(model, inputs, input_valid, targets, target_valid):
@@ -189,13 +197,14 @@ def _toto2_surprise(model, inputs, input_valid, targets, target_valid):
     scaled = scaled.reshape(scaled.shape[:-2] + (-1,))
     knots = jnp.sort(jnp.sinh(scaled.astype(jnp.float32)) * output.scale + output.loc, axis=0)
     below, above = quantile_tails(knots, QUANTILE_LEVELS, targets, 1e-4 * output.scale)
-    return jnp.where(target_valid, _two_sided(below, above), 0.0)
+    return _surprise_and_normal_score(below, above, target_valid)
 
 
 def surprise(model, rows: list[np.ndarray], valid: list[np.ndarray], options: ForecastOptions,
              stride: int | None, batch_size: int) -> list[np.ndarray]:  # fmt: skip
-    """Surprise (nats, float32) [variate, time] of every step of each series (0 where unscored: missing steps
-    and the first patch)."""
+    """Surprise (nats, float32) [variate, time] of every step of each series, and its normal score (the signed
+    side of the surprise: ``_surprise_and_normal_score``), both 0 where unscored: missing steps and the first
+    patch. Returns (surprises, normal_scores), one array per series each."""
     windows = window_plan(model.config, options, stride)
     placement = forecast_placement(options.devices)
     graphdef, params = nnx.split(model)
@@ -222,18 +231,19 @@ def surprise(model, rows: list[np.ndarray], valid: list[np.ndarray], options: Fo
         chunk[-1] = np.maximum(chunk[-1], 1)  # padded rows: a harmless prefix
         outputs.append((_surprise(graphdef, params, *placement.put(chunk)), rows_per_call - pad))
     # Dispatched calls run while the next ones are prepared; results are read once all are queued.
-    scored = np.concatenate([np.asarray(output)[:rows] for output, rows in outputs])
-    scored = scored[..., windows.first_kept :]  # [window, variate, stride]
-    results, offset = [], 0
+    scored = np.stack([np.concatenate([np.asarray(output[k])[:rows] for output, rows in outputs]) for k in (0, 1)])
+    scored = scored[..., windows.first_kept :]  # [2, window, variate, stride]
+    surprises, normal_scores, offset = [], [], 0
     for (number, starts), row in zip(owners, rows):
         length = row.shape[-1]
-        kept = np.moveaxis(scored[offset : offset + len(starts)], 0, 1).reshape(row.shape[0], -1)
-        out = np.zeros(row.shape, np.float32)
+        kept = np.moveaxis(scored[:, offset : offset + len(starts)], 1, 2).reshape(2, row.shape[0], -1)
+        out = np.zeros((2,) + row.shape, np.float32)
         if length > windows.patch:
-            out[:, windows.patch :] = kept[:, : length - windows.patch]
+            out[..., windows.patch :] = kept[..., : length - windows.patch]
         if np.isnan(out).any():  # a model that produced NaN: never a silent score
-            variate, step = (int(i[0]) for i in np.nonzero(np.isnan(out)))
+            variate, step = (int(i[0]) for i in np.nonzero(np.isnan(out).any(axis=0)))
             raise DetectError(f"series {number}, variate {variate}: the model's distribution at step {step} is NaN")
         offset += len(starts)
-        results.append(out)
-    return results
+        surprises.append(out[0])
+        normal_scores.append(out[1])
+    return surprises, normal_scores
