@@ -4,8 +4,9 @@ The surprise of every NAB file is computed once per (model, ForecastOptions, str
 ``toto_jax.detect`` runs, and cached under out/nab_cache/ (git-ignored), so choices of the score mapping
 (``DetectOptions``) re-run no model. The tuning rule: the DetectOptions grid point with the best standard-profile
 score on the even-numbered files (sorted paths: 0, 2, 4, ...); the odd-numbered half is held out. The grid is
-searched in stages (``STAGES``), each from the best point of the one before: first the surprise ratio and the
-extremes (without level shifts or drifts), then the level shifts, then the drifts.
+searched by coordinates in stages (``STAGES``), each from the best point of the one before (ties go to the
+point that changes fewest options): the surprise ratio and the extremes, then the level shifts, then the drifts, starting without
+shifts or drifts; the stages repeat until a round changes nothing.
 
     python experiments/anomaly_nab.py [--nab ../shared/data/nab] [--context N] [--stride N] [--tune]
 """
@@ -31,8 +32,7 @@ from toto_jax.forecasting.options import ForecastOptions
 VERSION = 4  # of the surprise pass; bump when it changes
 CACHE = Path(__file__).resolve().parents[1] / "out" / "nab_cache"
 STAGES = (
-    dict(history=[300, 500, 700, 1000, 1500], min_reference=[0.5, 1.0, 2.0], extreme_surprise=[None, 2.0, 3.0, 4.0],
-         level_span=[None], drift_allowance=[None]),
+    dict(history=[300, 500, 700, 1000, 1500], min_reference=[0.5, 1.0, 2.0], extreme_surprise=[None, 2.0, 3.0, 4.0]),
     dict(level_span=[None, 4, 8, 12, 16, 24, 32, 64], level_margin=[0.05, 0.075, 0.1, 0.15, 0.2]),
     dict(drift_allowance=[None, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0]),
 )
@@ -112,16 +112,21 @@ def main():
     tune, held_out = subset(corpus, lambda i: i % 2 == 0), subset(corpus, lambda i: i % 2 == 1)
     options = DetectOptions()
     if args.tune:
-        for stage in STAGES:
-            found = []
-            for values in itertools.product(*stage.values()):
-                candidate = options.replace(**dict(zip(stage, values)))
-                scores = scores_from(corpus, raw, candidate)
-                found.append((nab.score_corpus(tune, scores, "standard").score, values))
-            found.sort(key=lambda item: -item[0])
-            for score, values in found[:10]:
-                print(f"tune half {score:6.2f}  {dict(zip(stage, values))}")
-            options = options.replace(**dict(zip(stage, found[0][1])))
+        options, previous, round_number = options.replace(level_span=None, drift_allowance=None), None, 1
+        while options != previous:
+            previous = options
+            for stage in STAGES:
+                found = []
+                for values in itertools.product(*stage.values()):
+                    candidate = options.replace(**dict(zip(stage, values)))
+                    score = nab.score_corpus(tune, scores_from(corpus, raw, candidate), "standard").score
+                    changed = sum(value != getattr(options, name) for name, value in zip(stage, values))
+                    found.append((score, changed, values))
+                found.sort(key=lambda item: (-item[0], item[1]))
+                for score, _, values in found[:5]:
+                    print(f"round {round_number} tune half {score:6.2f}  {dict(zip(stage, values))}", flush=True)
+                options = options.replace(**dict(zip(stage, found[0][2])))
+            round_number += 1
     print(f"{'':50s} {'std':>6s} {'lowFP':>6s} {'lowFN':>6s}   {options}")
     scores = scores_from(corpus, raw, options)
     report(tune, scores, "tuning half (even files)")

@@ -42,12 +42,12 @@ class DetectOptions:
     """
 
     stride: int | None = None
-    history: int = 700
+    history: int = 1000
     min_reference: float = 1.0
     extreme_surprise: float | None = 3.0
     level_span: int | None = 12
     level_margin: float = 0.1
-    drift_allowance: float | None = 2.5
+    drift_allowance: float | None = 3.0
     threshold: float = 0.5
     batch_size: int = 64
 
