@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .options import add_options_arguments, options_from_args
+from .options import DEFAULT_NUM_SAMPLES, add_options_arguments, options_from_args
 
 DEFAULT_QUANTILES = "0.1,0.5,0.9"
 
@@ -40,16 +40,20 @@ def add_parser(subparsers) -> None:
         "input, and several processes launched together split the files between them)",
     )
     parser.add_argument("--horizon", required=True, type=int, help="steps to forecast")
-    parser.add_argument("--samples", type=int, default=None,
-                        help="Toto 1.0: sample paths (default: the mean path only); Toto 2.0 forecasts quantiles "
-                             "without samples")  # fmt: skip
+    parser.add_argument("--samples", type=int, default=None, metavar="N",
+                        help=f"Toto 1.0: sample paths behind the median and quantiles (default {DEFAULT_NUM_SAMPLES}); "
+                             "0: the deterministic mean path alone (a 'mean' column, no bands, ~"
+                             f"{DEFAULT_NUM_SAMPLES}x less work). Toto 2.0 forecasts its quantiles without samples")  # fmt: skip
     parser.add_argument(
         "--quantiles", default=None,
-        help=f"comma-separated levels to write: Toto 1.0 with --samples, Toto 2.0 always, within 0.1-0.9 "
-             f"(default {DEFAULT_QUANTILES})",
+        help=f"comma-separated quantile levels to write (Toto 2.0: within 0.1-0.9) (default {DEFAULT_QUANTILES})",
     )  # fmt: skip
-    parser.add_argument("--output", required=True, type=Path, help="CSV or Parquet file (or directory) to write")
-    parser.add_argument("--plot", type=Path, default=None, help="PNG of history, median and quantile bands")
+    parser.add_argument("--output", required=True, type=Path,
+                        help="CSV or Parquet file (or directory) to write, in the input's layout: per variate (wide) "
+                             "or row (long) the columns mean, median and one per quantile level (q0.1, q0.5, "
+                             "q0.9), or mean alone with --samples 0")  # fmt: skip
+    parser.add_argument("--plot", type=Path, default=None,
+                        help="PNG of the history, the median and the quantile bands (the mean with --samples 0)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing --output / --plot (the input is never overwritten)")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0, help="seed of the sample paths")
@@ -82,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     from ..distributed import host_shard, initialize
 
     initialize()  # several processes launched together split a directory of inputs
-    levels, options = _check_arguments(args)
+    options = _check_arguments(args)
     if not args.input.is_dir():
         jobs, total = [(args.input, args.output, args.plot)], 1
     else:
@@ -94,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
         _check_paths(*job, overwrite=args.overwrite)
     model = None
     for input_path, output, plot in jobs:
-        model = _forecast_file(args, levels, options, input_path, output, plot, model)
+        model = _forecast_file(args, options, input_path, output, plot, model)
     if args.input.is_dir():
         print(f"forecast {len(jobs)} of {total} files into {args.output}")
     return 0
@@ -122,19 +126,21 @@ def _directory_jobs(args: argparse.Namespace, host_shard) -> tuple[list[tuple[Pa
 
 
 def _check_arguments(args: argparse.Namespace):
-    """Validate the arguments; returns the quantile levels asked for and the forecast options."""
+    """Validate the arguments (the model-dependent ones in ``forecast_outputs``); returns the forecast options."""
     # Everything that can be checked before the model runs is checked first; nothing is written on error.
     if args.horizon <= 0:
         raise ValueError(f"--horizon must be positive, got {args.horizon}")
-    if args.samples is not None and args.samples <= 0:
-        raise ValueError(f"--samples must be positive, got {args.samples}")
+    if args.samples is not None and args.samples < 0:
+        raise ValueError(f"--samples must be positive (or 0: the mean path alone), got {args.samples}")
     options = options_from_args(args)
     if (args.covariates is None) != (args.future_covariates is None):
         raise ValueError("--covariates and --future-covariates go together: name the columns and the file of their "
                          "future values")  # fmt: skip
     if args.future_covariates is not None and not args.future_covariates.is_file():
         raise FileNotFoundError(f"--future-covariates file not found: {args.future_covariates}")
-    return _parse_quantiles(args.quantiles or DEFAULT_QUANTILES), options
+    if args.quantiles is not None:
+        _parse_quantiles(args.quantiles)
+    return options
 
 
 def covariate_names(text: str | None) -> list[str]:
@@ -160,22 +166,35 @@ def with_future_covariates(model, table, future: np.ndarray):
     return [series for series, _ in led], np.stack([ahead for _, ahead in led])
 
 
-def _levels_for(model, args: argparse.Namespace, levels: list[float]) -> list[float]:
-    """The quantile levels this model writes: a quantile model (Toto 2.0) always, Toto 1.0 from samples."""
-    from ..models import is_toto2
+def forecast_outputs(toto2: bool, samples: int | None, quantiles: str | None) -> tuple[int | None, list[float]]:
+    """What a forecast draws and writes, from ``--samples`` and ``--quantiles``: the ``num_samples`` to give
+    ``toto_jax.forecast`` and the quantile levels to write. ``forecast_columns`` turns them into columns.
 
-    if is_toto2(model):
-        if args.samples is not None:
+    By default Toto 1.0 draws DEFAULT_NUM_SAMPLES sample paths and Toto 2.0 uses its quantile head, and
+    both write DEFAULT_QUANTILES; ``samples=0`` is Toto 1.0's deterministic mean path alone (no levels)."""
+    levels = _parse_quantiles(quantiles or DEFAULT_QUANTILES)
+    if toto2:
+        if samples is not None:
             raise ValueError("--samples: a Toto 2.0 checkpoint forecasts quantiles directly; drop --samples")
         outside = [q for q in levels if not 0.1 <= q <= 0.9]
         if outside:
             raise ValueError(f"--quantiles: a Toto 2.0 forecast covers levels 0.1 to 0.9, got {outside}")
-        return levels
-    if args.samples is None:
-        if args.quantiles is not None:
-            raise ValueError("--quantiles need sample paths with a Toto 1.0 checkpoint: add --samples N")
-        return []
-    return levels
+        return None, levels
+    if samples == 0:
+        if quantiles is not None:
+            raise ValueError("--quantiles need sample paths: --samples 0 forecasts the mean path alone")
+        return None, []
+    return samples or DEFAULT_NUM_SAMPLES, levels
+
+
+def forecast_columns(result, levels: list[float]) -> dict[str, np.ndarray]:
+    """The output columns of a forecast [batch, variate, horizon] each: ``mean``, and with quantile levels
+    ``median`` and ``q{level}`` per level (``q0.1``)."""
+    columns = {"mean": result.mean}
+    if levels:
+        columns["median"] = result.median
+        columns.update({f"q{level:g}": values for level, values in zip(levels, result.quantile(levels))})
+    return columns
 
 
 def _check_paths(input_path: Path, output: Path, plot: Path | None, overwrite: bool) -> None:
@@ -200,7 +219,7 @@ def _check_paths(input_path: Path, output: Path, plot: Path | None, overwrite: b
             raise FileExistsError(f"{name} {path} already exists; pass --overwrite to replace it")
 
 
-def _forecast_file(args, levels: list[float], options, input_path: Path, output: Path, plot: Path | None, model):
+def _forecast_file(args, options, input_path: Path, output: Path, plot: Path | None, model):
     """Forecast one table; returns the model (loaded on first use) so a directory loads it once."""
     from . import tabular
     from .api import forecast
@@ -214,18 +233,15 @@ def _forecast_file(args, levels: list[float], options, input_path: Path, output:
         import toto_jax
 
         model = toto_jax.load(args.checkpoint)
-    levels = _levels_for(model, args, levels)
+    from ..models import is_toto2
+
+    num_samples, levels = forecast_outputs(is_toto2(model), args.samples, args.quantiles)
     if future is not None:
         series, future = with_future_covariates(model, table, future)
     # The values stay float64: the options normalize them in float64 before the model's float32.
-    result = forecast(model, series, args.horizon, num_samples=args.samples, seed=args.seed, options=options,
+    result = forecast(model, series, args.horizon, num_samples=num_samples, seed=args.seed, options=options,
                       future_exogenous_variables=future)  # fmt: skip
-    columns = {"mean": result.mean}
-    if levels:
-        columns["median"] = result.median
-        for level, values in zip(levels, result.quantile(levels)):
-            columns[f"q{level:g}"] = values
-    frame = tabular.forecast_frame(table, args.horizon, columns)
+    frame = tabular.forecast_frame(table, args.horizon, forecast_columns(result, levels))
 
     png = None
     if plot is not None:
