@@ -119,7 +119,8 @@ def test_wide_csv_round_trip_with_plot(checkpoint, model, tmp_path, figures):
 def test_long_parquet_round_trip_with_plot(checkpoint, model, tmp_path, figures):
     """Long layout (unique_id, ds, y) with two NAB series of different lengths and frequencies, one value
     missing -> Parquet with one block of horizon rows per id, each on its own time grid, equal to the
-    API's forecast of the float64 series; the plot has dates, labels on both panels."""
+    API's forecast of the float64 series; the plot has dates, labels on both panels. ``--samples 0`` is the
+    mean path alone: one ``mean`` column."""
     daily = pd.read_csv(DAILY).tail(40)
     taxi = pd.read_csv(TAXI).tail(29)
     taxi.loc[taxi.index[5], "value"] = np.nan
@@ -129,7 +130,7 @@ def test_long_parquet_round_trip_with_plot(checkpoint, model, tmp_path, figures)
     ])  # fmt: skip
     source, output, plot = tmp_path / "long.parquet", tmp_path / "forecast.parquet", tmp_path / "long.png"
     frame.to_parquet(source)
-    assert _forecast_cli(checkpoint, source, output, "--horizon", "7", "--plot", str(plot)) == 0
+    assert _forecast_cli(checkpoint, source, output, "--horizon", "7", "--samples", "0", "--plot", str(plot)) == 0
     result = pd.read_parquet(output)
     assert list(result.columns) == ["unique_id", "ds", "mean"]
     assert result["unique_id"].tolist() == ["daily"] * 7 + ["taxi"] * 7
@@ -137,7 +138,7 @@ def test_long_parquet_round_trip_with_plot(checkpoint, model, tmp_path, figures)
     start = pd.Timestamp(taxi["timestamp"].iloc[-1]) + pd.Timedelta(minutes=30)
     assert (taxi_times == pd.date_range(start, periods=7, freq="30min")).all()
     series = [daily["value"].to_numpy(np.float64)[None], taxi["value"].to_numpy(np.float64)[None]]
-    direct = forecast(model, series, 7, options=ForecastOptions())
+    direct = forecast(model, series, 7, num_samples=None, options=ForecastOptions())
     np.testing.assert_allclose(result["mean"], direct.mean[:, 0].ravel(), rtol=1e-6)
     (figure,) = figures
     _check_panels(figure, ["daily", "taxi"])
@@ -274,7 +275,8 @@ def test_existing_output_needs_overwrite_and_files_get_usual_permissions(checkpo
         assert _forecast_cli(checkpoint, source, output, *arguments, "--overwrite") == 0
     finally:
         os.umask(previous)
-    assert list(pd.read_csv(output).columns) == ["timestamp", "value_mean"] and len(pd.read_csv(output)) == 4
+    columns = ["timestamp", "value_mean", "value_median", "value_q0.1", "value_q0.5", "value_q0.9"]
+    assert list(pd.read_csv(output).columns) == columns and len(pd.read_csv(output)) == 4
     assert _mode(output) == 0o640 and _mode(plot) == 0o640
     assert sorted(p.name for p in tmp_path.iterdir()) == ["daily.csv", "forecast.csv", "forecast.png"]
 
@@ -342,7 +344,8 @@ def _write_wide(path, timestamps, **columns):
         ("irregular", "irregular timestamps (step 0 days 01:00:00 until 2024-01-01 06:00:00, then 0 days 02:00:00)"),
         ("all_nan", "column(s) ['empty'] have no observed values"),
         ("horizon", "--horizon must be positive"),
-        ("quantiles_without_samples", "--quantiles need sample paths"),
+        ("quantiles_without_samples", "--quantiles need sample paths: --samples 0 forecasts the mean path alone"),
+        ("negative_samples", "--samples must be positive (or 0: the mean path alone), got -2"),
         ("memory_budget", "--memory-budget-gb must be positive, got -1"),
     ],
 )
@@ -367,8 +370,9 @@ def test_bad_input_is_reported_and_nothing_is_written(checkpoint, tmp_path, caps
         _write_wide(source, stamps, load=values)
         args = {
             "horizon": ["--horizon", "0"],
-            "quantiles_without_samples": ["--horizon", "4", "--quantiles", "0.5"],
+            "quantiles_without_samples": ["--horizon", "4", "--samples", "0", "--quantiles", "0.5"],
             "memory_budget": ["--horizon", "4", "--memory-budget-gb", "-1"],
+            "negative_samples": ["--horizon", "4", "--samples", "-2"],
         }[case]
     out_dir = tmp_path / "out"
     out_dir.mkdir()
