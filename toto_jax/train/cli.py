@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import logging
 
+from ..cli import configure_logging
+
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -54,13 +56,6 @@ def add_parser(subparsers) -> None:
     finetune.set_defaults(func=run_finetune)
 
 
-def _configure_logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", force=True)
-    # orbax and grain log through absl, at INFO every stage of every checkpoint save (~40 lines each)
-    logging.getLogger("absl").setLevel(logging.WARNING)
-    logging.getLogger("jax").setLevel(logging.WARNING)  # backends it probes and does not find
-
-
 def run_finetune(args: argparse.Namespace) -> int:
     from ..forecasting import tabular
     from ..forecasting.cli import covariate_names
@@ -68,7 +63,7 @@ def run_finetune(args: argparse.Namespace) -> int:
 
     table = tabular.parse_table(tabular.read_table(args.input), covariate_names(args.covariates))
     overrides = list(args.overrides) + ([] if args.steps is None else [f"steps={args.steps}"])
-    _configure_logging()
+    configure_logging(logging.INFO)
     _, validation = finetune(table, args.checkpoint, args.workdir, overrides)
     print(f"best validation loss {validation.best_loss:.5f} at step {validation.best_step}; "
           f"forecast with: toto-jax forecast --checkpoint {args.workdir}")  # fmt: skip
@@ -93,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
         from ..compilation_cache import enable_compilation_cache
 
         enable_compilation_cache(config.compilation_cache_dir)
-    _configure_logging()
+    configure_logging(logging.INFO)
     state = train(config, args.workdir, init_from=args.init_from)
     if int(state.step) < config.steps:
         from .preemption import PREEMPTED_EXIT_CODE
