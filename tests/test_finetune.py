@@ -152,6 +152,37 @@ def test_cli_round_trip_and_named_errors(checkpoint, tmp_path, capsys):
     assert not (tmp_path / "other.csv").exists()
 
 
+def test_a_short_finetune_scales_the_schedule_so_its_rate_reaches_the_peak(checkpoint, tmp_path, caplog):
+    """``--steps 20`` against the preset's 1000 + 200 + 200-step schedule: the phases are scaled to the run
+    (14 + 3 + 3), the learning rate the trainer follows reaches the preset's 4e-5 peak and decays to its
+    1e-5 floor, and one log line says so. A phase set explicitly is kept as given (no scaling, no line):
+    its 1000-step warmup never leaves the floor's neighbourhood in 20 steps."""
+    import logging
+
+    from toto_jax.train.finetune import prepare
+    from toto_jax.train.optimizer import schedule_from_config
+
+    table = parse_table(make_table(), [])
+    model = toto_jax.load(checkpoint)
+    with caplog.at_level(logging.INFO, logger="toto_jax.train.finetune"):
+        run = prepare(table, model, tmp_path / "short", ["steps=20"])
+    optimizer = run.config.optimizer
+    assert (optimizer.warmup_steps, optimizer.stable_steps, optimizer.decay_steps) == (14, 3, 3)
+    rates = np.array([float(schedule_from_config(optimizer)(step)) for step in range(20)])
+    assert rates.max() == pytest.approx(4e-5) and rates[-1] == pytest.approx(1e-5, rel=1e-3)
+    assert rates[0] < 1.5e-5 and (np.diff(rates[:14]) > 0).all()
+    (line,) = [r.getMessage() for r in caplog.records if "schedule" in r.getMessage()]
+    assert line == ("steps=20 is shorter than the preset's 1400-step schedule: scaled to 14 warmup + 3 stable + 3 "
+                    "decay steps (set optimizer.warmup_steps etc. to choose)")  # fmt: skip
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="toto_jax.train.finetune"):
+        kept = prepare(table, model, tmp_path / "kept", ["steps=20", "optimizer.warmup_steps=1000"]).config.optimizer
+    assert (kept.warmup_steps, kept.stable_steps, kept.decay_steps) == (1000, 200, 200) and not caplog.records
+    assert max(float(schedule_from_config(kept)(step)) for step in range(20)) < 1.1e-5
+    full = prepare(table, model, tmp_path / "full", []).config.optimizer
+    assert (full.warmup_steps, full.stable_steps, full.decay_steps) == (1000, 200, 200)
+
+
 def test_table_series_lead_covariates_by_one_patch():
     """Covariates become the last variates, led one patch; the last patch holds the last value."""
     table = parse_table(make_table(length=40, ids=("a",)), covariates=["load"])

@@ -51,7 +51,9 @@ def add_parser(subparsers) -> None:
     finetune.add_argument("--covariates", default=None,
                           help="comma-separated covariate columns: inputs known in the future, not forecast nor in "
                                "the loss (variate labels are added to the model)")  # fmt: skip
-    finetune.add_argument("--steps", type=int, help="total steps (steps=N)")
+    finetune.add_argument("--steps", type=int,
+                          help="total steps (steps=N; default 1400, the preset's schedule); fewer scale the warmup, "
+                               "stable and decay phases to the run, which one line reports")  # fmt: skip
     finetune.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="training config overrides")
     finetune.set_defaults(func=run_finetune)
 
