@@ -207,7 +207,7 @@ def forecast(model, series, horizon: int, num_samples: int | str | None = "auto"
     position, path), so results do not depend on how the request is split into calls. The default, "auto",
     draws ``DEFAULT_NUM_SAMPLES`` (64) paths, so a forecast carries its uncertainty (``median``,
     ``quantile(q)``); ``num_samples=None`` gives the deterministic mean path alone (the reference's
-    ``generate_mean``, about 64x less work).
+    ``generate_mean``; one path instead of 64).
     ``options`` (default ``ForecastOptions()``, the safe defaults) decides the preprocessing, sampling
     mode and memory budget; ``ForecastOptions.reference()`` reproduces the reference implementation.
 

@@ -25,12 +25,14 @@ def add_parser(subparsers) -> None:
         description="Forecast a wide table (timestamp column + one column per variate: one multivariate "
         "series) or a long table (unique_id, ds, y: one series per id). Output has the same layout.",
     )
+    from ..checkpoint import BUNDLED_MODELS_HELP
+
     parser.add_argument(
         "--checkpoint",
         default="default",
         help="model: a reference checkpoint (model.safetensors + config.json), a native checkpoint, a training run "
         "directory, a Hugging Face Hub model (hf://OWNER/NAME), or a model shipped with toto-jax: 'toto1-small', "
-        "'toto2-small' or 'default' (the better of them, toto1-small; the default)",
+        f"'toto2-small' or 'default' (the better of them, toto1-small; the default). {BUNDLED_MODELS_HELP}",
     )
     parser.add_argument(
         "--input",
@@ -42,16 +44,16 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--horizon", required=True, type=int, help="steps to forecast")
     parser.add_argument("--samples", type=int, default=None, metavar="N",
                         help=f"Toto 1.0: sample paths behind the median and quantiles (default {DEFAULT_NUM_SAMPLES}); "
-                             "0: the deterministic mean path alone (a 'mean' column, no bands, ~"
-                             f"{DEFAULT_NUM_SAMPLES}x less work). Toto 2.0 forecasts its quantiles without samples")  # fmt: skip
+                             "0: the deterministic mean path alone (a mean column, no bands; the cheapest). Toto 2.0 "
+                             "forecasts its quantiles without samples")  # fmt: skip
     parser.add_argument(
         "--quantiles", default=None,
         help=f"comma-separated quantile levels to write (Toto 2.0: within 0.1-0.9) (default {DEFAULT_QUANTILES})",
     )  # fmt: skip
     parser.add_argument("--output", required=True, type=Path,
-                        help="CSV or Parquet file (or directory) to write, in the input's layout: per variate (wide) "
-                             "or row (long) the columns mean, median and one per quantile level (q0.1, q0.5, "
-                             "q0.9), or mean alone with --samples 0")  # fmt: skip
+                        help="CSV or Parquet file (or directory) to write, in the input's layout with the timestamps "
+                             "continued: wide, COLUMN_mean, COLUMN_median and COLUMN_q0.1, COLUMN_q0.5, ... per "
+                             "variate; long, unique_id, ds, mean, median, q0.1, ... (mean alone with --samples 0)")  # fmt: skip
     parser.add_argument("--plot", type=Path, default=None,
                         help="PNG of the history, the median and the quantile bands (the mean with --samples 0)")
     parser.add_argument("--overwrite", action="store_true",

@@ -46,8 +46,9 @@ def add_parser(subparsers) -> None:
     finetune.add_argument("--input", required=True, help="CSV or Parquet table of the series to fine-tune on")
     finetune.add_argument("--workdir", required=True, help="run directory: checkpoints, metrics, the best model")
     finetune.add_argument("--checkpoint", default="default",
-                          help="model to start from: a published checkpoint (a directory or hf://OWNER/NAME), a "
-                               "native one, a run directory, or 'default' (the bundled model)")  # fmt: skip
+                          help="Toto 1.0 model to start from: a published checkpoint (a directory or hf://OWNER/NAME), "
+                               "a native one, a run directory, or 'default' (the shipped toto1-small: held-out MASE "
+                               "0.52 / 0.95 / 0.88 of seasonal naive's at 48 / 480 / 720 steps)")  # fmt: skip
     finetune.add_argument("--covariates", default=None,
                           help="comma-separated covariate columns: inputs known in the future, not forecast nor in "
                                "the loss (variate labels are added to the model)")  # fmt: skip
