@@ -381,3 +381,36 @@ def test_bad_input_is_reported_and_nothing_is_written(checkpoint, tmp_path, caps
     error = capsys.readouterr().err
     assert message in error and error.count("\n") == 1
     assert list(out_dir.iterdir()) == []
+
+
+def test_a_read_csv_dataframe_forecasts_as_the_cli_reads_the_file(checkpoint, model, tmp_path):
+    """``pd.read_csv`` of a NAB file (its timestamp a column of strings, a RangeIndex) forecasts directly: the
+    API reads it as the CLI reads the file (same defaults, same draws, so the same numbers), and
+    ``to_dataframe`` continues its 30-minute grid. A long frame (unique_id, ds, y) gives one series per id,
+    each variate named by its id. A frame whose layout cannot be read says what to do."""
+    taxi = pd.read_csv(TAXI).tail(300)
+    source, output = tmp_path / "taxi.csv", tmp_path / "forecast.csv"
+    taxi.to_csv(source, index=False)
+    assert _forecast_cli(checkpoint, source, output, "--horizon", "8") == 0
+    written = pd.read_csv(output, parse_dates=["timestamp"])
+    result = forecast(model, pd.read_csv(source), 8)
+    for column, values in (("value_mean", result.mean), ("value_q0.1", result.quantile(0.1))):
+        np.testing.assert_allclose(written[column], values[0, 0], rtol=1e-6)
+    median = result.to_dataframe("median")
+    assert list(median.columns) == ["value"] and (median.index == pd.DatetimeIndex(written["timestamp"])).all()
+    assert median.index[0] == pd.Timestamp(taxi["timestamp"].iloc[-1]) + pd.Timedelta(minutes=30)
+    indexed = pd.read_csv(source, index_col="timestamp", parse_dates=["timestamp"])
+    np.testing.assert_allclose(forecast(model, indexed, 8).samples, result.samples, rtol=1e-6)
+
+    daily = pd.read_csv(DAILY).tail(200)
+    long = pd.concat([pd.DataFrame({"unique_id": "taxi", "ds": taxi["timestamp"], "y": taxi["value"]}),
+                      pd.DataFrame({"unique_id": "daily", "ds": daily["timestamp"], "y": daily["value"]})])  # fmt: skip
+    both = forecast(model, long, 8, num_samples=None)
+    np.testing.assert_allclose(both.mean[0], forecast(model, indexed, 8, num_samples=None).mean[0], rtol=1e-6)
+    assert list(both.to_dataframe(series=1).columns) == ["daily"]
+    assert both.to_dataframe(series=1).index[0] == pd.Timestamp(daily["timestamp"].iloc[-1]) + pd.Timedelta(minutes=5)
+
+    hosts = pd.DataFrame({"host": ["a", "b", "c"] * 10, "value": np.arange(30.0)})
+    with pytest.raises(ValueError, match=r"series 0: column 'host': cannot parse timestamps: .*; a DataFrame's rows are "
+                       r"time steps and its columns variates: make the time its index \(frame\.set_index"):  # fmt: skip
+        forecast(model, hosts, 8)
