@@ -414,3 +414,28 @@ def test_a_read_csv_dataframe_forecasts_as_the_cli_reads_the_file(checkpoint, mo
     with pytest.raises(ValueError, match=r"series 0: column 'host': cannot parse timestamps: .*; a DataFrame's rows are "
                        r"time steps and its columns variates: make the time its index \(frame\.set_index"):  # fmt: skip
         forecast(model, hosts, 8)
+
+
+def test_the_default_forecast_has_bands_and_taxi_counts_stay_non_negative(tmp_path, figures):
+    """The first command a user runs, on NYC taxi counts with the bundled model and no flags: the forecast has
+    mean, median and 10 / 50 / 90 % columns, equal to the API's default forecast; the plot shades the
+    0.1-0.9 band around the median; counts stay >= 0 in every column. ``--no-infer-nonnegative`` shows the
+    failure this prevents: the 10 % quantile of taxi counts goes below 0 (as the reference's would)."""
+    taxi = pd.read_csv(TAXI).tail(2048)
+    source, output, plot = tmp_path / "taxi.csv", tmp_path / "forecast.csv", tmp_path / "taxi.png"
+    taxi.to_csv(source, index=False)
+    assert _forecast_cli("default", source, output, "--horizon", "96", "--plot", str(plot)) == 0
+    result = pd.read_csv(output)
+    statistics = ["mean", "median", "q0.1", "q0.5", "q0.9"]
+    assert list(result.columns) == ["timestamp"] + [f"value_{s}" for s in statistics]
+    assert (result.drop(columns="timestamp") >= 0).all().all()
+    assert (result["value_q0.9"] - result["value_q0.1"]).min() > 0
+    direct = forecast(toto_jax.load("default"), taxi["value"].to_numpy(np.float64)[None], 96)
+    np.testing.assert_allclose(result["value_q0.9"], direct.quantile(0.9)[0, 0], rtol=1e-6)
+    (figure,) = figures
+    legend = figure.axes[0].get_legend_handles_labels()[1]
+    assert "0.1-0.9 quantiles" in legend and "median" in legend
+
+    free = tmp_path / "free.csv"
+    assert _forecast_cli("default", source, free, "--horizon", "96", "--no-infer-nonnegative") == 0
+    assert pd.read_csv(free)["value_q0.1"].min() < 0
