@@ -126,7 +126,7 @@ def test_cli_round_trip_and_named_errors(checkpoint, tmp_path, capsys):
                  "load", "--future-covariates", str(tmp_path / "future.csv"), "--horizon", "16", "--output",
                  str(output)]) == 0  # fmt: skip
     result = pd.read_csv(output)
-    assert list(result.columns) == ["unique_id", "ds", "mean"] and len(result) == 32
+    assert list(result.columns) == ["unique_id", "ds", "mean", "median", "q0.1", "q0.5", "q0.9"] and len(result) == 32
     assert np.isfinite(result["mean"]).all()
     # The same forecast through the API: covariates led one patch, as the CLI does.
     model = toto_jax.load(workdir)
@@ -134,8 +134,9 @@ def test_cli_round_trip_and_named_errors(checkpoint, tmp_path, capsys):
     from toto_jax.forecasting.cli import with_future_covariates
 
     series, known = with_future_covariates(model, table, future["load"].to_numpy().reshape(2, 1, 16))
-    expected = toto_jax.forecast(model, series, 16, future_exogenous_variables=known).mean
-    np.testing.assert_allclose(result["mean"].to_numpy(), expected.reshape(-1), rtol=1e-6)
+    expected = toto_jax.forecast(model, series, 16, future_exogenous_variables=known)
+    np.testing.assert_allclose(result["mean"].to_numpy(), expected.mean.reshape(-1), rtol=1e-6)
+    np.testing.assert_allclose(result["q0.9"].to_numpy(), expected.quantile(0.9).reshape(-1), rtol=1e-6)
 
     assert main(arguments[:-len(FAST)] + ["--covariates", "lod"]) == 2
     assert "covariate column(s) ['lod'] are not in the table" in capsys.readouterr().err
