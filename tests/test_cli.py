@@ -37,14 +37,24 @@ def test_every_flag_of_every_subcommand_has_help():
 
 
 def test_a_library_that_prints_its_own_records_is_not_printed_twice(capfd):
-    """huggingface_hub prints its records with a handler of its own; the CLI's root handler leaves them to it,
-    and prints everyone else's once."""
+    """huggingface_hub prints its records with a handler of its own (so did every retry warning, twice: once
+    by it, once by the root handler that orbax's import installs); the CLI's root handler leaves such records
+    to the library's handler and prints everyone else's once, at WARNING and above."""
+    import sys
+
     from huggingface_hub.utils import logging as hub_logging
 
-    configure_logging()
-    hub_logging.get_logger("huggingface_hub.utils._http").warning("Retrying in 1s [Retry 1/5].")
-    logging.getLogger("toto_jax.somewhere").warning("one line")
-    logging.getLogger("toto_jax.somewhere").info("below the level")
+    assert hub_logging.get_logger("huggingface_hub.utils._http").parent.handlers  # its own handler, as described
+    library = logging.getLogger("a_library")  # a library like it, its handler on this test's stderr
+    own = logging.StreamHandler(sys.stderr)
+    library.addHandler(own)
+    try:
+        configure_logging()
+        logging.getLogger("a_library.http").warning("Retrying in 1s [Retry 1/5].")
+        logging.getLogger("toto_jax.somewhere").warning("one line")
+        logging.getLogger("toto_jax.somewhere").info("below the level")
+    finally:
+        library.removeHandler(own)
     assert capfd.readouterr().err.splitlines() == ["Retrying in 1s [Retry 1/5].", "WARNING toto_jax.somewhere: one line"]
 
 

@@ -89,6 +89,7 @@ def test_arrow_ipc_file_and_stream(tmp_path):
     np.testing.assert_array_equal(source[3]["target"], [[3, 4, 5]])
 
 
+@pytest.mark.shared_data
 def test_nab_csv_directory():
     """Reads the real NAB corpus (58 CSV files with timestamp,value)."""
     source = CsvSource(NAB)
@@ -100,6 +101,7 @@ def test_nab_csv_directory():
     assert record["target"][0, 0] == pytest.approx(0.132)
 
 
+@pytest.mark.shared_data
 def test_cloud_monitoring_csv_directory_drops_labels():
     """Reads the real cloud-monitoring corpus (TimeStamp,Value,Label + metadata JSON)."""
     source = CsvSource(CLOUD)
@@ -116,6 +118,7 @@ def test_multivariate_csv(tmp_path):
     assert source.bad_data.counts["non_numeric_cells"] == 1
 
 
+@pytest.mark.shared_data
 def test_convert_cli_round_trip_matches_csv(tmp_path):
     """Converts the real cloud-monitoring CSVs; Parquet rows equal the CSV series."""
     parser = argparse.ArgumentParser()
@@ -140,6 +143,7 @@ def test_convert_reports_missing_input(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
+@pytest.mark.shared_data
 def test_pipeline_over_converted_nab(tmp_path):
     """Trains-ready batches from the real NAB corpus via the Parquet layout."""
     convert_csv_directory(NAB, tmp_path / "nab")

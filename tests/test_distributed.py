@@ -181,36 +181,3 @@ def test_killed_process_fails_the_launch_and_one_process_resumes_on_another_mesh
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert f"resumed from step {saved[-1]}" in resumed.stdout + resumed.stderr
     assert max(_losses(workdir)) == saved[-1] + 2
-
-
-def test_forecast_directory_is_split_between_processes(tmp_path):
-    """``toto-jax forecast --input DIR`` under 2 processes: each input file is forecast by exactly one process
-    and its output equals the single-process Python API's forecast with ``ForecastOptions()`` (one file holds
-    a glitch, which those options clip). Reads ``../shared/data/nab``."""
-    import pandas as pd
-    from reference import make_reference, reference_config, save_reference
-
-    config = reference_config()
-    checkpoint = save_reference(make_reference(config, seed=2), config, tmp_path / "model")
-    nab = ROOT.parent / "shared" / "data" / "nab" / "data" / "realAWSCloudwatch"
-    inputs = tmp_path / "inputs"
-    inputs.mkdir()
-    names = ["ec2_cpu_utilization_24ae8d", "ec2_network_in_257a54", "rds_cpu_utilization_cc0c53"]
-    for name in names:
-        frame = pd.read_csv(nab / f"{name}.csv").tail(40)
-        if name == names[1]:
-            frame.iloc[30, frame.columns.get_loc("value")] = 1e12  # a glitch
-        frame.to_csv(inputs / f"{name}.csv", index=False)
-    command = ["bash", str(ROOT / "launch" / "local.sh"), "2", "--"]
-    command += [sys.executable, "-m", "toto_jax.cli", "forecast", "--checkpoint", str(checkpoint), "--input",
-                str(inputs), "--horizon", "8", "--output", str(tmp_path / "out")]  # fmt: skip
-    result = subprocess.run(command, env=_env(1, tmp_path / "cache"), capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    shares = sorted(re.findall(r"\[(\d)\] forecast (\d) of 3 files", result.stdout))
-    assert shares == [("0", "1"), ("1", "2")], result.stdout
-    model = toto_jax.load(checkpoint)
-    for name in names:
-        written = pd.read_csv(tmp_path / "out" / f"{name}.csv")
-        history = pd.read_csv(inputs / f"{name}.csv")["value"].to_numpy(np.float64)
-        expected = toto_jax.forecast(model, history[None], 8, options=ForecastOptions()).mean[0, 0]
-        np.testing.assert_allclose(written["value_mean"], expected, rtol=1e-5)

@@ -225,6 +225,7 @@ def test_eval_cli_bad_input(tiny_checkpoint, tmp_path, capsys):
     assert "--context-length must be a positive integer" in capsys.readouterr().err
 
 
+@pytest.mark.shared_data
 def test_lsf_splits_and_scores():
     values, columns = lsf.read_ett(ETTH1)
     assert columns == ["HUFL", "HULL", "MUFL", "MULL", "LUFL", "LULL", "OT"]
@@ -245,6 +246,7 @@ def test_lsf_splits_and_scores():
     assert result["MSE"] == pytest.approx(np.square(errors).mean())
 
 
+@pytest.mark.shared_data
 def test_lsf_context_length_is_decided_once(tiny_model):
     """The protocol's context is the forecast's: ``options.context_length``, else the model's max_context."""
     assert lsf.toto_lsf_forecaster(tiny_model).context_length == tiny_model.config.max_context
@@ -258,6 +260,7 @@ def test_lsf_context_length_is_decided_once(tiny_model):
         lsf.evaluate_lsf(too_long, values, [96])
 
 
+@pytest.mark.shared_data
 def test_lsf_cli(tiny_checkpoint, tmp_path):
     """``toto-jax eval --protocol lsf`` scores the median of ``forecast(..., options=ForecastOptions(...))``
     of the windows' last 256 steps, on data with a glitch. (The option flags are parsed once for both

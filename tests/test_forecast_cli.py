@@ -79,6 +79,7 @@ def _check_panels(figure, names: list[str]) -> None:
     assert title.get_window_extent(renderer).y0 >= axes[0].get_tightbbox(renderer).y1 - 0.5
 
 
+@pytest.mark.shared_data
 def test_wide_csv_round_trip_with_plot(checkpoint, model, tmp_path, figures):
     """Wide NAB CSV -> forecast CSV: horizon rows, timestamps continuing the 5-minute grid, mean/median/
     quantile columns equal to the Python API's forecast (``ForecastOptions()``, same seed). The PNG's
@@ -116,6 +117,7 @@ def test_wide_csv_round_trip_with_plot(checkpoint, model, tmp_path, figures):
     assert "off-scale history" in figure.axes[0].get_legend_handles_labels()[1]
 
 
+@pytest.mark.shared_data
 def test_long_parquet_round_trip_with_plot(checkpoint, model, tmp_path, figures):
     """Long layout (unique_id, ds, y) with two NAB series of different lengths and frequencies, one value
     missing -> Parquet with one block of horizon rows per id, each on its own time grid, equal to the
@@ -144,6 +146,7 @@ def test_long_parquet_round_trip_with_plot(checkpoint, model, tmp_path, figures)
     _check_panels(figure, ["daily", "taxi"])
 
 
+@pytest.mark.shared_data
 def test_option_flags(checkpoint, model, tmp_path, capsys):
     """The ``ForecastOptions`` flags: ``--reference-options`` with ``--sampling comonotone`` on top gives
     the API's forecast with ``ForecastOptions.reference(sampling="comonotone")``; the old flags are gone;
@@ -246,6 +249,7 @@ def test_timestamp_units_and_zones_through_the_cli(checkpoint, tmp_path, case):
         assert list(result.loc[result["unique_id"] == name, "ds"]) == stamps
 
 
+@pytest.mark.shared_data
 def test_existing_output_needs_overwrite_and_files_get_usual_permissions(checkpoint, tmp_path, capsys):
     """An existing --output or --plot is an error naming it unless --overwrite is given, checked before
     the model loads (the checkpoint given first does not exist and is never reached) and leaving both
@@ -281,10 +285,10 @@ def test_existing_output_needs_overwrite_and_files_get_usual_permissions(checkpo
     assert sorted(p.name for p in tmp_path.iterdir()) == ["daily.csv", "forecast.csv", "forecast.png"]
 
 
-def test_directory_of_inputs_is_checked_before_anything_is_forecast(tmp_path, capsys):
-    """With a directory of inputs, one existing output (without --overwrite) or two inputs that would
-    write the same plot stop the run before the model loads (the checkpoint does not exist) and before
-    any output is written."""
+@pytest.mark.shared_data
+def test_dataset_job_is_checked_before_the_model_loads(tmp_path, capsys):
+    """A directory of inputs: an output directory holding other files, --plot, or an output file stop the run
+    before the model loads (the checkpoint does not exist) and before anything is written."""
     inputs, out = tmp_path / "in", tmp_path / "out"
     inputs.mkdir()
     out.mkdir()
@@ -293,14 +297,16 @@ def test_directory_of_inputs_is_checked_before_anything_is_forecast(tmp_path, ca
     (out / "b.csv").write_text("keep me\n")
     missing = tmp_path / "no-such-checkpoint"
     assert _forecast_cli(missing, inputs, out, "--horizon", "4") == 2
-    assert f"--output {out / 'b.csv'} already exists; pass --overwrite" in capsys.readouterr().err
+    assert f"{out} holds files that are not a forecast job's (['b.csv'])" in capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == ["b.csv"] and (out / "b.csv").read_text() == "keep me\n"
-    pd.read_csv(DAILY).tail(30).to_parquet(inputs / "a.parquet")
-    assert _forecast_cli(missing, inputs, out, "--horizon", "4", "--overwrite", "--plot", str(tmp_path / "png")) == 2
-    assert f"--plot: several inputs would write {tmp_path / 'png' / 'a.png'} (['a'])" in capsys.readouterr().err
-    assert sorted(p.name for p in out.iterdir()) == ["b.csv"]
+    assert _forecast_cli(missing, inputs, f"{tmp_path}/new/", "--horizon", "4", "--plot", str(tmp_path / "p.png")) == 2
+    assert "--plot draws the series of one table" in capsys.readouterr().err
+    assert _forecast_cli(missing, inputs, tmp_path / "out.csv", "--horizon", "4") == 2
+    assert f"--input {inputs}: a directory or a bucket is a dataset" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "out"]
 
 
+@pytest.mark.shared_data
 @pytest.mark.parametrize("how", ["same_path", "other_spelling", "symlink", "hard_link", "directory"])
 def test_input_is_never_overwritten(checkpoint, tmp_path, capsys, how):
     """--output naming the input (the same path, another spelling of it, a symbolic or hard link to it,
@@ -326,7 +332,7 @@ def test_input_is_never_overwritten(checkpoint, tmp_path, capsys, how):
     assert _forecast_cli(checkpoint, target, output, "--horizon", "4", "--overwrite") == 2
     error = capsys.readouterr().err
     if how == "directory":
-        assert f"--output {inputs} is the input directory" in error
+        assert f"--output {inputs} holds the input {source}; the inputs are never overwritten" in error
     else:
         assert f"--output {output} is the input file {source}" in error and "not even with --overwrite" in error
     assert source.read_bytes() == before and sorted(tmp_path.rglob("*")) == listing
@@ -344,7 +350,7 @@ def _write_wide(path, timestamps, **columns):
         ("irregular", "irregular timestamps (step 0 days 01:00:00 until 2024-01-01 06:00:00, then 0 days 02:00:00)"),
         ("all_nan", "column(s) ['empty'] have no observed values"),
         ("horizon", "--horizon must be positive"),
-        ("quantiles_without_samples", "--quantiles need sample paths: --samples 0 forecasts the mean path alone"),
+        ("quantiles_without_samples", "quantile levels need sample paths: the mean path alone (--samples 0, "),
         ("negative_samples", "--samples must be positive (or 0: the mean path alone), got -2"),
         ("memory_budget", "--memory-budget-gb must be positive, got -1"),
     ],
@@ -383,6 +389,7 @@ def test_bad_input_is_reported_and_nothing_is_written(checkpoint, tmp_path, caps
     assert list(out_dir.iterdir()) == []
 
 
+@pytest.mark.shared_data
 def test_a_read_csv_dataframe_forecasts_as_the_cli_reads_the_file(checkpoint, model, tmp_path):
     """``pd.read_csv`` of a NAB file (its timestamp a column of strings, a RangeIndex) forecasts directly: the
     API reads it as the CLI reads the file (same defaults, same draws, so the same numbers), and
@@ -416,6 +423,7 @@ def test_a_read_csv_dataframe_forecasts_as_the_cli_reads_the_file(checkpoint, mo
         forecast(model, hosts, 8)
 
 
+@pytest.mark.shared_data
 def test_the_default_forecast_has_bands_and_taxi_counts_stay_non_negative(tmp_path, figures):
     """The first command a user runs, on NYC taxi counts with the bundled model and no flags: the forecast has
     mean, median and 10 / 50 / 90 % columns, equal to the API's default forecast; the plot shades the

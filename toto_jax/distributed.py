@@ -111,3 +111,18 @@ def global_batch(local_batch: dict, mesh: jax.sharding.Mesh, batch_spec: jax.sha
     return {
         name: jax.make_array_from_process_local_data(sharding, np.asarray(value)) for name, value in local_batch.items()
     }
+
+
+def exchange(name: str, value: str, timeout_seconds: float = 3600.0) -> list[str]:
+    """Every process's ``value`` under ``name`` (a name used once per run), in process order; waits for all.
+
+    Through the coordination service's key-value store, so no device takes part: processes that do unequal
+    amounts of device work (a forecast job's shards) meet here without a collective. One process: [value]."""
+    if jax.process_count() == 1:
+        return [value]
+    from jax._src import distributed as jax_distributed  # the client of jax.distributed.initialize
+
+    client = jax_distributed.global_state.client
+    client.key_value_set(f"toto_jax/{name}/{jax.process_index()}", value)
+    timeout = int(timeout_seconds * 1000)
+    return [client.blocking_key_value_get(f"toto_jax/{name}/{i}", timeout) for i in range(jax.process_count())]

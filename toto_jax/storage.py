@@ -167,6 +167,59 @@ def _connection_failure(endpoint: str) -> str | None:
     return None
 
 
+GLOB_CHARACTERS = "*?["
+
+
+def list_files(path, suffixes: tuple[str, ...]) -> list[str]:
+    """The files that ``path`` names, sorted: a file, every file under a directory (recursively) or matching a
+    glob (``*``, ``?``, ``[...]``, ``**``) whose name ends in one of ``suffixes`` (case-insensitive), local or in
+    a bucket; a list of such paths is the concatenation. Names starting with ``.`` or ``_`` inside a directory
+    (temporary files, markers) are left out, as pyarrow's datasets do. Nothing found is a ``FileNotFoundError``
+    naming ``path``."""
+    entries = [path] if isinstance(path, (str, os.PathLike)) else list(path)
+    files: list[str] = []
+    for entry in entries:
+        files.extend(_remote_files(str(entry), suffixes) if is_remote(entry) else _local_files(entry, suffixes))
+    if not files:
+        raise FileNotFoundError(f"no files ending in {suffixes} under {path}")
+    return files
+
+
+def _hidden(relative: str) -> bool:
+    return any(part.startswith((".", "_")) for part in relative.split("/") if part)
+
+
+def _local_files(entry, suffixes: tuple[str, ...]) -> list[str]:
+    import glob
+
+    text = str(entry)
+    if any(c in text for c in GLOB_CHARACTERS):
+        return sorted(p for p in glob.glob(text, recursive=True) if os.path.isfile(p) and p.lower().endswith(suffixes))
+    entry = pathlib.Path(entry)
+    if entry.is_dir():
+        found = (p for p in entry.rglob("*") if p.is_file() and p.name.lower().endswith(suffixes))
+        return [str(p) for p in sorted(found) if not _hidden(p.relative_to(entry).as_posix())]
+    if entry.is_file():
+        return [str(entry)]
+    raise FileNotFoundError(f"data path does not exist: {entry}")
+
+
+def _remote_files(url: str, suffixes: tuple[str, ...]) -> list[str]:
+    check_access(url)
+    fs = filesystem(url)
+    prefix = f"{scheme(url)}://"
+    if any(c in url.split("://", 1)[1] for c in GLOB_CHARACTERS):
+        return sorted(prefix + name for name in fs.glob(url) if name.lower().endswith(suffixes) and fs.isfile(name))
+    if fs.isfile(url):
+        return [url]
+    root = url.split("://", 1)[1].rstrip("/")
+    found = sorted(prefix + name for name in fs.find(url) if name.lower().endswith(suffixes)
+                   and not _hidden(name[len(root):]))  # fmt: skip
+    if not found and not fs.isdir(url):
+        raise FileNotFoundError(f"data path does not exist: {url}")
+    return found
+
+
 def rmtree(path: AnyPath) -> None:
     if is_remote(path):
         filesystem(path).rm(str(path), recursive=True)

@@ -332,34 +332,10 @@ def _read_arrow(path: str):
 
 
 def _list_files(path, suffixes: tuple[str, ...]) -> list[str]:
-    paths = [path] if isinstance(path, (str, os.PathLike)) else list(path)
-    files: list[str] = []
-    for entry in paths:
-        if storage.is_remote(entry):
-            files.extend(_list_remote(str(entry), suffixes))
-            continue
-        entry = pathlib.Path(entry)
-        if entry.is_dir():
-            files.extend(str(p) for p in sorted(entry.rglob("*")) if p.is_file() and p.name.lower().endswith(suffixes))
-        elif entry.is_file():
-            files.append(str(entry))
-        else:
-            raise DataError(f"data path does not exist: {entry}")
-    if not files:
-        raise DataError(f"no files ending in {suffixes} under {path}")
-    return files
-
-
-def _list_remote(url: str, suffixes: tuple[str, ...]) -> list[str]:
-    storage.check_access(url)
-    fs = storage.filesystem(url)
-    prefix = f"{storage.scheme(url)}://"
-    if fs.isfile(url):
-        return [url]
-    found = sorted(prefix + name for name in fs.find(url) if name.lower().endswith(suffixes))
-    if not found and not fs.isdir(url):
-        raise DataError(f"data path does not exist: {url}")
-    return found
+    try:
+        return storage.list_files(path, suffixes)
+    except FileNotFoundError as error:
+        raise DataError(str(error)) from None
 
 
 # --------------------------------------------------------------------------

@@ -13,9 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import storage
+from .dataset import DEFAULT_MIN_LENGTH, DEFAULT_ROWS_PER_SHARD, DEFAULT_SERIES_PER_BATCH
+from .job import ON_ERROR
 from .options import DEFAULT_NUM_SAMPLES, add_options_arguments, options_from_args
-
-DEFAULT_QUANTILES = "0.1,0.5,0.9"
+from .outputs import DEFAULT_QUANTILES, output_statistics, statistic_columns
 
 
 def add_parser(subparsers) -> None:
@@ -37,9 +39,8 @@ def add_parser(subparsers) -> None:
     parser.add_argument(
         "--input",
         required=True,
-        type=Path,
-        help="CSV or Parquet table, or a directory of them (then --output and --plot are directories, one file per "
-        "input, and several processes launched together split the files between them)",
+        help="CSV or Parquet table; with an --output directory, a dataset: a file, a directory or a glob of them, "
+        "local, gs:// or s3://",
     )
     parser.add_argument("--horizon", required=True, type=int, help="steps to forecast")
     parser.add_argument("--samples", type=int, default=None, metavar="N",
@@ -48,12 +49,34 @@ def add_parser(subparsers) -> None:
                              "forecasts its quantiles without samples")  # fmt: skip
     parser.add_argument(
         "--quantiles", default=None,
-        help=f"comma-separated quantile levels to write (Toto 2.0: within 0.1-0.9) (default {DEFAULT_QUANTILES})",
+        help=f"comma-separated quantile levels to write (Toto 2.0: within 0.1-0.9) (default "
+             f"{','.join(map(str, DEFAULT_QUANTILES))})",
     )  # fmt: skip
-    parser.add_argument("--output", required=True, type=Path,
-                        help="CSV or Parquet file (or directory) to write, in the input's layout with the timestamps "
-                             "continued: wide, COLUMN_mean, COLUMN_median and COLUMN_q0.1, COLUMN_q0.5, ... per "
-                             "variate; long, unique_id, ds, mean, median, q0.1, ... (mean alone with --samples 0)")  # fmt: skip
+    parser.add_argument("--output", required=True,
+                        help="CSV or Parquet file to write, in the input's layout with the timestamps continued: "
+                             "wide, COLUMN_mean, COLUMN_median, COLUMN_q0.1, COLUMN_q0.5, ... per variate; long, "
+                             "unique_id, ds, mean, median, q0.1, ... (mean alone with --samples 0). Or a directory "
+                             "(ending in '/', or an existing one; local, gs:// or s3://): a dataset job, streamed in "
+                             "shards, resumable (see 'dataset jobs' below)")  # fmt: skip
+    job = parser.add_argument_group(
+        "dataset jobs (--output DIR/)",
+        "The input is read in batches of whole series and forecast into Parquet shards DIR/part-NNNNN.parquet "
+        "(unique_id, ds, mean [, median, q...]; pyarrow.dataset.dataset(DIR) reads them as one table), series "
+        "that cannot be forecast into DIR/_errors/, and DIR/_SUCCESS (a JSON summary) when complete. The same "
+        "command resumes a stopped job (SIGTERM/SIGINT: exit 75); a different one against DIR is refused. "
+        "Processes launched together split the shards.",
+    )
+    job.add_argument("--on-error", choices=ON_ERROR, default="skip",
+                     help="series too short, all NaN, non-numeric or irregular: 'skip' writes them to DIR/_errors/ "
+                          "with the reason; 'fail' checks every series first and stops before anything is written "
+                          "(default skip)")  # fmt: skip
+    job.add_argument("--min-length", type=int, default=DEFAULT_MIN_LENGTH, metavar="STEPS",
+                     help=f"fewest observed steps a series needs (default {DEFAULT_MIN_LENGTH})")
+    job.add_argument("--series-per-batch", type=int, default=DEFAULT_SERIES_PER_BATCH, metavar="N",
+                     help=f"series forecast per call (default {DEFAULT_SERIES_PER_BATCH}); part of the job: a "
+                          "resumed job keeps it")  # fmt: skip
+    job.add_argument("--rows-per-shard", type=int, default=DEFAULT_ROWS_PER_SHARD, metavar="ROWS",
+                     help=f"Parquet input rows per output shard (default {DEFAULT_ROWS_PER_SHARD}); part of the job")
     parser.add_argument("--plot", type=Path, default=None,
                         help="PNG of the history, the median and the quantile bands (the mean with --samples 0)")
     parser.add_argument("--overwrite", action="store_true",
@@ -64,7 +87,7 @@ def add_parser(subparsers) -> None:
                              "--future-covariates), not forecast. A Toto 1.0 checkpoint needs variate labels "
                              "(toto-jax finetune --covariates gives them) and sees them one patch ahead, as it was "
                              "fine-tuned")  # fmt: skip
-    parser.add_argument("--future-covariates", type=Path, default=None,
+    parser.add_argument("--future-covariates", default=None,
                         help="CSV/Parquet with the covariates' values for the horizon: the input's layout (wide: its "
                              "timestamp column; long: unique_id, ds) and the --covariates columns")  # fmt: skip
     add_options_arguments(parser)
@@ -81,68 +104,70 @@ def _parse_quantiles(text: str) -> list[float]:
     return levels
 
 
-TABLE_SUFFIXES = (".csv", ".parquet")
-
-
 def run(args: argparse.Namespace) -> int:
-    from ..distributed import host_shard, initialize
-
-    initialize()  # several processes launched together split a directory of inputs
     options = _check_arguments(args)
-    if not args.input.is_dir():
-        jobs, total = [(args.input, args.output, args.plot)], 1
-    else:
-        jobs, total = _directory_jobs(args, host_shard)
-        args.output.mkdir(parents=True, exist_ok=True)
-        if args.plot is not None:
-            args.plot.mkdir(parents=True, exist_ok=True)
-    for job in jobs:  # every path is checked before the model loads and anything is written
-        _check_paths(*job, overwrite=args.overwrite)
-    model = None
-    for input_path, output, plot in jobs:
-        model = _forecast_file(args, options, input_path, output, plot, model)
-    if args.input.is_dir():
-        print(f"forecast {len(jobs)} of {total} files into {args.output}")
+    if names_directory(args.output):
+        return _run_job(args, options)
+    if Path(args.input).is_dir() or storage.is_remote(args.input):
+        raise ValueError(f"--input {args.input}: a directory or a bucket is a dataset; name an --output directory "
+                         "(ending in '/') for a dataset job")  # fmt: skip
+    job = (Path(args.input), Path(args.output), args.plot)
+    _check_paths(*job, overwrite=args.overwrite)  # every path is checked before the model loads
+    _forecast_file(args, options, *job, None)
     return 0
 
 
-def _directory_jobs(args: argparse.Namespace, host_shard) -> tuple[list[tuple[Path, Path, Path | None]], int]:
-    """(input, output, plot) for this process's share of a directory of tables, and the number of tables."""
-    inputs = sorted(p for p in args.input.iterdir() if p.is_file() and p.suffix.lower() in TABLE_SUFFIXES)
-    if not inputs:
-        raise FileNotFoundError(f"no .csv or .parquet files in {args.input}")
-    for name, path in (("--output", args.output), ("--plot", args.plot)):
-        if path is not None and path.exists() and not path.is_dir():
-            raise ValueError(f"with a directory of inputs, {name} must be a directory, got the file {path}")
-    if args.output.exists() and os.path.samefile(args.output, args.input):
-        raise ValueError(f"--output {args.output} is the input directory; the inputs are never overwritten: "
-                         "name another directory")  # fmt: skip
-    stems = [p.stem for p in inputs]
-    if args.plot is not None and len(set(stems)) < len(stems):
-        twice = sorted({stem for stem in stems if stems.count(stem) > 1})
-        raise ValueError(f"--plot: several inputs would write {args.plot / (twice[0] + '.png')} ({twice}); "
-                         "give the tables different names")  # fmt: skip
-    mine = [inputs[i] for i in host_shard(len(inputs))]
-    plots = [None if args.plot is None else args.plot / f"{path.stem}.png" for path in mine]
-    return [(path, args.output / path.name, plot) for path, plot in zip(mine, plots)], len(inputs)
+def names_directory(output: str) -> bool:
+    """An output ending in '/' or naming an existing directory: a dataset job's directory."""
+    return str(output).endswith("/") or (not storage.is_remote(output) and Path(output).is_dir())
+
+
+def _run_job(args: argparse.Namespace, options) -> int:
+    from ..distributed import initialize
+    from ..train.preemption import PREEMPTED_EXIT_CODE
+    from .job import forecast_dataset
+
+    initialize()  # processes launched together split the shards
+    if args.plot is not None:
+        raise ValueError("--plot draws the series of one table; a dataset job writes Parquet shards only")
+    quantiles = None if args.quantiles is None else _parse_quantiles(args.quantiles)
+    summary = forecast_dataset(
+        args.checkpoint, args.input, args.output, args.horizon, _sample_count(args), quantiles, seed=args.seed,
+        options=options,
+        covariates=covariate_names(args.covariates), future_covariates=args.future_covariates,
+        on_error=args.on_error, min_length=args.min_length, rows_per_shard=args.rows_per_shard,
+        series_per_batch=args.series_per_batch, overwrite=args.overwrite,
+    )
+    print(summary.describe())
+    if not summary.complete:
+        print(f"stopped: the same command resumes the job (exit {PREEMPTED_EXIT_CODE})")
+        return PREEMPTED_EXIT_CODE
+    return 0
 
 
 def _check_arguments(args: argparse.Namespace):
-    """Validate the arguments (the model-dependent ones in ``forecast_outputs``); returns the forecast options."""
+    """Validate the arguments (the model-dependent ones in ``output_statistics``); returns the forecast options."""
     # Everything that can be checked before the model runs is checked first; nothing is written on error.
     if args.horizon <= 0:
         raise ValueError(f"--horizon must be positive, got {args.horizon}")
     if args.samples is not None and args.samples < 0:
         raise ValueError(f"--samples must be positive (or 0: the mean path alone), got {args.samples}")
+    if args.quantiles is not None:
+        _parse_quantiles(args.quantiles)
     options = options_from_args(args)
     if (args.covariates is None) != (args.future_covariates is None):
         raise ValueError("--covariates and --future-covariates go together: name the columns and the file of their "
                          "future values")  # fmt: skip
-    if args.future_covariates is not None and not args.future_covariates.is_file():
+    if args.future_covariates is not None and not storage.is_remote(args.future_covariates) and not (
+        Path(args.future_covariates).exists()
+    ):
         raise FileNotFoundError(f"--future-covariates file not found: {args.future_covariates}")
-    if args.quantiles is not None:
-        _parse_quantiles(args.quantiles)
     return options
+
+
+def _sample_count(args: argparse.Namespace):
+    """``--samples`` as ``output_statistics`` takes it: unset is "auto", 0 the mean path."""
+    return "auto" if args.samples is None else args.samples
 
 
 def covariate_names(text: str | None) -> list[str]:
@@ -166,37 +191,6 @@ def with_future_covariates(model, table, future: np.ndarray):
     led = [lead_series_covariates(values, len(table.covariates), model.config.patch_size, known)
            for values, known in zip(table.values, future)]  # fmt: skip
     return [series for series, _ in led], np.stack([ahead for _, ahead in led])
-
-
-def forecast_outputs(toto2: bool, samples: int | None, quantiles: str | None) -> tuple[int | None, list[float]]:
-    """What a forecast draws and writes, from ``--samples`` and ``--quantiles``: the ``num_samples`` to give
-    ``toto_jax.forecast`` and the quantile levels to write. ``forecast_columns`` turns them into columns.
-
-    By default Toto 1.0 draws DEFAULT_NUM_SAMPLES sample paths and Toto 2.0 uses its quantile head, and
-    both write DEFAULT_QUANTILES; ``samples=0`` is Toto 1.0's deterministic mean path alone (no levels)."""
-    levels = _parse_quantiles(quantiles or DEFAULT_QUANTILES)
-    if toto2:
-        if samples is not None:
-            raise ValueError("--samples: a Toto 2.0 checkpoint forecasts quantiles directly; drop --samples")
-        outside = [q for q in levels if not 0.1 <= q <= 0.9]
-        if outside:
-            raise ValueError(f"--quantiles: a Toto 2.0 forecast covers levels 0.1 to 0.9, got {outside}")
-        return None, levels
-    if samples == 0:
-        if quantiles is not None:
-            raise ValueError("--quantiles need sample paths: --samples 0 forecasts the mean path alone")
-        return None, []
-    return samples or DEFAULT_NUM_SAMPLES, levels
-
-
-def forecast_columns(result, levels: list[float]) -> dict[str, np.ndarray]:
-    """The output columns of a forecast [batch, variate, horizon] each: ``mean``, and with quantile levels
-    ``median`` and ``q{level}`` per level (``q0.1``)."""
-    columns = {"mean": result.mean}
-    if levels:
-        columns["median"] = result.median
-        columns.update({f"q{level:g}": values for level, values in zip(levels, result.quantile(levels))})
-    return columns
 
 
 def _check_paths(input_path: Path, output: Path, plot: Path | None, overwrite: bool) -> None:
@@ -237,13 +231,14 @@ def _forecast_file(args, options, input_path: Path, output: Path, plot: Path | N
         model = toto_jax.load(args.checkpoint)
     from ..models import is_toto2
 
-    num_samples, levels = forecast_outputs(is_toto2(model), args.samples, args.quantiles)
+    num_samples, levels = output_statistics(is_toto2(model), _sample_count(args),
+                                            None if args.quantiles is None else _parse_quantiles(args.quantiles))  # fmt: skip
     if future is not None:
         series, future = with_future_covariates(model, table, future)
     # The values stay float64: the options normalize them in float64 before the model's float32.
     result = forecast(model, series, args.horizon, num_samples=num_samples, seed=args.seed, options=options,
                       future_exogenous_variables=future)  # fmt: skip
-    frame = tabular.forecast_frame(table, args.horizon, forecast_columns(result, levels))
+    frame = tabular.forecast_frame(table, args.horizon, statistic_columns(result, levels))
 
     png = None
     if plot is not None:

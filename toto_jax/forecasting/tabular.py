@@ -113,7 +113,7 @@ def infer_frequency(stamps: pd.DatetimeIndex, series_name: str):
     )
 
 
-def _parse_timestamps(column: pd.Series, what: str) -> pd.DatetimeIndex:
+def parse_timestamps(column: pd.Series, what: str) -> pd.DatetimeIndex:
     try:
         with warnings.catch_warnings():  # pandas 2 warns about mixed time zones before returning objects
             warnings.filterwarnings("ignore", message=".*mixed time zones", category=FutureWarning)
@@ -178,7 +178,7 @@ def _parse_long(frame: pd.DataFrame, covariates: list[str]) -> SeriesTable:
     names, values, timestamps, frequencies = [], [], [], []
     for unique_id, group in frame.groupby("unique_id", sort=False):
         name = str(unique_id)
-        stamps = _parse_timestamps(group["ds"], f"series {name!r}")
+        stamps = parse_timestamps(group["ds"], f"series {name!r}")
         order = np.argsort(stamps.asi8, kind="stable")
         stamps = stamps[order]
         rows = np.array([_numeric(group[c], f"column {c!r} of series {name!r}")[order] for c in ["y", *covariates]])
@@ -203,7 +203,7 @@ def _parse_wide(frame: pd.DataFrame, covariates: list[str]) -> SeriesTable:
         raise TableError(f"no value columns besides the timestamp column {time_column!r} and the covariates")
     by_name = {str(c): c for c in frame.columns}
     variates = targets + [by_name[c] for c in covariates]
-    stamps = _parse_timestamps(frame[time_column], f"column {time_column!r}")
+    stamps = parse_timestamps(frame[time_column], f"column {time_column!r}")
     rows = np.array([_numeric(frame[c], f"column {c!r}") for c in variates])
     empty = [str(c) for c, row in zip(variates, rows) if np.all(np.isnan(row))]
     if empty:
@@ -216,17 +216,29 @@ def read_future_covariates(path: str | Path, table: SeriesTable, horizon: int) -
     """Known covariate values for the ``horizon`` steps after every series of ``table``: [series, covariate,
     horizon] float64. The file has the table's layout: wide, its timestamp column and the covariate columns;
     long, ``unique_id``, ``ds`` and the covariate columns. Every step must be present, every value observed."""
-    frame = read_table(path)
+    return future_covariates_from_frame(read_table(path), table, horizon, str(path))
+
+
+def future_covariates_from_frame(frame: pd.DataFrame, table: SeriesTable, horizon: int, where: str) -> np.ndarray:
+    """``read_future_covariates`` of a table already read (``where`` names it in errors)."""
+    path = where
     layout_columns = [table.timestamp_column] if table.layout == "wide" else ["unique_id", "ds"]
     missing = [c for c in layout_columns + table.covariates if c not in [str(x) for x in frame.columns]]
     if missing:
         raise TableError(f"{path}: column(s) {missing} missing (future covariates need {layout_columns + table.covariates})")
     frame = frame.rename(columns={c: str(c) for c in frame.columns})
-    groups = [frame] if table.layout == "wide" else [frame[frame["unique_id"].astype(str) == n] for n in table.names]
+    if table.layout == "wide":
+        groups = [frame]
+    else:
+        by_id = {str(name): group for name, group in frame.groupby(frame["unique_id"].astype(str), sort=False)}
+        groups = [by_id.get(n, frame.iloc[:0]) for n in table.names]
     out = np.empty((len(groups), len(table.covariates), horizon))
     for row, (group, future) in enumerate(zip(groups, table.future_timestamps(horizon))):
         where = f"{path}" + ("" if table.layout == "wide" else f", series {table.names[row]!r}")
-        stamps = _parse_timestamps(group[layout_columns[-1]], where)
+        if group.empty:
+            raise TableError(f"{where}: no rows; the future covariates must cover the {horizon} steps after the "
+                             "input's last timestamp")  # fmt: skip
+        stamps = parse_timestamps(group[layout_columns[-1]], where)
         position = pd.Index(stamps).get_indexer(future)
         if (position < 0).any():
             raise TableError(f"{where}: no row for {future[int(np.flatnonzero(position < 0)[0])]}; the future "
@@ -253,12 +265,13 @@ def forecast_frame(table: SeriesTable, horizon: int, columns: dict[str, np.ndarr
             for statistic, array in columns.items():
                 out[f"{name}_{statistic}"] = array[0, v]
         return pd.DataFrame(out)
-    parts = []
-    for b, name in enumerate(table.names):
-        part = {"unique_id": np.repeat(name, horizon), "ds": future[b]}
-        part.update({statistic: array[b, 0] for statistic, array in columns.items()})
-        parts.append(pd.DataFrame(part))
-    return pd.concat(parts, ignore_index=True)
+    stamps = [f.tz_convert("UTC").tz_localize(None) if f.tz is not None else f for f in future]
+    out = {"unique_id": np.repeat(np.asarray(table.names, dtype=object), horizon),
+           "ds": pd.DatetimeIndex(np.concatenate([s.to_numpy() for s in stamps]))}  # fmt: skip
+    if future and future[0].tz is not None:
+        out["ds"] = out["ds"].tz_localize("UTC").tz_convert(future[0].tz)
+    out.update({statistic: array[:, 0].reshape(-1) for statistic, array in columns.items()})
+    return pd.DataFrame(out)
 
 
 def check_output_path(path: str | Path) -> None:
