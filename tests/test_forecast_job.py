@@ -25,7 +25,9 @@ import toto_jax
 from toto_jax import storage
 from toto_jax.cli import main as cli_main
 from toto_jax.forecasting.dataset import Dataset, DatasetError
-from toto_jax.forecasting.job import JobError, forecast_dataset
+from toto_jax.forecasting.job import JobError
+
+forecast_dataset = toto_jax.forecast_dataset  # the public name
 
 ROOT = Path(__file__).resolve().parents[1]
 HORIZON = 16

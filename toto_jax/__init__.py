@@ -22,6 +22,8 @@ _LAZY = {
     "Forecast": "toto_jax.forecasting.api",
     "ForecastError": "toto_jax.forecasting.api",
     "ForecastOptions": "toto_jax.forecasting.options",
+    "forecast_dataset": "toto_jax.forecasting.job",
+    "JobSummary": "toto_jax.forecasting.job",
 }
 
 
@@ -41,6 +43,7 @@ __all__ = [
     "ForecastError",
     "ForecastOptions",
     "InputError",
+    "JobSummary",
     "KVCache",
     "Toto",
     "Toto2",
@@ -50,6 +53,7 @@ __all__ = [
     "count_parameters",
     "export_torch",
     "forecast",
+    "forecast_dataset",
     "load",
     "preset",
     "save",

@@ -20,6 +20,8 @@ def fill_gaps(values: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.nda
     """Fill each variate's missing steps [..., time]: inner gaps by linear interpolation between the
     observations around them, a gap at the end by the last observation; steps before the first
     observation stay missing (they are left padding). Filled steps become valid."""
+    if valid.all():  # most series of a fleet: nothing to fill
+        return values, valid
     time = values.shape[-1]
     steps = np.arange(time)
     previous = np.maximum.accumulate(np.where(valid, steps, -1), axis=-1)
@@ -42,11 +44,23 @@ def clip_context_outliers(values, valid, limit: float) -> np.ndarray:
     A variate whose central range is 0 (constant, or a sparse count) is left unchanged."""
     observed = np.where(valid, np.asarray(values, np.float64), np.nan)
     # Order statistics, not interpolations, so a single glitch never leaks into a short context's range.
-    low = np.nanquantile(observed, 0.01, axis=-1, keepdims=True, method="higher")
-    high = np.nanquantile(observed, 0.99, axis=-1, keepdims=True, method="lower")
+    low = _quantile(observed, valid, 0.01, "higher")
+    high = _quantile(observed, valid, 0.99, "lower")
     spread = np.where(high > low, limit * (high - low), np.inf)
     clipped = np.clip(observed, low - spread, high + spread)
     return np.where(valid, clipped, values)
+
+
+def _quantile(observed, valid, level: float, method: str) -> np.ndarray:
+    """``np.nanquantile`` over the last axis (keepdims): one vectorised call for the rows without gaps (numpy's
+    nanquantile goes row by row in Python, 0.1 ms each: a tenth of a fleet's forecast), row by row for the rest."""
+    out = np.empty(observed.shape[:-1] + (1,))
+    full = valid.all(axis=-1)
+    if full.any():
+        out[full] = np.quantile(observed[full], level, axis=-1, keepdims=True, method=method)
+    if not full.all():
+        out[~full] = np.nanquantile(observed[~full], level, axis=-1, keepdims=True, method=method)
+    return out
 
 
 def _observed_mean(values, valid):

@@ -47,6 +47,24 @@ class SeriesTable:
     def future_timestamps(self, horizon: int) -> list[pd.DatetimeIndex]:
         return [future_timestamps(stamps[-1], freq, horizon) for stamps, freq in zip(self.timestamps, self.frequency)]
 
+    def future_timestamp_column(self, horizon: int) -> pd.DatetimeIndex:
+        """Every series' ``future_timestamps`` end to end: at once for fixed steps in one time zone and unit (a
+        fleet's usual case; ``pd.date_range`` per series would cost as much as its forecast), else one by one."""
+        zones = {stamps.tz for stamps in self.timestamps}
+        units = {stamps.unit for stamps in self.timestamps}
+        if len(zones) == 1 and len(units) == 1 and all(isinstance(f, pd.Timedelta) for f in self.frequency):
+            unit = units.pop()
+            last = np.array([stamps[-1:].as_unit(unit).asi8[0] for stamps in self.timestamps])
+            step = np.array([f.to_timedelta64().astype(f"timedelta64[{unit}]").astype(np.int64) for f in self.frequency])
+            ticks = (last[:, None] + step[:, None] * np.arange(1, horizon + 1)).reshape(-1)
+            column = pd.DatetimeIndex(ticks.view(f"datetime64[{unit}]"))
+            zone = zones.pop()
+            return column if zone is None else column.tz_localize("UTC").tz_convert(zone)
+        future = self.future_timestamps(horizon)
+        stamps = [f.tz_convert("UTC").tz_localize(None) if f.tz is not None else f for f in future]
+        column = pd.DatetimeIndex(np.concatenate([s.to_numpy() for s in stamps]))
+        return column if not future or future[0].tz is None else column.tz_localize("UTC").tz_convert(future[0].tz)
+
 
 def future_timestamps(last, frequency, horizon: int) -> pd.DatetimeIndex:
     """The ``horizon`` timestamps after ``last`` on the grid of ``frequency`` (a ``pd.Timedelta``, a
@@ -258,18 +276,14 @@ def forecast_frame(table: SeriesTable, horizon: int, columns: dict[str, np.ndarr
     in the order of ``table.values``. Wide output: the timestamp column, then ``<variate>_<statistic>``;
     long output: ``unique_id``, ``ds``, then one column per statistic.
     """
-    future = table.future_timestamps(horizon)
     if table.layout == "wide":
-        out = {table.timestamp_column: future[0]}
+        out = {table.timestamp_column: table.future_timestamps(horizon)[0]}
         for v, name in enumerate(table.names):
             for statistic, array in columns.items():
                 out[f"{name}_{statistic}"] = array[0, v]
         return pd.DataFrame(out)
-    stamps = [f.tz_convert("UTC").tz_localize(None) if f.tz is not None else f for f in future]
     out = {"unique_id": np.repeat(np.asarray(table.names, dtype=object), horizon),
-           "ds": pd.DatetimeIndex(np.concatenate([s.to_numpy() for s in stamps]))}  # fmt: skip
-    if future and future[0].tz is not None:
-        out["ds"] = out["ds"].tz_localize("UTC").tz_convert(future[0].tz)
+           "ds": table.future_timestamp_column(horizon)}  # fmt: skip
     out.update({statistic: array[:, 0].reshape(-1) for statistic, array in columns.items()})
     return pd.DataFrame(out)
 
