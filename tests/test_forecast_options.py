@@ -254,3 +254,20 @@ def test_counts_stay_non_negative_and_series_with_negatives_do_not(model):
     assert quantiles.quantiles.min() >= 0 and quantiles.mean.min() >= 0
     np.testing.assert_allclose(forecast(toto2, counts - 0.5, HORIZON).quantiles,
                                forecast(toto2, counts, HORIZON, options=free).quantiles - 0.5, rtol=0, atol=1e-9)
+
+
+def test_infer_nonnegative_is_an_option_and_a_flag():
+    """On by default, off in ``ForecastOptions.reference()``; ``--[no-]infer-nonnegative`` sets it over either."""
+    import argparse
+
+    from toto_jax.forecasting.options import add_options_arguments, options_from_args
+
+    parser = argparse.ArgumentParser()
+    add_options_arguments(parser)
+    assert options_from_args(parser.parse_args([])).infer_nonnegative is True
+    assert options_from_args(parser.parse_args(["--no-infer-nonnegative"])) == ForecastOptions(infer_nonnegative=False)
+    assert options_from_args(parser.parse_args(["--reference-options"])).infer_nonnegative is False
+    assert options_from_args(parser.parse_args(["--reference-options", "--infer-nonnegative"])) == (
+        ForecastOptions.reference(infer_nonnegative=True))  # fmt: skip
+    with pytest.raises(ValueError, match="ForecastOptions.infer_nonnegative must be True or False, got 1"):
+        ForecastOptions(infer_nonnegative=1)
