@@ -261,7 +261,7 @@ def test_lsf_context_length_is_decided_once(tiny_model):
 
 
 @pytest.mark.shared_data
-def test_lsf_cli(tiny_checkpoint, tmp_path):
+def test_lsf_cli(tiny_checkpoint, tmp_path, capsys):
     """``toto-jax eval --protocol lsf`` scores the median of ``forecast(..., options=ForecastOptions(...))``
     of the windows' last 256 steps, on data with a glitch. (The option flags are parsed once for both
     protocols: ``test_eval_cli_forecast_flags_reach_the_options``.)"""
@@ -273,6 +273,7 @@ def test_lsf_cli(tiny_checkpoint, tmp_path):
                  "96", "--stride", "1400", "--context-length", "256", "--num-samples", "4",
                  "--output-dir", str(tmp_path / "out")])  # fmt: skip
     assert code == 0
+    assert capsys.readouterr().err.splitlines()[-1] == "[lsf] ETTh1, horizon 96"  # progress (then a time left)
     table = pd.read_csv(tmp_path / "out" / "lsf.csv")
     assert table.horizon.tolist() == [96] and table.windows.tolist() == [2]  # starts 11520, 12920
     assert table.context.tolist() == [256]

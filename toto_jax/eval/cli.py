@@ -143,11 +143,19 @@ def _run_lsf(args, options) -> int:
     stride = args.stride or 96
     forecast_fn = lsf.toto_lsf_forecaster(model, num_samples=args.num_samples, seed=args.seed, options=options)
     context = forecast_fn.context_length  # --context-length, else the model's max_context
+    from .harness import time_left
+
     rows = []
+    work = {h: len(lsf.lsf_window_starts(h, stride)) * h for h in args.lsf_horizons}  # windows x steps
+    total, done, began = len(args.data) * sum(work.values()), 0, time.perf_counter()
     for path in args.data:
         values, _ = lsf.read_ett(path)
-        for result in lsf.evaluate_lsf(forecast_fn, values, args.lsf_horizons, stride=stride):
-            rows.append({"dataset": Path(path).stem, "context": context, "stride": stride, **result})
+        for horizon in args.lsf_horizons:
+            print(f"[lsf] {Path(path).stem}, horizon {horizon}{time_left(time.perf_counter() - began, done, total)}",
+                  file=sys.stderr, flush=True)  # fmt: skip
+            for result in lsf.evaluate_lsf(forecast_fn, values, [horizon], stride=stride):
+                rows.append({"dataset": Path(path).stem, "context": context, "stride": stride, **result})
+            done += work[horizon]
     table = pd.DataFrame(rows)
     output = Path(args.output_dir)
     output.mkdir(parents=True, exist_ok=True)
