@@ -221,6 +221,8 @@ def test_a_changed_command_is_refused_by_name(checkpoint, dataset, uninterrupted
     assert "options" in capsys.readouterr().err
     assert cli_main(command) == 0  # the same command: already complete, nothing rewritten
     assert "complete; 36 series forecast" in capsys.readouterr().out
+    renamed = [*command[:2], str(checkpoint) + "/.", *command[3:]]  # the same weights by another name
+    assert command[1] == "--checkpoint" and cli_main(renamed) == 0
     assert {p.name: p.read_bytes() for p in output.iterdir()} == before
 
 

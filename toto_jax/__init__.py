@@ -24,6 +24,10 @@ _LAZY = {
     "ForecastOptions": "toto_jax.forecasting.options",
     "forecast_dataset": "toto_jax.forecasting.job",
     "JobSummary": "toto_jax.forecasting.job",
+    "detect": "toto_jax.detection.api",
+    "Detection": "toto_jax.detection.api",
+    "DetectError": "toto_jax.detection.api",
+    "DetectOptions": "toto_jax.detection.options",
 }
 
 
@@ -39,6 +43,9 @@ __all__ = [
     "PRESETS",
     "CheckpointError",
     "ConfigError",
+    "DetectError",
+    "DetectOptions",
+    "Detection",
     "Forecast",
     "ForecastError",
     "ForecastOptions",
@@ -51,6 +58,7 @@ __all__ = [
     "TotoConfig",
     "TotoOutput",
     "count_parameters",
+    "detect",
     "export_torch",
     "forecast",
     "forecast_dataset",

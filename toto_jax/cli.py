@@ -10,6 +10,7 @@ import sys
 # Each module defines ``add_parser(subparsers)``, which registers its subcommand and sets ``func``.
 COMMAND_MODULES = (
     "toto_jax.forecasting.cli",
+    "toto_jax.detection.cli",
     "toto_jax.checkpoint.cli",
     "toto_jax.data.cli",
     "toto_jax.train.cli",

@@ -167,6 +167,13 @@ def _connection_failure(endpoint: str) -> str | None:
     return None
 
 
+def open_file(path, mode: str = "rb"):
+    """A stream of a local file or a ``gs://`` / ``s3://`` object (read in ranges, never copied whole)."""
+    if is_remote(path):
+        return filesystem(path).open(str(path), mode)
+    return open(path, mode)
+
+
 GLOB_CHARACTERS = "*?["
 
 

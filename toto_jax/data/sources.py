@@ -208,7 +208,7 @@ class ParquetSource:
         for file in files:
             try:
                 if file.endswith(PARQUET_SUFFIXES):
-                    with _open(file) as stream:
+                    with storage.open_file(file) as stream:
                         metadata = pq.ParquetFile(stream).metadata
                     problem = _check_target_schema(metadata.schema.to_arrow_schema(), file)
                     group_rows = [metadata.row_group(i).num_rows for i in range(metadata.num_row_groups)]
@@ -275,7 +275,7 @@ class ParquetSource:
         if file.endswith(PARQUET_SUFFIXES):
             import pyarrow.parquet as pq
 
-            with _open(file) as stream:  # one row group's byte ranges, also from a bucket
+            with storage.open_file(file) as stream:  # one row group's byte ranges, also from a bucket
                 column = pq.ParquetFile(stream).read_row_group(group, columns=["target"]).column("target")
         else:
             column = _read_arrow(file).column("target")
@@ -312,18 +312,11 @@ class ParquetSource:
         return f"ParquetSource(name={self.name!r}, files={len(self._files)}, rows={len(self)})"
 
 
-def _open(file: str):
-    """A binary stream of a local file or a ``gs://`` / ``s3://`` object (read in ranges, never copied whole)."""
-    if storage.is_remote(file):
-        return storage.filesystem(file).open(file, "rb")
-    return open(file, "rb")
-
-
 def _read_arrow(path: str):
     """Memory-maps an Arrow IPC file (file or stream format) without copying; objects in buckets are read."""
     import pyarrow as pa
 
-    with (_open(path) if storage.is_remote(path) else pa.memory_map(path, "r")) as source:
+    with (storage.open_file(path) if storage.is_remote(path) else pa.memory_map(path, "r")) as source:
         try:
             return pa.ipc.open_file(source).read_all()
         except pa.ArrowInvalid:
@@ -354,7 +347,7 @@ def read_csv_series(path: str) -> dict:
     """
     import pandas as pd
 
-    with _open(path) as stream:
+    with storage.open_file(path) as stream:
         frame = pd.read_csv(stream)
     lower = {column.lower(): column for column in frame.columns}
     time_column = next((lower[name] for name in TIME_COLUMN_NAMES if name in lower), None)

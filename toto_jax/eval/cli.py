@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -32,10 +33,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
             "(the forecaster's metric divided by seasonal naive's on each series, geometric mean over the series: "
             "< 1 beats seasonal naive); CRPS wins (the share of series on which the forecaster's CRPS is below "
             "seasonal naive's). Files in --output-dir: metrics.csv (one row per term, forecaster and series: the "
-            "metrics themselves), summary.csv (the table), plots/ (--plot); lsf.csv for --protocol lsf."
+            "metrics themselves), summary.csv (the table), plots/ (--plot); lsf.csv for --protocol lsf; nab.json or "
+            "labelled.json for --anomaly."
         ),
     )
-    parser.add_argument("data", nargs="+", help="CSV/Parquet files or directories of them (ETT CSV files for lsf)")
+    parser.add_argument("data", nargs="+", help="CSV/Parquet files or directories of them (ETT CSV files for lsf; "
+                        "the NAB directory for --anomaly nab; labelled tables for --anomaly labelled)")
     from ..checkpoint import BUNDLED_MODELS_HELP
 
     parser.add_argument("--checkpoint", default="default",
@@ -44,6 +47,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--protocol", choices=("rolling", "lsf"), default="rolling",
                         help="rolling: windows over the last --test-fraction of every series, scored against the "
                              "baselines (default); lsf: the ETTh1/ETTh2 long-sequence protocol on ETT CSV files")  # fmt: skip
+    parser.add_argument("--anomaly", choices=("nab", "labelled"), default=None,
+                        help="evaluate anomaly detection (toto_jax.detect, default DetectOptions) instead of "
+                             "forecasts: 'nab' scores the Numenta Anomaly Benchmark directory given as DATA with "
+                             "NAB's scorer (three profiles, beside NAB's scoreboard); 'labelled' reports AUC-PR, "
+                             "best F1 and best point-adjusted F1 on wide tables with a 0/1 --label-column")
+    parser.add_argument("--label-column", default="label", help="--anomaly labelled: the 0/1 column (default label)")
     parser.add_argument("--terms", type=_csv_list, default=["short", "medium", "long"], metavar="TERM[,TERM...]",
                         help="comma-separated horizons to score, from short, medium, long (1x, 10x, 15x the frequency's "
                              "base prediction length, e.g. 48, 480, 720 steps for 5-minute data); default: all three")  # fmt: skip
@@ -60,8 +69,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--lsf-horizons", type=lambda s: [int(x) for x in _csv_list(s)], default=[96, 192, 336, 720],
                         metavar="H[,H...]", help="--protocol lsf: comma-separated horizons (default 96,192,336,720)")
     parser.add_argument("--output-dir", default="out/eval",
-                        help="directory for metrics.csv, summary.csv and plots/ (lsf: lsf.csv) (default out/eval, "
-                             "created if missing; existing files there are replaced)")  # fmt: skip
+                        help="directory for metrics.csv, summary.csv and plots/ (lsf: lsf.csv; --anomaly: nab.json or "
+                             "labelled.json) (default out/eval, created if missing; existing files there are "
+                             "replaced)")  # fmt: skip
     parser.add_argument("--plot", action="store_true", help="write example forecast figures to OUTPUT_DIR/plots")
     parser.add_argument("--plot-count", type=int, default=4, help="series plotted per term (default 4)")
     parser.add_argument("--seed", type=int, default=0, help="seed of Toto's sample paths (default 0)")
@@ -80,6 +90,8 @@ def run_eval(args: argparse.Namespace) -> int:
         raise ValueError("--test-fraction must be in (0, 1]")
     # The harness reports its own progress per series; the options' bars would interleave with it.
     options = options_from_args(args).replace(progress=False)
+    if args.anomaly is not None:
+        return _run_anomaly(args, options)
     try:
         if args.protocol == "lsf":
             return _run_lsf(args, options)
@@ -162,4 +174,43 @@ def _run_lsf(args, options) -> int:
     table.to_csv(output / "lsf.csv", index=False)
     print(table.to_string(index=False, float_format=lambda x: f"{x:.4f}"))
     print(f"wrote {output / 'lsf.csv'}")
+    return 0
+
+
+def _run_anomaly(args, options) -> int:
+    import json
+
+    import toto_jax
+
+    model = toto_jax.load(args.checkpoint)
+    output = Path(args.output_dir)
+    output.mkdir(parents=True, exist_ok=True)
+    began = time.perf_counter()
+    if args.anomaly == "nab":
+        from . import nab
+
+        if len(args.data) != 1:
+            raise ValueError("--anomaly nab takes one DATA argument: the NAB directory (data/, labels/)")
+        corpus = nab.read_corpus(args.data[0])
+        scores = nab.detect_corpus(model, corpus, forecast_options=options)
+        results = {profile: nab.score_corpus(corpus, scores, profile) for profile in nab.PROFILES}
+        print(nab.format_scoreboard(results))
+        print(f"\nNAB {len(corpus.files)} files, thresholds optimised per profile over the corpus: "
+              + ", ".join(f"{p} {r.threshold:.4f}" for p, r in results.items())
+              + f"; {time.perf_counter() - began:.0f}s")  # fmt: skip
+        summary = {p: {"score": r.score, "threshold": r.threshold, "raw": r.raw, **dataclasses.asdict(r.counts)}
+                   for p, r in results.items()}  # fmt: skip
+        (output / "nab.json").write_text(json.dumps(summary, indent=2))
+        print(f"wrote {output / 'nab.json'}")
+        return 0
+    from .labelled import POINT_ADJUSTED_CAVEAT, evaluate_files, table_paths
+
+    result, _ = evaluate_files(model, table_paths(args.data), args.label_column, forecast_options=options)
+    print(f"{result.steps} steps, {result.labelled} labelled in {result.segments} segments")
+    print(f"AUC-PR                  {result.auc_pr:.4f}")
+    print(f"best F1                 {result.best_f1:.4f} (threshold {result.best_f1_threshold:.4f})")
+    print(f"best point-adjusted F1  {result.best_point_adjusted_f1:.4f} (threshold "
+          f"{result.best_point_adjusted_threshold:.4f}): {POINT_ADJUSTED_CAVEAT}")  # fmt: skip
+    (output / "labelled.json").write_text(json.dumps(dataclasses.asdict(result), indent=2))
+    print(f"wrote {output / 'labelled.json'}")
     return 0

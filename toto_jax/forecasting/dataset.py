@@ -106,7 +106,7 @@ class Dataset:
             if self.layout == "wide" or not file.lower().endswith(PARQUET_SUFFIXES):
                 shards.append(Shard(len(shards), file, None, None))
                 continue
-            with _open(file) as stream:
+            with storage.open_file(file) as stream:
                 metadata = _parquet_file(stream, file).metadata
             groups, rows = [], 0
             for group in range(metadata.num_row_groups):
@@ -147,12 +147,6 @@ class Dataset:
         return SeriesBatch(shard.index, 0, table, [], len(frame))
 
 
-def _open(file: str):
-    if storage.is_remote(file):
-        return storage.filesystem(file).open(file, "rb")
-    return open(file, "rb")
-
-
 def _parquet_file(stream, file: str):
     import pyarrow.parquet as pq
 
@@ -163,7 +157,7 @@ def _parquet_file(stream, file: str):
 
 
 def _columns(file: str) -> list[str]:
-    with _open(file) as stream:
+    with storage.open_file(file) as stream:
         if file.lower().endswith(PARQUET_SUFFIXES):
             return list(_parquet_file(stream, file).schema_arrow.names)
         header = stream.readline().decode("utf-8-sig").strip()
@@ -218,7 +212,7 @@ class _LongRows:
 
         pending, consumed = None, 0
         self.last_id = None  # of the rows read so far
-        with _open(self.shard.file) as stream:
+        with storage.open_file(self.shard.file) as stream:
             for table in self._batches(stream):
                 consumed += table.num_rows
                 pending = table if pending is None else pa.concat_tables([pending, table])

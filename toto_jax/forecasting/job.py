@@ -177,7 +177,7 @@ class _Job:
         self.num_samples, self.levels = output_statistics(is_toto2(model), num_samples, quantiles)
         self.spec = {
             "format": JOB_FORMAT,
-            "input": self.dataset.source,
+            "input": self.dataset.source if storage.is_remote(source) else os.path.abspath(source),
             "files": len(self.dataset.files),
             "shards": len(self.dataset.shards),
             "model": model_name or "(in memory)",
@@ -202,9 +202,9 @@ class _Job:
         from .. import distributed
 
         existing = self._read_json(JOB_FILE)
-        if existing is not None and existing != self.spec:
+        if existing is not None and _defining(existing) != _defining(self.spec):
             if not overwrite:
-                raise JobError(_difference(self.output_name, existing, self.spec))
+                raise JobError(_difference(self.output_name, _defining(existing), _defining(self.spec)))
         if self.on_error == "fail":
             problems = distributed.exchange("job/checked", self._first_problem() or "")
             named = [p for p in problems if p]
@@ -212,9 +212,10 @@ class _Job:
                 raise JobError(named[0] + " (--on-error fail: nothing was written)")
         if distributed.is_coordinator():
             self._remove_scratch()
-            if existing is not None and existing != self.spec:
+            if existing is not None and _defining(existing) != _defining(self.spec):
                 self._remove_job_files()
-            if existing != self.spec:
+                existing = None
+            if existing is None:
                 self._write_json(JOB_FILE, self.spec)
         distributed.exchange("job/recorded", "")
 
@@ -379,6 +380,11 @@ def _refuse_input_as_output(dataset: Dataset, output: str) -> None:
                            "another directory")  # fmt: skip
 
 
+def _defining(spec: dict) -> dict:
+    """What makes two jobs the same: all but the model's name (the digest of its weights decides)."""
+    return {key: value for key, value in spec.items() if key != "model"}
+
+
 def _difference(output: str, existing: dict, wanted: dict) -> str:
     changed = [f"{key} {existing.get(key)!r} there, {wanted.get(key)!r} now" for key in sorted(set(existing) | set(wanted))
                if existing.get(key) != wanted.get(key)]  # fmt: skip
@@ -482,7 +488,7 @@ def _kind(reason: str) -> str:
 def _part_stats(path) -> dict:
     import pyarrow.parquet as pq
 
-    with (storage.filesystem(str(path)).open(str(path), "rb") if storage.is_remote(path) else open(path, "rb")) as f:
+    with storage.open_file(path) as f:
         metadata = pq.ParquetFile(f).metadata.metadata or {}
     return json.loads(metadata[b"toto_jax.shard"])
 
@@ -501,13 +507,13 @@ def _check_contiguous(keys: list[np.ndarray], dataset: Dataset, output) -> None:
     shards = [s for s, k in zip(dataset.shards, keys) if (k == twice).any()]
     path = output / part_name(shards[0].index)
     name = "?"
-    with (storage.filesystem(str(path)).open(str(path), "rb") if storage.is_remote(path) else open(path, "rb")) as f:
+    with storage.open_file(path) as f:
         for candidate in set(pq.read_table(f, columns=["unique_id"]).column(0).to_pylist()):
             if series_key(str(candidate)) == int(twice):
                 name = str(candidate)
     errors = output / ERRORS_DIRECTORY / part_name(shards[0].index)
     if name == "?" and errors.exists():
-        with (storage.filesystem(str(errors)).open(str(errors), "rb") if storage.is_remote(errors) else open(errors, "rb")) as f:
+        with storage.open_file(errors) as f:
             for candidate in pq.read_table(f, columns=["unique_id"]).column(0).to_pylist():
                 if series_key(str(candidate)) == int(twice):
                     name = str(candidate)

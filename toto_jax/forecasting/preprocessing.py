@@ -7,6 +7,8 @@ them in the order of this file.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 
@@ -42,13 +44,21 @@ def clip_context_outliers(values, valid, limit: float) -> np.ndarray:
     largest value) and r = q99 - q01, in float64. Only isolated extremes are affected: anything that fills
     more than 1 % of the context is inside the central range.
     A variate whose central range is 0 (constant, or a sparse count) is left unchanged."""
+    low, high = outlier_bounds(values, valid, limit)
+    return np.where(valid, np.clip(values, low, high), values)
+
+
+def outlier_bounds(values, valid, limit: float) -> tuple[np.ndarray, np.ndarray]:
+    """The clip range [..., 1] of ``clip_context_outliers`` from the observed steps (``valid``); infinite where
+    the central range is 0 or nothing is observed."""
     observed = np.where(valid, np.asarray(values, np.float64), np.nan)
     # Order statistics, not interpolations, so a single glitch never leaks into a short context's range.
-    low = _quantile(observed, valid, 0.01, "higher")
-    high = _quantile(observed, valid, 0.99, "lower")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a variate with nothing observed: NaN, no range
+        low = _quantile(observed, valid, 0.01, "higher")
+        high = _quantile(observed, valid, 0.99, "lower")
     spread = np.where(high > low, limit * (high - low), np.inf)
-    clipped = np.clip(observed, low - spread, high + spread)
-    return np.where(valid, clipped, values)
+    return np.where(np.isnan(low), -np.inf, low - spread), np.where(np.isnan(high), np.inf, high + spread)
 
 
 def _quantile(observed, valid, level: float, method: str) -> np.ndarray:

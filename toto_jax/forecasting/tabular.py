@@ -54,7 +54,7 @@ class SeriesTable:
         units = {stamps.unit for stamps in self.timestamps}
         if len(zones) == 1 and len(units) == 1 and all(isinstance(f, pd.Timedelta) for f in self.frequency):
             unit = units.pop()
-            last = np.array([stamps[-1:].as_unit(unit).asi8[0] for stamps in self.timestamps])
+            last = np.array([stamps.asi8[-1] for stamps in self.timestamps])  # one unit: checked above
             step = np.array([f.to_timedelta64().astype(f"timedelta64[{unit}]").astype(np.int64) for f in self.frequency])
             ticks = (last[:, None] + step[:, None] * np.arange(1, horizon + 1)).reshape(-1)
             column = pd.DatetimeIndex(ticks.view(f"datetime64[{unit}]"))

@@ -127,6 +127,15 @@ class StudentTMixture:
     def cdf(self, x):
         return self._cdf_function()(x)
 
+    def tails(self, x):
+        """(P(X <= x), P(X >= x)), each summed from its own side's component tails, so a far tail keeps its
+        precision instead of becoming 1 - cdf(x) (0 in float32 beyond ~1e-7)."""
+        weights, log_beta = self.weights, _log_beta_half(self.df)
+        y = (x[..., None] - self.loc) / self.scale
+        below = jnp.sum(weights * _student_t_standard_cdf(y, self.df, log_beta), axis=-1)
+        above = jnp.sum(weights * _student_t_standard_cdf(-y, self.df, log_beta), axis=-1)
+        return below, above
+
     def _cdf_function(self):
         """The mixture CDF with the parts that do not depend on x computed once (for the bisection)."""
         weights, log_beta = self.weights, _log_beta_half(self.df)

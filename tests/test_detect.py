@@ -1,0 +1,269 @@
+"""toto_jax.detect with the bundled Toto 1.0 model: causality, valid scores on awkward series, the combined
+multivariate score, glitches, bad input, and the ``toto-jax detect`` round trip (files in a temp dir)."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import toto_jax
+from toto_jax.cli import main
+from toto_jax.detection import DetectError, DetectOptions
+from toto_jax.detection.adaptive import adaptive_scores, combine_surprise, extremes, trailing_max
+
+# A short context keeps the compiled pass small; the windows' stride still makes series span several windows.
+SHORT = toto_jax.ForecastOptions(context_length=256)
+OPTIONS = DetectOptions(stride=128, history=300)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return toto_jax.load("default")
+
+
+@pytest.fixture(scope="module")
+def toto2():
+    return toto_jax.load("toto2-small")
+
+
+def daily(steps, variates=1, seed=0, period=96):
+    rng = np.random.default_rng(seed)
+    t = np.arange(steps)
+    return np.stack([10 + 3 * np.sin(2 * np.pi * (t + 7 * v) / period) + 0.3 * rng.standard_normal(steps)
+                     for v in range(variates)])  # fmt: skip
+
+
+@pytest.mark.parametrize("family", ["toto1", "toto2"])
+def test_a_later_change_moves_no_earlier_score(model, toto2, family):
+    """Scores, combined scores and surprise up to step t are bit-identical when the steps after t change
+    (a glitch, new noise), across window boundaries, for both families; the later scores do change."""
+    model = model if family == "toto1" else toto2
+    series = daily(1200, variates=2)
+    changed = series.copy()
+    t = 700
+    changed[:, t + 1 :] += np.random.default_rng(1).standard_normal((2, 1200 - t - 1))
+    changed[0, t + 1] = 1e6
+    before = toto_jax.detect(model, series, options=OPTIONS, forecast_options=SHORT)
+    after = toto_jax.detect(model, changed, options=OPTIONS, forecast_options=SHORT)
+    np.testing.assert_array_equal(after.scores[..., : t + 1], before.scores[..., : t + 1])
+    np.testing.assert_array_equal(after.combined[: t + 1], before.combined[: t + 1])
+    np.testing.assert_array_equal(after.surprise[..., : t + 1], before.surprise[..., : t + 1])
+    assert not np.array_equal(after.scores[..., t + 1 :], before.scores[..., t + 1 :])
+    assert after.scores[0, t + 1] > 0.9  # the glitch itself
+
+
+@pytest.mark.parametrize("family", ["toto1", "toto2"])
+@pytest.mark.parametrize("kind", ["constant", "gappy", "offset"])
+def test_scores_valid_on_awkward_series(model, toto2, kind, family):
+    """Constant, gappy (leading, inner and trailing gaps) and 1e9-offset series give finite scores in [0, 1]
+    with both families; missing steps score 0; an offset of 1e9 scores as the series without it (float64
+    normalization)."""
+    model = model if family == "toto1" else toto2
+    series = daily(900)
+    if kind == "constant":
+        series = np.full((1, 900), 42.0)
+    if kind == "gappy":
+        series[0, :30] = np.nan
+        series[0, 300:340] = np.nan
+        series[0, 500:700:3] = np.nan
+        series[0, -25:] = np.nan
+    if kind == "offset":
+        series = series + 1e9
+    result = toto_jax.detect(model, series, options=OPTIONS, forecast_options=SHORT)
+    for values in (result.scores, result.combined, result.surprise):
+        assert np.all(np.isfinite(values))
+    assert np.all((result.scores >= 0) & (result.scores <= 1))
+    assert np.all((result.combined >= 0) & (result.combined <= 1))
+    if kind == "constant":
+        assert result.scores.max() < OPTIONS.threshold
+    if kind == "gappy":
+        assert np.all(result.scores[0][np.isnan(series[0])] == 0)
+    if kind == "offset":
+        plain = toto_jax.detect(model, series - 1e9, options=OPTIONS, forecast_options=SHORT)
+        np.testing.assert_allclose(result.surprise, plain.surprise, atol=2e-3)
+
+
+def test_a_glitch_is_scored_at_full_value_and_clipped_as_history(model):
+    """Clipping bounds what the model sees, not what is scored: a 1000x glitch is flagged, and the steps after
+    it, seen with the glitch clipped, are not."""
+    series = daily(900)
+    series[0, 600] = 1e4
+    result = toto_jax.detect(model, series, options=OPTIONS, forecast_options=SHORT)
+    assert result.flags[0, 600]
+    assert result.surprise[0, 600] > 15  # a tail probability below 1e-6
+    assert not result.flags[0, 620:].any()
+
+
+def test_combined_score_of_several_variates(model):
+    """A jump in one of three variates raises the combined score at that step; a one-variate series' combined
+    score is its variate's score; the combination is Bonferroni's bound."""
+    series = daily(900, variates=3)
+    series[1, 650:] += 8.0
+    result = toto_jax.detect(model, series[None], options=OPTIONS, forecast_options=SHORT)
+    assert result.scores.shape == (1, 3, 900) and result.combined.shape == (1, 900)
+    assert result.combined[0, 650] > OPTIONS.threshold
+    assert result.combined[0, 650] >= result.combined[0, 400:640].max()
+    single = toto_jax.detect(model, series[1:2], options=OPTIONS, forecast_options=SHORT)
+    np.testing.assert_array_equal(single.combined, single.scores[0])
+    surprise = np.array([[1.0, 5.0], [3.0, 0.5]])
+    combined, scored = combine_surprise(surprise, np.ones((2, 2), bool))
+    np.testing.assert_allclose(combined, [3.0 - np.log(2), 5.0 - np.log(2)])
+    assert scored.all()
+
+
+def test_adaptive_score_is_relative_to_the_series_history():
+    """The same surprise scores higher in a series whose history is calm than in one whose history is noisy; a
+    surprise that stays high is not raised again; an extreme scores in the top tier; the first steps, with no
+    history, score 0."""
+    rng = np.random.default_rng(0)
+    calm, noisy = rng.gamma(1.0, 0.5, 500), rng.gamma(1.0, 3.0, 500)
+    calm[400] = noisy[400] = 12.0
+    calm[401] = 11.0
+    options = DetectOptions(history=300)
+    none = np.zeros((2, 500), bool)
+    scores = adaptive_scores(np.stack([calm, noisy]), np.ones(500, bool), none, options)
+    assert scores[0, 400] > 0.5 > scores[1, 400]
+    assert scores[0, 401] < 0.5
+    assert np.all((scores >= 0) & (scores < 0.9)) and np.all(scores[:, :64] == 0)
+    extreme = none.copy()
+    extreme[1, 400] = True
+    assert adaptive_scores(np.stack([calm, noisy]), np.ones(500, bool), extreme, options)[1, 400] > 0.9
+
+
+def test_extremes_need_a_new_range_and_surprise():
+    """An extreme lies beyond every earlier observed value (missing steps ignored) and surprises the model."""
+    values = np.array([[1.0, 3.0, np.nan, 2.0, 4.0, 4.0, 0.5, 5.0]])
+    valid = ~np.isnan(values)
+    surprise = np.array([[9.0, 9.0, 0.0, 9.0, 9.0, 9.0, 9.0, 1.0]])
+    found = extremes(values, valid, surprise, DetectOptions(extreme_surprise=3.0))
+    np.testing.assert_array_equal(found[0], [False, True, False, False, True, False, True, False])
+    assert not extremes(values, valid, surprise, DetectOptions(extreme_surprise=None)).any()
+
+
+def test_trailing_max_matches_its_definition():
+    values = np.random.default_rng(0).standard_normal((3, 101))
+    for width in (1, 7, 50, 200):
+        expected = np.stack([values[:, max(0, t - width + 1) : t + 1].max(-1) for t in range(101)], -1)
+        np.testing.assert_array_equal(trailing_max(values, width), expected)
+
+
+def test_dataframe_in_and_out(model):
+    """A DataFrame's scores come back on its own time index with one score column per variate."""
+    index = pd.date_range("2024-01-01", periods=700, freq="5min")
+    frame = pd.DataFrame(daily(700, variates=2).T, index=index, columns=["cpu", "mem"])
+    table = toto_jax.detect(model, frame, options=OPTIONS, forecast_options=SHORT).to_dataframe()
+    assert table.index.equals(index)
+    assert list(table.columns) == ["cpu_score", "cpu_surprise", "mem_score", "mem_surprise", "anomaly_score",
+                                   "anomaly"]  # fmt: skip
+
+
+def test_bad_input_is_named(model):
+    series = daily(300, variates=2)
+    series[1, 120] = np.inf
+    with pytest.raises(DetectError, match="series 0, variate 1: infinite value at step 120"):
+        toto_jax.detect(model, series)
+    series[1] = np.nan
+    with pytest.raises(DetectError, match=r"variate\(s\) \[1\] have no observed values"):
+        toto_jax.detect(model, series)
+    with pytest.raises(DetectError, match="numeric"):
+        toto_jax.detect(model, np.array([["a", "b"]]))
+    with pytest.raises(DetectError, match="DetectOptions.history must be a positive integer"):
+        DetectOptions(history=0)
+    with pytest.raises(DetectError, match="DetectOptions.threshold must lie in"):
+        DetectOptions(threshold=2.0)
+    with pytest.raises(DetectError, match="stride must be a multiple of the patch size"):
+        toto_jax.detect(model, daily(300), options=DetectOptions(stride=100), forecast_options=SHORT)
+
+
+def test_cli_round_trip(model, tmp_path, capsys):
+    """Wide CSV and long Parquet tables come back in their layout with score columns equal to the API's; the
+    plot is a PNG; an existing output needs --overwrite; a non-numeric column is refused by name."""
+    index = pd.date_range("2024-01-01", periods=700, freq="5min")
+    values = daily(700, variates=2)
+    values[0, 500] = 1e3
+    wide = pd.DataFrame({"timestamp": index, "cpu": values[0], "mem": values[1]})
+    wide.to_csv(tmp_path / "wide.csv", index=False)
+    flags = ["--context-length", "256", "--stride", "128", "--history", "300"]
+    assert main(["detect", "--input", str(tmp_path / "wide.csv"), "--output", str(tmp_path / "scored.csv"),
+                 "--plot", str(tmp_path / "scored.png"), *flags]) == 0  # fmt: skip
+    scored = pd.read_csv(tmp_path / "scored.csv")
+    expected = toto_jax.detect(model, values, options=OPTIONS, forecast_options=SHORT)
+    assert list(scored.columns) == ["timestamp", "cpu", "mem", "cpu_score", "mem_score", "anomaly_score", "anomaly"]
+    np.testing.assert_allclose(scored[["cpu", "mem"]].to_numpy().T, values)
+    np.testing.assert_allclose(scored[["cpu_score", "mem_score"]].to_numpy().T, expected.scores, atol=1e-12)
+    np.testing.assert_allclose(scored["anomaly_score"], expected.combined, atol=1e-12)
+    assert scored["anomaly"].iloc[500]
+    assert (tmp_path / "scored.png").read_bytes()[:4] == b"\x89PNG"
+
+    long = pd.concat([pd.DataFrame({"unique_id": name, "ds": index, "y": row}) for name, row in zip("ab", values)])
+    long = long.iloc[::-1]  # rows out of order: the output keeps the input's row order
+    long.to_parquet(tmp_path / "long.parquet", index=False)
+    assert main(["detect", "--input", str(tmp_path / "long.parquet"), "--output", str(tmp_path / "out.parquet"),
+                 *flags]) == 0  # fmt: skip
+    out = pd.read_parquet(tmp_path / "out.parquet")
+    assert list(out.columns) == ["unique_id", "ds", "y", "anomaly_score", "anomaly"]
+    separate = toto_jax.detect(model, [values[:1], values[1:]], options=OPTIONS, forecast_options=SHORT)
+    for name, row in zip("ab", separate.combined):
+        part = out[out.unique_id == name].sort_values("ds")
+        np.testing.assert_allclose(part["anomaly_score"], row, atol=1e-12)
+
+    before = (tmp_path / "scored.csv").read_bytes()
+    assert main(["detect", "--input", str(tmp_path / "wide.csv"), "--output", str(tmp_path / "scored.csv")]) == 2
+    assert "already exists; pass --overwrite" in capsys.readouterr().err
+    assert (tmp_path / "scored.csv").read_bytes() == before
+    wide.assign(host="x").to_csv(tmp_path / "text.csv", index=False)
+    assert main(["detect", "--input", str(tmp_path / "text.csv"), "--output", str(tmp_path / "t.csv")]) == 2
+    assert "'host'" in capsys.readouterr().err
+    assert not (tmp_path / "t.csv").exists()
+
+
+def test_mixture_tails_match_scipy_far_out():
+    """StudentTMixture.tails: both tails of a Student-T mixture to 1e-4 relative against scipy, far into the
+    upper tail too, where 1 - cdf would be 0 in float32."""
+    import jax.numpy as jnp
+    from scipy import stats
+
+    from toto_jax.models.toto1.distribution import StudentTMixture
+
+    df, loc, scale, logits = (np.array([[3.0, 7.5]]), np.array([[0.0, 2.0]]), np.array([[1.0, 0.5]]),
+                              np.array([[0.3, -0.2]]))  # fmt: skip
+    mixture = StudentTMixture(*(jnp.asarray(a, jnp.float32) for a in (df, loc, scale, logits)))
+    x = np.array([-40.0, -3.0, 0.5, 2.0, 6.0, 300.0])
+    below, above = (np.asarray(t) for t in mixture.tails(jnp.asarray(x[:, None], jnp.float32)))
+    weights = np.exp(logits) / np.exp(logits).sum()
+    expected_below = sum(w * stats.t.cdf(x, d, m, s) for w, d, m, s in zip(weights[0], df[0], loc[0], scale[0]))
+    expected_above = sum(w * stats.t.sf(x, d, m, s) for w, d, m, s in zip(weights[0], df[0], loc[0], scale[0]))
+    np.testing.assert_allclose(below[:, 0], expected_below, rtol=1e-4)
+    np.testing.assert_allclose(above[:, 0], expected_above, rtol=1e-4)
+    assert above[-1, 0] < 1e-6
+
+
+def test_quantile_tails_of_toto2_knots():
+    """The Toto 2.0 distribution from nine quantiles: linear between the knots, exponential tails beyond them
+    with the outer interval's width as scale; both tails agree with that definition, and a value far out has a
+    tiny but positive tail probability."""
+    import jax.numpy as jnp
+
+    from toto_jax.detection.score import quantile_tails
+
+    levels = np.arange(1, 10) / 10
+    knots = np.array([-3.0, -2.0, -1.5, -0.5, 0.0, 0.2, 1.0, 2.0, 4.0])
+    x = np.array([-5.0, -3.0, -1.75, 0.1, 3.0, 4.0, 10.0, 40.0])
+    below, above = (np.asarray(t) for t in quantile_tails(jnp.asarray(knots[:, None], jnp.float32), levels,
+                                                            jnp.asarray(x[None], jnp.float32)[0], 1e-4))  # fmt: skip
+    inside = np.interp(x, knots, levels)
+    far_below, far_above = 0.1 * np.exp((x + 3) / 1.0), 1 - 0.1 * np.exp((4 - x) / 2.0)
+    expected_below = np.where(x < -3, far_below, np.where(x > 4, far_above, inside))
+    np.testing.assert_allclose(below, expected_below, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(above, 1 - expected_below, rtol=1e-5, atol=1e-6)
+    assert 0 < above[-1] < 1e-6
+
+
+def test_windows_split_over_devices_give_the_same_scores(model):
+    """ForecastOptions.devices splits the windows over 4 (virtual CPU) devices, batches padded to a multiple:
+    the same surprise as one device."""
+    series = [daily(900, seed=s) for s in range(3)]
+    one = toto_jax.detect(model, series, options=OPTIONS.replace(batch_size=2), forecast_options=SHORT)
+    four = toto_jax.detect(model, series, options=OPTIONS.replace(batch_size=2),
+                           forecast_options=SHORT.replace(devices=4))  # fmt: skip
+    for a, b in zip(one.surprise, four.surprise):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)

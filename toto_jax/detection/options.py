@@ -1,0 +1,74 @@
+"""``DetectOptions``: how surprise becomes an anomaly score, in one frozen value (imports no jax).
+
+How series are read and prepared (gaps, glitch clipping, normalization, context length, devices) is
+``ForecastOptions``, shared with forecasting; ``detect`` takes both.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from ..forecasting.inputs import ForecastError
+
+
+class DetectError(ForecastError):
+    """Input that cannot be scored, with a message naming the offending series, variate, step or option."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DetectOptions:
+    """How ``toto_jax.detect`` scores steps (``toto_jax.detection.adaptive``). The defaults were chosen on half of
+    NAB by the rule in experiments/anomaly_nab.md.
+
+    - ``stride``: steps between the sliding windows that cover a series (a multiple of the patch size; None:
+      half the context). Every scored step sees at least ``context - stride`` steps of history (all there is
+      near the start of a series); smaller strides cost more passes.
+    - ``history``: steps of the series' own past surprise a step's surprise is compared with.
+    - ``min_reference``: floor (nats) on that past surprise, so a series the model predicts perfectly (a flat
+      line) is not flagged for a harmless wobble.
+    - ``extreme_surprise``: nats of surprise at which a value beyond the series' whole past range scores in the
+      top tier (None: no extremes, e.g. for metrics that grow without bound).
+    - ``threshold``: scores at or above it are flagged (``Detection.flags``, the plot, the CLI's ``anomaly``).
+    - ``batch_size``: windows per compiled call (per device).
+    """
+
+    stride: int | None = None
+    history: int = 700
+    min_reference: float = 1.0
+    extreme_surprise: float | None = 3.0
+    threshold: float = 0.5
+    batch_size: int = 64
+
+    def __post_init__(self):
+        def positive_int(name, allow_none=False):
+            value = getattr(self, name)
+            if value is None and allow_none:
+                return
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise DetectError(f"DetectOptions.{name} must be a positive integer{' or None' * allow_none}, "
+                                  f"got {value!r}")  # fmt: skip
+
+        def non_negative_number(name, allow_none=False):
+            value = getattr(self, name)
+            if value is None and allow_none:
+                return
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+                value >= 0 and math.isfinite(value)
+            ):
+                raise DetectError(f"DetectOptions.{name} must be a non-negative number{' or None' * allow_none}, "
+                                  f"got {value!r}")  # fmt: skip
+
+        positive_int("stride", allow_none=True)
+        positive_int("history")
+        positive_int("batch_size")
+        non_negative_number("extreme_surprise", allow_none=True)
+        non_negative_number("min_reference")
+        if self.min_reference <= 0:
+            raise DetectError(f"DetectOptions.min_reference must be positive, got {self.min_reference!r}")
+        threshold = self.threshold
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold <= 1:
+            raise DetectError(f"DetectOptions.threshold must lie in [0, 1], got {self.threshold!r}")
+
+    def replace(self, **changes) -> DetectOptions:
+        return dataclasses.replace(self, **changes)
