@@ -17,7 +17,7 @@ import numpy as np
 
 # The ForecastOptions flags that shape detection (how series are prepared); decoding flags do not apply.
 _UNUSED_FORECAST_FLAGS = dict(sampling=None, decode_block_size=None, scaler_fallback_min_obs=None,
-                              memory_budget_gb=None)  # fmt: skip
+                              memory_budget_gb=None, infer_nonnegative=None)  # fmt: skip
 
 
 def add_parser(subparsers) -> None:
