@@ -5,8 +5,9 @@
 The bundled model forecasts the last ``--windows`` windows of ``--horizon`` steps of the first ``--series``
 held-out series (``toto_jax.eval.heldout``, the bundled demo series first; 2048-step contexts) with the
 default ``ForecastOptions()``, all series in one call. For each count: the CRPS of the sample paths against
-the truth, in units of the context's mean absolute step change, averaged over windows (mean over seeds 0-2) and the spread of that CRPS over the seeds (the sampling
-noise a user sees between runs), and the warm median time of one call. Reads ../shared/data.
+the truth, in units of the context's mean absolute step change, averaged over windows (mean over seeds 0-2),
+the spread of that CRPS over the seeds (the sampling noise a user sees between runs), and the warm median
+time of one call. Reads ../shared/data.
 """
 
 from __future__ import annotations

@@ -55,7 +55,8 @@ def test_a_library_that_prints_its_own_records_is_not_printed_twice(capfd):
         logging.getLogger("toto_jax.somewhere").info("below the level")
     finally:
         library.removeHandler(own)
-    assert capfd.readouterr().err.splitlines() == ["Retrying in 1s [Retry 1/5].", "WARNING toto_jax.somewhere: one line"]
+    printed = capfd.readouterr().err.splitlines()
+    assert printed == ["Retrying in 1s [Retry 1/5].", "WARNING toto_jax.somewhere: one line"]
 
 
 def test_time_left_extrapolates_the_work_done():

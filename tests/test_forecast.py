@@ -106,7 +106,8 @@ def test_mean_path_matches_reference_kv_cache(pairs, name):
     series, padding_mask, id_mask = make_inputs(patch)
     for horizon in (patch, 2 * patch, 5 * patch - 3):
         expected = reference_forecast(reference, series, padding_mask, id_mask, horizon).mean.numpy()
-        actual = forecast(model, series, horizon, num_samples=None, padding_mask=padding_mask, id_mask=id_mask, options=REFERENCE)
+        actual = forecast(model, series, horizon, num_samples=None, padding_mask=padding_mask, id_mask=id_mask,
+                          options=REFERENCE)
         assert actual.samples is None
         assert actual.mean.shape == expected.shape == (2, 3, horizon)
         assert relative_error(actual.mean, expected) <= TOLERANCE, (name, horizon)
@@ -124,7 +125,8 @@ def test_long_decode_runs_in_segments_and_matches_reference(pairs, capsys):
     shapes = plan.decode_shapes(6 * patch, 3, 21, patch, bucket=True)
     assert shapes.segments == 1 and shapes.first_steps == plan.SEGMENT_STEPS + 1
     expected = reference_forecast(reference, series, padding_mask, id_mask, horizon).mean.numpy()
-    actual = forecast(model, series, horizon, num_samples=None, padding_mask=padding_mask, id_mask=id_mask, options=REFERENCE)
+    actual = forecast(model, series, horizon, num_samples=None, padding_mask=padding_mask, id_mask=id_mask,
+                      options=REFERENCE)
     assert relative_error(actual.mean, expected) <= TOLERANCE
     assert "forecast" in capsys.readouterr().err  # tqdm writes to stderr
 
@@ -435,14 +437,16 @@ def test_varied_requests_reuse_one_compiled_program(pairs):
     stacked[0, :, -series.shape[-1]:], mask[0, :, -series.shape[-1]:] = series[0], True
     stacked[1], mask[1] = long_series[1], True
     expected = reference_forecast(reference, stacked, mask, np.zeros(stacked.shape, np.int32), 2 * patch).mean.numpy()
-    assert relative_error(forecast(model, ragged, 2 * patch, num_samples=None, options=REFERENCE).mean, expected) <= TOLERANCE
+    ragged_mean = forecast(model, ragged, 2 * patch, num_samples=None, options=REFERENCE).mean
+    assert relative_error(ragged_mean, expected) <= TOLERANCE
     assert compiled_program_count() == compiled
 
     # One unbatched series [variate, time] (batch bucket 1, a program of its own): the result keeps a
     # batch axis of 1, as the reference's, and equals that row of the batched forecast.
     single = forecast(model, series[1], 2 * patch, num_samples=None, options=REFERENCE)
     assert single.mean.shape == (1, 3, 2 * patch)
-    np.testing.assert_allclose(single.mean[0], forecast(model, series, 2 * patch, num_samples=None, options=REFERENCE).mean[1], rtol=1e-5)
+    batched = forecast(model, series, 2 * patch, num_samples=None, options=REFERENCE)
+    np.testing.assert_allclose(single.mean[0], batched.mean[1], rtol=1e-5)
 
 
 def test_forecasts_follow_weights_updated_in_place(pairs):
@@ -620,7 +624,8 @@ def test_standardize_makes_forecasts_equivariant_to_units(pairs):
     raw = forecast(model, series, 12, options=REFERENCE, **kwargs).samples
     assert np.abs(raw_small - raw).max() > 0.1 * np.abs(raw).max()
     # the mean path is standardized the same way
-    mean_base = forecast(model, series, 12, num_samples=None, padding_mask=padding_mask, id_mask=id_mask, options=standardize).mean
+    mean_base = forecast(model, series, 12, num_samples=None, padding_mask=padding_mask, id_mask=id_mask,
+                         options=standardize).mean
     mean_rescaled = forecast(model, series * factor, 12, num_samples=None, padding_mask=padding_mask, id_mask=id_mask,
                              options=standardize).mean  # fmt: skip
     np.testing.assert_allclose((mean_rescaled / factor)[varying], mean_base[varying], rtol=0,

@@ -57,9 +57,10 @@ def test_trailing_gaps_are_forecast_through_not_fed_as_zeros(model):
     lagged = np.stack([series, series])[:, None].copy()
     lagged[0, 0, -5:] = np.nan
     batch = forecast(model, lagged, HORIZON, num_samples=None)
-    np.testing.assert_allclose(batch.mean[0, 0], forecast(model, series[None, :-5], HORIZON + 5, num_samples=None).mean[0, 0, 5:],
-                               rtol=1e-5)  # fmt: skip
-    np.testing.assert_allclose(batch.mean[1, 0], forecast(model, series[None], HORIZON, num_samples=None).mean[0, 0], rtol=1e-5)
+    longer = forecast(model, series[None, :-5], HORIZON + 5, num_samples=None)
+    np.testing.assert_allclose(batch.mean[0, 0], longer.mean[0, 0, 5:], rtol=1e-5)
+    whole = forecast(model, series[None], HORIZON, num_samples=None)
+    np.testing.assert_allclose(batch.mean[1, 0], whole.mean[0, 0], rtol=1e-5)
 
 
 def test_inner_gaps_and_a_variates_own_trailing_gap_are_filled(model):
@@ -74,8 +75,8 @@ def test_inner_gaps_and_a_variates_own_trailing_gap_are_filled(model):
     filled[0, 500:540] = np.linspace(base[0, 499], base[0, 540], 42)[1:-1]
     filled[1, -7:] = base[1, -8]
     filled[1, :100] = np.nan
-    np.testing.assert_allclose(forecast(model, holed, HORIZON, num_samples=None).mean, forecast(model, filled, HORIZON, num_samples=None).mean,
-                               rtol=1e-6)  # fmt: skip
+    holed_mean, filled_mean = (forecast(model, x, HORIZON, num_samples=None).mean for x in (holed, filled))
+    np.testing.assert_allclose(holed_mean, filled_mean, rtol=1e-6)
     values, valid = fill_gaps(holed, ~np.isnan(holed))
     np.testing.assert_allclose(values[valid], filled[~np.isnan(filled)])
     assert not valid[1, :100].any() and valid[1, 100:].all()
@@ -153,7 +154,8 @@ def test_pandas_in_pandas_out(model):
         np.testing.assert_allclose(table.to_numpy().T, result.median[0])
     series = pd.Series(values[:, 0], index=pd.RangeIndex(0, 1200, 2), name="cpu")
     single = forecast(model, series, HORIZON, num_samples=None)
-    np.testing.assert_allclose(single.mean, forecast(model, values[None, :, 0], HORIZON, num_samples=None).mean, rtol=1e-6)
+    array = forecast(model, values[None, :, 0], HORIZON, num_samples=None)
+    np.testing.assert_allclose(single.mean, array.mean, rtol=1e-6)
     assert list(single.to_dataframe().index[:2]) == [1200, 1202]
     with pytest.raises(ForecastError, match="column 'host' is not numeric"):
         forecast(model, frame.assign(host="a"), HORIZON, num_samples=None)
