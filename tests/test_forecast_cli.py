@@ -297,7 +297,7 @@ def test_dataset_job_is_checked_before_the_model_loads(tmp_path, capsys):
     (out / "b.csv").write_text("keep me\n")
     missing = tmp_path / "no-such-checkpoint"
     assert _forecast_cli(missing, inputs, out, "--horizon", "4") == 2
-    assert f"{out} holds files that are not a forecast job's (['b.csv'])" in capsys.readouterr().err
+    assert f"{out} holds files that are not a dataset job's (['b.csv'])" in capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == ["b.csv"] and (out / "b.csv").read_text() == "keep me\n"
     assert _forecast_cli(missing, inputs, f"{tmp_path}/new/", "--horizon", "4", "--plot", str(tmp_path / "p.png")) == 2
     assert "--plot draws the series of one table" in capsys.readouterr().err

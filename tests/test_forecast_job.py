@@ -215,7 +215,7 @@ def test_a_changed_command_is_refused_by_name(checkpoint, dataset, uninterrupted
     changed = [*command[: command.index("--horizon")], "--horizon", "12", *command[command.index("--horizon") + 2:]]
     assert cli_main(changed) == 2
     error = capsys.readouterr().err
-    assert f"{output} holds another forecast job (horizon 16 there, 12 now)" in error and "--overwrite" in error
+    assert f"{output} holds another job (horizon 16 there, 12 now)" in error and "--overwrite" in error
     assert {p.name: p.read_bytes() for p in output.iterdir()} == before
     assert cli_main([*command, "--clip-outliers", "none"]) == 2
     assert "options" in capsys.readouterr().err
