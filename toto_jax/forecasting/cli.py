@@ -58,25 +58,7 @@ def add_parser(subparsers) -> None:
                              "unique_id, ds, mean, median, q0.1, ... (mean alone with --samples 0). Or a directory "
                              "(ending in '/', or an existing one; local, gs:// or s3://): a dataset job, streamed in "
                              "shards, resumable (see 'dataset jobs' below)")  # fmt: skip
-    job = parser.add_argument_group(
-        "dataset jobs (--output DIR/)",
-        "The input is read in batches of whole series and forecast into Parquet shards DIR/part-NNNNN.parquet "
-        "(unique_id, ds, mean [, median, q...]; pyarrow.dataset.dataset(DIR) reads them as one table), series "
-        "that cannot be forecast into DIR/_errors/, and DIR/_SUCCESS (a JSON summary) when complete. The same "
-        "command resumes a stopped job (SIGTERM/SIGINT: exit 75); a different one against DIR is refused. "
-        "Processes launched together split the shards.",
-    )
-    job.add_argument("--on-error", choices=ON_ERROR, default="skip",
-                     help="series too short, all NaN, non-numeric or irregular: 'skip' writes them to DIR/_errors/ "
-                          "with the reason; 'fail' checks every series first and stops before anything is written "
-                          "(default skip)")  # fmt: skip
-    job.add_argument("--min-length", type=int, default=DEFAULT_MIN_LENGTH, metavar="STEPS",
-                     help=f"fewest observed steps a series needs (default {DEFAULT_MIN_LENGTH})")
-    job.add_argument("--series-per-batch", type=int, default=DEFAULT_SERIES_PER_BATCH, metavar="N",
-                     help=f"series forecast per call (default {DEFAULT_SERIES_PER_BATCH}); part of the job: a "
-                          "resumed job keeps it")  # fmt: skip
-    job.add_argument("--rows-per-shard", type=int, default=DEFAULT_ROWS_PER_SHARD, metavar="ROWS",
-                     help=f"Parquet input rows per output shard (default {DEFAULT_ROWS_PER_SHARD}); part of the job")
+    add_job_arguments(parser)
     parser.add_argument("--plot", type=Path, default=None,
                         help="PNG of the history, the median and the quantile bands (the mean with --samples 0)")
     parser.add_argument("--overwrite", action="store_true",
@@ -92,6 +74,44 @@ def add_parser(subparsers) -> None:
                              "timestamp column; long: unique_id, ds) and the --covariates columns")  # fmt: skip
     add_options_arguments(parser)
     parser.set_defaults(func=run)
+
+
+def add_job_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of a dataset job (``--output DIR/``), for ``toto-jax forecast`` and ``toto-jax detect``."""
+    job = parser.add_argument_group(
+        "dataset jobs (--output DIR/)",
+        "The input is read in batches of whole series; the results go into Parquet shards DIR/part-NNNNN.parquet "
+        "(pyarrow.dataset.dataset(DIR) reads them as one table), series that cannot be used into DIR/_errors/, "
+        "and DIR/_SUCCESS (a JSON summary) when complete. The same command resumes a stopped job (SIGTERM/SIGINT: "
+        "exit 75); a different one against DIR is refused. Processes launched together split the shards.",
+    )
+    job.add_argument("--on-error", choices=ON_ERROR, default="skip",
+                     help="series too short, all NaN, non-numeric or irregular: 'skip' writes them to DIR/_errors/ "
+                          "with the reason; 'fail' checks every series first and stops before anything is written "
+                          "(default skip)")  # fmt: skip
+    job.add_argument("--min-length", type=int, default=DEFAULT_MIN_LENGTH, metavar="STEPS",
+                     help=f"fewest observed steps a series needs (default {DEFAULT_MIN_LENGTH})")
+    job.add_argument("--series-per-batch", type=int, default=DEFAULT_SERIES_PER_BATCH, metavar="N",
+                     help=f"series per compiled call (default {DEFAULT_SERIES_PER_BATCH}); part of the job: a "
+                          "resumed job keeps it")  # fmt: skip
+    job.add_argument("--rows-per-shard", type=int, default=DEFAULT_ROWS_PER_SHARD, metavar="ROWS",
+                     help=f"Parquet input rows per output shard (default {DEFAULT_ROWS_PER_SHARD}); part of the job")
+
+
+def job_arguments(args: argparse.Namespace) -> dict:
+    return dict(on_error=args.on_error, min_length=args.min_length, rows_per_shard=args.rows_per_shard,
+                series_per_batch=args.series_per_batch, overwrite=args.overwrite)  # fmt: skip
+
+
+def finish_job(summary) -> int:
+    """Print a dataset job's summary; its exit status (75 when stopped before it completed)."""
+    from ..train.preemption import PREEMPTED_EXIT_CODE
+
+    print(summary.describe())
+    if not summary.complete:
+        print(f"stopped: the same command resumes the job (exit {PREEMPTED_EXIT_CODE})")
+        return PREEMPTED_EXIT_CODE
+    return 0
 
 
 def _parse_quantiles(text: str) -> list[float]:
@@ -124,7 +144,6 @@ def names_directory(output: str) -> bool:
 
 def _run_job(args: argparse.Namespace, options) -> int:
     from ..distributed import initialize
-    from ..train.preemption import PREEMPTED_EXIT_CODE
     from .job import forecast_dataset
 
     initialize()  # processes launched together split the shards
@@ -134,15 +153,9 @@ def _run_job(args: argparse.Namespace, options) -> int:
     summary = forecast_dataset(
         args.checkpoint, args.input, args.output, args.horizon, _sample_count(args), quantiles, seed=args.seed,
         options=options,
-        covariates=covariate_names(args.covariates), future_covariates=args.future_covariates,
-        on_error=args.on_error, min_length=args.min_length, rows_per_shard=args.rows_per_shard,
-        series_per_batch=args.series_per_batch, overwrite=args.overwrite,
+        covariates=covariate_names(args.covariates), future_covariates=args.future_covariates, **job_arguments(args),
     )
-    print(summary.describe())
-    if not summary.complete:
-        print(f"stopped: the same command resumes the job (exit {PREEMPTED_EXIT_CODE})")
-        return PREEMPTED_EXIT_CODE
-    return 0
+    return finish_job(summary)
 
 
 def _check_arguments(args: argparse.Namespace):

@@ -206,9 +206,10 @@ class ForecastTask:
         seed = int(np.random.SeedSequence([self.seed, batch.shard, batch.number]).generate_state(1)[0])
         result = forecast(self.model, series, self.horizon, num_samples=self.num_samples, seed=seed,
                           options=self.options, future_exogenous_variables=future, mesh=self.mesh)  # fmt: skip
-        frame = forecast_frame(table, self.horizon, statistic_columns(result, self.levels))
+        statistics = statistic_columns(result, self.levels)
+        frame = forecast_frame(table, self.horizon, statistics)
         if table.layout == "wide":  # one row per step and variate, keyed like the long layout
-            frame = wide_to_long(frame, table, file, table.timestamp_column)
+            frame = wide_to_long(frame, table, file, table.timestamp_column, statistics)
         return pa.Table.from_pandas(frame, preserve_index=False)
 
     def empty_schema(self):
@@ -403,16 +404,15 @@ class DatasetJob:
         return summary
 
 
-def wide_to_long(frame, table, file: str, time_column: str):
-    """A wide frame (``time_column`` + ``<variate>_<column>``) as long rows keyed ``FILE/VARIATE`` (the file's
-    stem): one dataset's parts share one layout whatever the input's."""
+def wide_to_long(frame, table, file: str, time_column: str, columns) -> "pd.DataFrame":  # noqa: F821
+    """A wide frame (``time_column`` + ``<variate>_<column>`` for each of ``columns``) as long rows keyed
+    ``FILE/VARIATE`` (the file's stem): one dataset's parts share one layout whatever the input's."""
     import pandas as pd
 
     stem = Path(file.split("://", 1)[-1]).stem
-    parts = []
-    for name in table.names:
-        columns = {c[len(name) + 1:]: frame[c].to_numpy() for c in frame.columns if c.startswith(f"{name}_")}
-        parts.append(pd.DataFrame({"unique_id": f"{stem}/{name}", "ds": frame[time_column].to_numpy(), **columns}))
+    stamps = frame[time_column].to_numpy()
+    parts = [pd.DataFrame({"unique_id": f"{stem}/{name}", "ds": stamps,
+                           **{c: frame[f"{name}_{c}"].to_numpy() for c in columns}}) for name in table.names]  # fmt: skip
     return pd.concat(parts, ignore_index=True)
 
 
