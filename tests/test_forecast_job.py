@@ -278,19 +278,20 @@ def test_rows_missing_from_the_grid_are_gaps_and_irregular_series_are_skipped(mo
 
 
 def test_wide_files_samples_and_a_quantile_model(model, tmp_path):
-    """A directory of wide CSV files (one multivariate series each; keyed 'file/column'), Toto 1.0 sample
+    """A directory of wide CSV files (one multivariate series each; keyed 'file/column', a column named like
+    another's prefix included), Toto 1.0 sample
     quantiles (by default 64 paths and the 10 / 50 / 90 % levels, as toto-jax forecast writes them), and Toto
     2.0 quantiles with covariates read from a future table keyed like the input."""
     stamps = pd.date_range("2026-01-01", periods=64, freq="h")
     (tmp_path / "in").mkdir()
     rng = np.random.default_rng(0)
     for host in ("a", "b"):
-        pd.DataFrame({"timestamp": stamps, "cpu": rng.normal(50, 5, 64), "mem": rng.normal(8, 1, 64)}).to_csv(
+        pd.DataFrame({"timestamp": stamps, "cpu": rng.normal(50, 5, 64), "cpu_user": rng.normal(8, 1, 64)}).to_csv(
             tmp_path / "in" / f"{host}.csv", index=False)  # fmt: skip
     summary = forecast_dataset(model, tmp_path / "in", tmp_path / "out", HORIZON,
                                **job_arguments(num_samples=8, quantiles=[0.2, 0.8]))  # fmt: skip
     forecasts = read_union(tmp_path / "out")
-    assert summary.series == 4 and sorted(forecasts.unique_id.unique()) == ["a/cpu", "a/mem", "b/cpu", "b/mem"]
+    assert summary.series == 4 and sorted(forecasts.unique_id.unique()) == ["a/cpu", "a/cpu_user", "b/cpu", "b/cpu_user"]
     assert list(forecasts.columns) == ["unique_id", "ds", "mean", "median", "q0.2", "q0.8"]
     assert (forecasts["q0.2"] <= forecasts["q0.8"]).all()
     defaults = {k: v for k, v in job_arguments().items() if k != "num_samples"}
