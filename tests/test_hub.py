@@ -99,6 +99,25 @@ def _closed_port() -> int:
         return probe.getsockname()[1]
 
 
+def test_a_silent_hub_fails_within_the_probe_timeout(tmp_path, monkeypatch):
+    """A Hub that accepts the connection and never answers (a firewall that drops, a hung proxy) is given up on
+    after one request's PROBE_TIMEOUT_S, not after retries per file, with the same error."""
+    from huggingface_hub import constants
+
+    from toto_jax.checkpoint.hub import PROBE_TIMEOUT_S
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(8)  # the kernel completes the handshake; nothing ever reads or answers
+        endpoint = f"http://127.0.0.1:{server.getsockname()[1]}"
+        monkeypatch.setenv("HF_ENDPOINT", endpoint)
+        monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
+        began = time.perf_counter()
+        with pytest.raises(CheckpointError, match=rf"the Hugging Face Hub \({endpoint}\) cannot be reached \(.*Timeout"):
+            toto_jax.load("hf://Datadog/plain")
+        assert PROBE_TIMEOUT_S <= time.perf_counter() - began < 5
+
+
 def test_an_unreachable_hub_fails_fast_with_what_to_do(tmp_path, monkeypatch, capfd):
     """No Hub answers (a closed port on loopback, as without a network) and nothing is cached: the load fails
     in under 5 s (not after huggingface_hub's ~25 s of retries) with one error that names the endpoint,

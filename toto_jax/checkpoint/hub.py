@@ -23,7 +23,7 @@ from .files import CheckpointError
 from .torch_format import CONFIG_FILE, INDEX_FILE, WEIGHTS_FILE, index_shards
 
 # Long enough for a slow link to answer one HEAD request; a refused connection or a failed DNS lookup fails at once.
-PROBE_TIMEOUT_S = 4.0
+PROBE_TIMEOUT_S = 3.0
 _NAME = re.compile(r"(?P<repo>[\w.-]+/[\w.-]+)(?:@(?P<revision>[\w./-]+))?")
 
 
