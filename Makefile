@@ -1,5 +1,6 @@
 # Two entry points for a newcomer; each builds its own virtual environment on first use.
-#   make demo  - forecast the bundled sample series with the bundled model (CSV + PNG in out/)
+#   make demo  - forecast the bundled sample series with the bundled model and its defaults: median and
+#                10-90 % bands from 64 sample paths (CSV + PNG in out/)
 #   make test  - the full test suite, with the PyTorch reference for parity tests
 PYTHON ?= python3
 # pip compiles bytecode on one core (torch's install: 44 s, 13 s without); the test environment compiles it
@@ -10,8 +11,8 @@ PIP_INSTALL = pip install -q --no-compile
 
 demo: .venv-demo/.installed
 	mkdir -p out
-	.venv-demo/bin/toto-jax forecast --input toto_jax/assets/sample_nab_cpu.csv --horizon 96 --samples 64 \
-		--quantiles 0.1,0.5,0.9 --output out/forecast.csv --plot out/forecast.png --overwrite
+	.venv-demo/bin/toto-jax forecast --input toto_jax/assets/sample_nab_cpu.csv --horizon 96 \
+		--output out/forecast.csv --plot out/forecast.png --overwrite
 
 # One worker per core; a test file stays on one worker, so its compiled programs and fixtures are shared.
 test: .venv-test/.installed .venv-test/pandas3/.installed

@@ -198,7 +198,7 @@ def test_jax_model_exported_gives_reference_mean_forecast(jax_exported):
     )
     with torch.no_grad():
         expected = TotoForecaster(reference.model).forecast(inputs, horizon, num_samples=None, use_kv_cache=True)
-    actual = forecast(model, series, horizon, padding_mask=padding_mask, id_mask=id_mask,
+    actual = forecast(model, series, horizon, num_samples=None, padding_mask=padding_mask, id_mask=id_mask,
                       options=ForecastOptions.reference())
     assert actual.mean.shape == tuple(expected.mean.shape)
     assert relative_error(actual.mean, expected.mean.numpy()) <= TOLERANCE

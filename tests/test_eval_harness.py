@@ -5,6 +5,7 @@ Every tool forecasts with ``ForecastOptions`` (one set of defaults): the tests c
 with ``forecast(..., options=...)`` on inputs with a glitch, which the default options clip and the
 reference options do not."""
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -193,8 +194,12 @@ def test_eval_cli(tiny_checkpoint, series_dir, tmp_path, capsys):
                  "--baselines", "seasonal_naive", "--num-samples", "8", "--max-windows", "2",
                  "--context-length", "64", "--output-dir", str(out), "--plot", "--plot-count", "2"])  # fmt: skip
     assert code == 0
-    printed = capsys.readouterr().out
-    assert "MASE/SN" in printed and "toto" in printed
+    printed = capsys.readouterr()
+    assert "MASE/SN" in printed.out and "toto" in printed.out
+    assert "CRPS wins: the share of series where the forecaster's CRPS is below seasonal naive's" in printed.out
+    progress = [line for line in printed.err.splitlines() if line.startswith("[short]")]
+    assert len(progress) == 3 and "left)" not in progress[0]  # three series; nothing to estimate from at first
+    assert all(re.search(r" \([0-9hms]+ elapsed, about [0-9hms]+ left\)$", line) for line in progress[1:]), progress
     metrics = pd.read_csv(out / "metrics.csv")
     assert set(metrics.forecaster) == {"toto", "seasonal_naive"} and len(metrics) == 6
     summary = pd.read_csv(out / "summary.csv")
@@ -256,7 +261,7 @@ def test_lsf_context_length_is_decided_once(tiny_model):
 
 
 @pytest.mark.shared_data
-def test_lsf_cli(tiny_checkpoint, tmp_path):
+def test_lsf_cli(tiny_checkpoint, tmp_path, capsys):
     """``toto-jax eval --protocol lsf`` scores the median of ``forecast(..., options=ForecastOptions(...))``
     of the windows' last 256 steps, on data with a glitch. (The option flags are parsed once for both
     protocols: ``test_eval_cli_forecast_flags_reach_the_options``.)"""
@@ -268,6 +273,7 @@ def test_lsf_cli(tiny_checkpoint, tmp_path):
                  "96", "--stride", "1400", "--context-length", "256", "--num-samples", "4",
                  "--output-dir", str(tmp_path / "out")])  # fmt: skip
     assert code == 0
+    assert capsys.readouterr().err.splitlines()[-1] == "[lsf] ETTh1, horizon 96"  # progress (then a time left)
     table = pd.read_csv(tmp_path / "out" / "lsf.csv")
     assert table.horizon.tolist() == [96] and table.windows.tolist() == [2]  # starts 11520, 12920
     assert table.context.tolist() == [256]

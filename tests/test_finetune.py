@@ -126,7 +126,7 @@ def test_cli_round_trip_and_named_errors(checkpoint, tmp_path, capsys):
                  "load", "--future-covariates", str(tmp_path / "future.csv"), "--horizon", "16", "--output",
                  str(output)]) == 0  # fmt: skip
     result = pd.read_csv(output)
-    assert list(result.columns) == ["unique_id", "ds", "mean"] and len(result) == 32
+    assert list(result.columns) == ["unique_id", "ds", "mean", "median", "q0.1", "q0.5", "q0.9"] and len(result) == 32
     assert np.isfinite(result["mean"]).all()
     # The same forecast through the API: covariates led one patch, as the CLI does.
     model = toto_jax.load(workdir)
@@ -134,8 +134,9 @@ def test_cli_round_trip_and_named_errors(checkpoint, tmp_path, capsys):
     from toto_jax.forecasting.cli import with_future_covariates
 
     series, known = with_future_covariates(model, table, future["load"].to_numpy().reshape(2, 1, 16))
-    expected = toto_jax.forecast(model, series, 16, future_exogenous_variables=known).mean
-    np.testing.assert_allclose(result["mean"].to_numpy(), expected.reshape(-1), rtol=1e-6)
+    expected = toto_jax.forecast(model, series, 16, future_exogenous_variables=known)
+    np.testing.assert_allclose(result["mean"].to_numpy(), expected.mean.reshape(-1), rtol=1e-6)
+    np.testing.assert_allclose(result["q0.9"].to_numpy(), expected.quantile(0.9).reshape(-1), rtol=1e-6)
 
     assert main(arguments[:-len(FAST)] + ["--covariates", "lod"]) == 2
     assert "covariate column(s) ['lod'] are not in the table" in capsys.readouterr().err
@@ -150,6 +151,37 @@ def test_cli_round_trip_and_named_errors(checkpoint, tmp_path, capsys):
                  str(tmp_path / "other.csv")]) == 2  # fmt: skip
     assert "--covariates ['load']: this Toto 1.0 checkpoint has no variate labels" in capsys.readouterr().err
     assert not (tmp_path / "other.csv").exists()
+
+
+def test_a_short_finetune_scales_the_schedule_so_its_rate_reaches_the_peak(checkpoint, tmp_path, caplog):
+    """``--steps 20`` against the preset's 1000 + 200 + 200-step schedule: the phases are scaled to the run
+    (14 + 3 + 3), the learning rate the trainer follows reaches the preset's 4e-5 peak and decays to its
+    1e-5 floor, and one log line says so. A phase set explicitly is kept as given (no scaling, no line):
+    its 1000-step warmup never leaves the floor's neighbourhood in 20 steps."""
+    import logging
+
+    from toto_jax.train.finetune import prepare
+    from toto_jax.train.optimizer import schedule_from_config
+
+    table = parse_table(make_table(), [])
+    model = toto_jax.load(checkpoint)
+    with caplog.at_level(logging.INFO, logger="toto_jax.train.finetune"):
+        run = prepare(table, model, tmp_path / "short", ["steps=20"])
+    optimizer = run.config.optimizer
+    assert (optimizer.warmup_steps, optimizer.stable_steps, optimizer.decay_steps) == (14, 3, 3)
+    rates = np.array([float(schedule_from_config(optimizer)(step)) for step in range(20)])
+    assert rates.max() == pytest.approx(4e-5) and rates[-1] == pytest.approx(1e-5, rel=1e-3)
+    assert rates[0] < 1.5e-5 and (np.diff(rates[:14]) > 0).all()
+    (line,) = [r.getMessage() for r in caplog.records if "schedule" in r.getMessage()]
+    assert line == ("steps=20 is shorter than the preset's 1400-step schedule: scaled to 14 warmup + 3 stable + 3 "
+                    "decay steps (set optimizer.warmup_steps etc. to choose)")  # fmt: skip
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="toto_jax.train.finetune"):
+        kept = prepare(table, model, tmp_path / "kept", ["steps=20", "optimizer.warmup_steps=1000"]).config.optimizer
+    assert (kept.warmup_steps, kept.stable_steps, kept.decay_steps) == (1000, 200, 200) and not caplog.records
+    assert max(float(schedule_from_config(kept)(step)) for step in range(20)) < 1.1e-5
+    full = prepare(table, model, tmp_path / "full", []).config.optimizer
+    assert (full.warmup_steps, full.stable_steps, full.decay_steps) == (1000, 200, 200)
 
 
 def test_table_series_lead_covariates_by_one_patch():

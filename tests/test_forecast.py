@@ -106,7 +106,8 @@ def test_mean_path_matches_reference_kv_cache(pairs, name):
     series, padding_mask, id_mask = make_inputs(patch)
     for horizon in (patch, 2 * patch, 5 * patch - 3):
         expected = reference_forecast(reference, series, padding_mask, id_mask, horizon).mean.numpy()
-        actual = forecast(model, series, horizon, padding_mask=padding_mask, id_mask=id_mask, options=REFERENCE)
+        actual = forecast(model, series, horizon, num_samples=None, padding_mask=padding_mask, id_mask=id_mask,
+                          options=REFERENCE)
         assert actual.samples is None
         assert actual.mean.shape == expected.shape == (2, 3, horizon)
         assert relative_error(actual.mean, expected) <= TOLERANCE, (name, horizon)
@@ -124,7 +125,8 @@ def test_long_decode_runs_in_segments_and_matches_reference(pairs, capsys):
     shapes = plan.decode_shapes(6 * patch, 3, 21, patch, bucket=True)
     assert shapes.segments == 1 and shapes.first_steps == plan.SEGMENT_STEPS + 1
     expected = reference_forecast(reference, series, padding_mask, id_mask, horizon).mean.numpy()
-    actual = forecast(model, series, horizon, padding_mask=padding_mask, id_mask=id_mask, options=REFERENCE)
+    actual = forecast(model, series, horizon, num_samples=None, padding_mask=padding_mask, id_mask=id_mask,
+                      options=REFERENCE)
     assert relative_error(actual.mean, expected) <= TOLERANCE
     assert "forecast" in capsys.readouterr().err  # tqdm writes to stderr
 
@@ -145,7 +147,7 @@ def test_mean_path_matches_reference_without_cache(pairs):
         expected = reference_forecast(
             reference, series, padding_mask, id_mask, horizon, use_kv_cache=use_kv_cache
         ).mean.numpy()
-        actual = forecast(model, series, horizon, padding_mask=padding_mask, id_mask=id_mask,
+        actual = forecast(model, series, horizon, num_samples=None, padding_mask=padding_mask, id_mask=id_mask,
                           options=REFERENCE.replace(use_kv_cache=use_kv_cache))
         assert relative_error(actual.mean, expected) <= TOLERANCE, use_kv_cache
         results[use_kv_cache] = (actual.mean, expected)
@@ -182,12 +184,12 @@ def test_covariates_match_reference(pairs, name):
             expected = reference_forecast(reference, series, padding_mask, id_mask, horizon, future_exogenous=known,
                                           use_kv_cache=use_kv_cache).mean.numpy()  # fmt: skip
             np.testing.assert_array_equal(expected[:, -count:], known)  # the reference keeps them as given
-            actual = forecast(model, series, horizon, padding_mask=padding_mask, id_mask=id_mask,
+            actual = forecast(model, series, horizon, num_samples=None, padding_mask=padding_mask, id_mask=id_mask,
                               options=REFERENCE.replace(use_kv_cache=use_kv_cache), future_exogenous_variables=known)
             assert actual.mean.shape == (2, 3 - count, horizon)
             assert relative_error(actual.mean, expected[:, :-count]) <= TOLERANCE, (name, count, use_kv_cache)
     # The covariates' effect, with every variate in one id group (make_inputs puts the last one alone).
-    base, shifted = (forecast(model, series, horizon, padding_mask=padding_mask, options=REFERENCE,
+    base, shifted = (forecast(model, series, horizon, num_samples=None, padding_mask=padding_mask, options=REFERENCE,
                               future_exogenous_variables=future).mean for future in (known, known + 5 * known.std()))
     if model.config.spacewise_every_n_layers > 0:
         assert relative_error(shifted, base) > 1e-3
@@ -223,14 +225,14 @@ def test_covariate_errors_name_the_problem(pairs):
     series, _, _ = make_inputs(8)
     _, unlabelled, _ = pairs["mixture3_causal_patch"]
     with pytest.raises(ForecastError, match=r"no variate labels, so it cannot tell the 1 covariate\(s\) \(variates 2"):
-        forecast(unlabelled, series, 8, future_exogenous_variables=np.zeros((1, 8)))
+        forecast(unlabelled, series, 8, num_samples=None, future_exogenous_variables=np.zeros((1, 8)))
     _, model, _ = pairs["causal_std_mean_labels"]
     with pytest.raises(ForecastError, match=r"cover 6 steps, shorter than the horizon \(8\)"):
-        forecast(model, series, 8, future_exogenous_variables=np.zeros((1, 6)))
+        forecast(model, series, 8, num_samples=None, future_exogenous_variables=np.zeros((1, 6)))
     bad = np.zeros((2, 2, 8))
     bad[1, 0, 3] = np.nan
     with pytest.raises(ForecastError, match=r"series 1, covariate 0 \(variate 1\): future value at step 3 is not finite"):
-        forecast(model, series, 8, future_exogenous_variables=bad)
+        forecast(model, series, 8, num_samples=None, future_exogenous_variables=bad)
 
 
 def test_decode_is_partitioned_over_devices_with_the_same_paths(pairs):
@@ -419,11 +421,11 @@ def test_varied_requests_reuse_one_compiled_program(pairs):
     series, padding_mask, id_mask = make_inputs(patch)
     long_series, _, _ = make_inputs(patch, seed=1)
     long_series = np.concatenate([long_series, long_series[..., : 2 * patch - 3]], axis=-1)  # 7 patches + 2
-    forecast(model, series, 2 * patch, options=REFERENCE)
+    forecast(model, series, 2 * patch, num_samples=None, options=REFERENCE)
     compiled = compiled_program_count()
 
     # A batch of 2 with longer contexts and a shorter horizon.
-    result = forecast(model, long_series, patch + 1, options=REFERENCE)
+    result = forecast(model, long_series, patch + 1, num_samples=None, options=REFERENCE)
     ones, zeros = np.ones(long_series.shape, bool), np.zeros(long_series.shape, np.int32)
     expected = reference_forecast(reference, long_series, ones, zeros, patch + 1).mean.numpy()
     assert relative_error(result.mean, expected) <= TOLERANCE
@@ -435,14 +437,16 @@ def test_varied_requests_reuse_one_compiled_program(pairs):
     stacked[0, :, -series.shape[-1]:], mask[0, :, -series.shape[-1]:] = series[0], True
     stacked[1], mask[1] = long_series[1], True
     expected = reference_forecast(reference, stacked, mask, np.zeros(stacked.shape, np.int32), 2 * patch).mean.numpy()
-    assert relative_error(forecast(model, ragged, 2 * patch, options=REFERENCE).mean, expected) <= TOLERANCE
+    ragged_mean = forecast(model, ragged, 2 * patch, num_samples=None, options=REFERENCE).mean
+    assert relative_error(ragged_mean, expected) <= TOLERANCE
     assert compiled_program_count() == compiled
 
     # One unbatched series [variate, time] (batch bucket 1, a program of its own): the result keeps a
     # batch axis of 1, as the reference's, and equals that row of the batched forecast.
-    single = forecast(model, series[1], 2 * patch, options=REFERENCE)
+    single = forecast(model, series[1], 2 * patch, num_samples=None, options=REFERENCE)
     assert single.mean.shape == (1, 3, 2 * patch)
-    np.testing.assert_allclose(single.mean[0], forecast(model, series, 2 * patch, options=REFERENCE).mean[1], rtol=1e-5)
+    batched = forecast(model, series, 2 * patch, num_samples=None, options=REFERENCE)
+    np.testing.assert_allclose(single.mean[0], batched.mean[1], rtol=1e-5)
 
 
 def test_forecasts_follow_weights_updated_in_place(pairs):
@@ -454,16 +458,16 @@ def test_forecasts_follow_weights_updated_in_place(pairs):
     model = toto_jax.load(directory)
     series, _, _ = make_inputs(model.config.patch_size)
     horizon = 2 * model.config.patch_size
-    before = forecast(model, series, horizon, options=REFERENCE).mean
-    np.testing.assert_array_equal(forecast(model, series, horizon, options=REFERENCE).mean, before)
+    before = forecast(model, series, horizon, num_samples=None, options=REFERENCE).mean
+    np.testing.assert_array_equal(forecast(model, series, horizon, num_samples=None, options=REFERENCE).mean, before)
     compiled = compiled_program_count()
     scaled = jax.tree.map(lambda a: a * 1.01, nnx.state(model, nnx.Param))
     fresh = toto_jax.load(directory)  # never forecast with the old weights
     nnx.update(fresh, scaled)
-    expected = forecast(fresh, series, horizon, options=REFERENCE).mean
+    expected = forecast(fresh, series, horizon, num_samples=None, options=REFERENCE).mean
     assert not np.allclose(expected, before)
     nnx.update(model, scaled)
-    np.testing.assert_array_equal(forecast(model, series, horizon, options=REFERENCE).mean, expected)
+    np.testing.assert_array_equal(forecast(model, series, horizon, num_samples=None, options=REFERENCE).mean, expected)
     assert compiled_program_count() == compiled
 
 
@@ -483,7 +487,7 @@ def test_bfloat16_models_decode_on_bfloat16_weights(pairs):
     assert half_weights.device_bytes < 0.6 * full_weights.device_bytes
     assert model.unembed.kernel.dtype == half.unembed.kernel.dtype == jnp.float32  # the models keep theirs
     series, padding_mask, id_mask = make_inputs(model.config.patch_size)
-    arguments = dict(padding_mask=padding_mask, id_mask=id_mask, options=REFERENCE)
+    arguments = dict(num_samples=None, padding_mask=padding_mask, id_mask=id_mask, options=REFERENCE)
     full = forecast(model, series, 2 * model.config.patch_size, **arguments).mean
     assert relative_error(forecast(half, series, 2 * model.config.patch_size, **arguments).mean, full) <= BFLOAT16_TOLERANCE
 
@@ -501,15 +505,15 @@ def test_large_batches_are_split_by_memory_budget(pairs, capsys):
     first, _, _ = make_inputs(patch, seed=2)
     second, _, _ = make_inputs(patch, seed=3)
     batch = np.concatenate([first, second, first[:1]])
-    whole_plan = memory_plan(model, batch, 2 * patch, options=REFERENCE)
+    whole_plan = memory_plan(model, batch, 2 * patch, num_samples=None, options=REFERENCE)
     assert (whole_plan.series_per_call, whole_plan.calls) == (5, 1)
-    budget = memory_plan(model, batch[:2], 2 * patch, options=REFERENCE).working_bytes
+    budget = memory_plan(model, batch[:2], 2 * patch, num_samples=None, options=REFERENCE).working_bytes
     limited = REFERENCE.replace(memory_budget=budget)
-    chunked_plan = memory_plan(model, batch, 2 * patch, options=limited)
+    chunked_plan = memory_plan(model, batch, 2 * patch, num_samples=None, options=limited)
     assert chunked_plan.series_per_call <= 2 and chunked_plan.calls >= 3 and chunked_plan.working_bytes <= budget
-    chunked = forecast(model, batch, 2 * patch, options=limited)
+    chunked = forecast(model, batch, 2 * patch, num_samples=None, options=limited)
     assert "forecast" in capsys.readouterr().err  # tqdm writes to stderr
-    whole = forecast(model, batch, 2 * patch, options=REFERENCE.replace(progress=False))
+    whole = forecast(model, batch, 2 * patch, num_samples=None, options=REFERENCE.replace(progress=False))
     np.testing.assert_allclose(chunked.mean, whole.mean, rtol=1e-5)
 
     # comonotone draws: a level per path and patch, so a path's draws must follow it into its chunk
@@ -524,7 +528,7 @@ def test_large_batches_are_split_by_memory_budget(pairs, capsys):
     # the last series repeats the first one's input at another position: different draws
     assert np.abs(whole.samples[4] - whole.samples[0]).max() > 1e-2
     with pytest.raises(ForecastError, match=r"one sample path of one series needs .* GiB .* raise ForecastOptions.memory_budget"):
-        forecast(model, batch[:1], 2 * patch, options=REFERENCE.replace(memory_budget=1000))
+        forecast(model, batch[:1], 2 * patch, num_samples=None, options=REFERENCE.replace(memory_budget=1000))
 
 
 # ---- input errors -------------------------------------------------------------------------------
@@ -620,8 +624,9 @@ def test_standardize_makes_forecasts_equivariant_to_units(pairs):
     raw = forecast(model, series, 12, options=REFERENCE, **kwargs).samples
     assert np.abs(raw_small - raw).max() > 0.1 * np.abs(raw).max()
     # the mean path is standardized the same way
-    mean_base = forecast(model, series, 12, padding_mask=padding_mask, id_mask=id_mask, options=standardize).mean
-    mean_rescaled = forecast(model, series * factor, 12, padding_mask=padding_mask, id_mask=id_mask,
+    mean_base = forecast(model, series, 12, num_samples=None, padding_mask=padding_mask, id_mask=id_mask,
+                         options=standardize).mean
+    mean_rescaled = forecast(model, series * factor, 12, num_samples=None, padding_mask=padding_mask, id_mask=id_mask,
                              options=standardize).mean  # fmt: skip
     np.testing.assert_allclose((mean_rescaled / factor)[varying], mean_base[varying], rtol=0,
                                atol=1e-3 * np.abs(mean_base).max())  # fmt: skip

@@ -121,7 +121,8 @@ def test_wide_csv_round_trip_with_plot(checkpoint, model, tmp_path, figures):
 def test_long_parquet_round_trip_with_plot(checkpoint, model, tmp_path, figures):
     """Long layout (unique_id, ds, y) with two NAB series of different lengths and frequencies, one value
     missing -> Parquet with one block of horizon rows per id, each on its own time grid, equal to the
-    API's forecast of the float64 series; the plot has dates, labels on both panels."""
+    API's forecast of the float64 series; the plot has dates, labels on both panels. ``--samples 0`` is the
+    mean path alone: one ``mean`` column."""
     daily = pd.read_csv(DAILY).tail(40)
     taxi = pd.read_csv(TAXI).tail(29)
     taxi.loc[taxi.index[5], "value"] = np.nan
@@ -131,7 +132,7 @@ def test_long_parquet_round_trip_with_plot(checkpoint, model, tmp_path, figures)
     ])  # fmt: skip
     source, output, plot = tmp_path / "long.parquet", tmp_path / "forecast.parquet", tmp_path / "long.png"
     frame.to_parquet(source)
-    assert _forecast_cli(checkpoint, source, output, "--horizon", "7", "--plot", str(plot)) == 0
+    assert _forecast_cli(checkpoint, source, output, "--horizon", "7", "--samples", "0", "--plot", str(plot)) == 0
     result = pd.read_parquet(output)
     assert list(result.columns) == ["unique_id", "ds", "mean"]
     assert result["unique_id"].tolist() == ["daily"] * 7 + ["taxi"] * 7
@@ -139,7 +140,7 @@ def test_long_parquet_round_trip_with_plot(checkpoint, model, tmp_path, figures)
     start = pd.Timestamp(taxi["timestamp"].iloc[-1]) + pd.Timedelta(minutes=30)
     assert (taxi_times == pd.date_range(start, periods=7, freq="30min")).all()
     series = [daily["value"].to_numpy(np.float64)[None], taxi["value"].to_numpy(np.float64)[None]]
-    direct = forecast(model, series, 7, options=ForecastOptions())
+    direct = forecast(model, series, 7, num_samples=None, options=ForecastOptions())
     np.testing.assert_allclose(result["mean"], direct.mean[:, 0].ravel(), rtol=1e-6)
     (figure,) = figures
     _check_panels(figure, ["daily", "taxi"])
@@ -278,7 +279,8 @@ def test_existing_output_needs_overwrite_and_files_get_usual_permissions(checkpo
         assert _forecast_cli(checkpoint, source, output, *arguments, "--overwrite") == 0
     finally:
         os.umask(previous)
-    assert list(pd.read_csv(output).columns) == ["timestamp", "value_mean"] and len(pd.read_csv(output)) == 4
+    columns = ["timestamp", "value_mean", "value_median", "value_q0.1", "value_q0.5", "value_q0.9"]
+    assert list(pd.read_csv(output).columns) == columns and len(pd.read_csv(output)) == 4
     assert _mode(output) == 0o640 and _mode(plot) == 0o640
     assert sorted(p.name for p in tmp_path.iterdir()) == ["daily.csv", "forecast.csv", "forecast.png"]
 
@@ -295,7 +297,7 @@ def test_dataset_job_is_checked_before_the_model_loads(tmp_path, capsys):
     (out / "b.csv").write_text("keep me\n")
     missing = tmp_path / "no-such-checkpoint"
     assert _forecast_cli(missing, inputs, out, "--horizon", "4") == 2
-    assert f"{out} holds files that are not a forecast job's (['b.csv'])" in capsys.readouterr().err
+    assert f"{out} holds files that are not a dataset job's (['b.csv'])" in capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == ["b.csv"] and (out / "b.csv").read_text() == "keep me\n"
     assert _forecast_cli(missing, inputs, f"{tmp_path}/new/", "--horizon", "4", "--plot", str(tmp_path / "p.png")) == 2
     assert "--plot draws the series of one table" in capsys.readouterr().err
@@ -348,7 +350,8 @@ def _write_wide(path, timestamps, **columns):
         ("irregular", "irregular timestamps (step 0 days 01:00:00 until 2024-01-01 06:00:00, then 0 days 02:00:00)"),
         ("all_nan", "column(s) ['empty'] have no observed values"),
         ("horizon", "--horizon must be positive"),
-        ("quantiles_without_samples", "--quantiles need sample paths"),
+        ("quantiles_without_samples", "quantile levels need sample paths: the mean path alone (--samples 0, "),
+        ("negative_samples", "--samples must be positive (or 0: the mean path alone), got -2"),
         ("memory_budget", "--memory-budget-gb must be positive, got -1"),
     ],
 )
@@ -373,8 +376,9 @@ def test_bad_input_is_reported_and_nothing_is_written(checkpoint, tmp_path, caps
         _write_wide(source, stamps, load=values)
         args = {
             "horizon": ["--horizon", "0"],
-            "quantiles_without_samples": ["--horizon", "4", "--quantiles", "0.5"],
+            "quantiles_without_samples": ["--horizon", "4", "--samples", "0", "--quantiles", "0.5"],
             "memory_budget": ["--horizon", "4", "--memory-budget-gb", "-1"],
+            "negative_samples": ["--horizon", "4", "--samples", "-2"],
         }[case]
     out_dir = tmp_path / "out"
     out_dir.mkdir()
@@ -383,3 +387,63 @@ def test_bad_input_is_reported_and_nothing_is_written(checkpoint, tmp_path, caps
     error = capsys.readouterr().err
     assert message in error and error.count("\n") == 1
     assert list(out_dir.iterdir()) == []
+
+
+@pytest.mark.shared_data
+def test_a_read_csv_dataframe_forecasts_as_the_cli_reads_the_file(checkpoint, model, tmp_path):
+    """``pd.read_csv`` of a NAB file (its timestamp a column of strings, a RangeIndex) forecasts directly: the
+    API reads it as the CLI reads the file (same defaults, same draws, so the same numbers), and
+    ``to_dataframe`` continues its 30-minute grid. A long frame (unique_id, ds, y) gives one series per id,
+    each variate named by its id. A frame whose layout cannot be read says what to do."""
+    taxi = pd.read_csv(TAXI).tail(300)
+    source, output = tmp_path / "taxi.csv", tmp_path / "forecast.csv"
+    taxi.to_csv(source, index=False)
+    assert _forecast_cli(checkpoint, source, output, "--horizon", "8") == 0
+    written = pd.read_csv(output, parse_dates=["timestamp"])
+    result = forecast(model, pd.read_csv(source), 8)
+    for column, values in (("value_mean", result.mean), ("value_q0.1", result.quantile(0.1))):
+        np.testing.assert_allclose(written[column], values[0, 0], rtol=1e-6)
+    median = result.to_dataframe("median")
+    assert list(median.columns) == ["value"] and (median.index == pd.DatetimeIndex(written["timestamp"])).all()
+    assert median.index[0] == pd.Timestamp(taxi["timestamp"].iloc[-1]) + pd.Timedelta(minutes=30)
+    indexed = pd.read_csv(source, index_col="timestamp", parse_dates=["timestamp"])
+    np.testing.assert_allclose(forecast(model, indexed, 8).samples, result.samples, rtol=1e-6)
+
+    daily = pd.read_csv(DAILY).tail(200)
+    long = pd.concat([pd.DataFrame({"unique_id": "taxi", "ds": taxi["timestamp"], "y": taxi["value"]}),
+                      pd.DataFrame({"unique_id": "daily", "ds": daily["timestamp"], "y": daily["value"]})])  # fmt: skip
+    both = forecast(model, long, 8, num_samples=None)
+    np.testing.assert_allclose(both.mean[0], forecast(model, indexed, 8, num_samples=None).mean[0], rtol=1e-6)
+    assert list(both.to_dataframe(series=1).columns) == ["daily"]
+    assert both.to_dataframe(series=1).index[0] == pd.Timestamp(daily["timestamp"].iloc[-1]) + pd.Timedelta(minutes=5)
+
+    hosts = pd.DataFrame({"host": ["a", "b", "c"] * 10, "value": np.arange(30.0)})
+    with pytest.raises(ValueError, match=r"series 0: column 'host': cannot parse timestamps: .*; a DataFrame's rows are "
+                       r"time steps and its columns variates: make the time its index \(frame\.set_index"):  # fmt: skip
+        forecast(model, hosts, 8)
+
+
+@pytest.mark.shared_data
+def test_the_default_forecast_has_bands_and_taxi_counts_stay_non_negative(tmp_path, figures):
+    """The first command a user runs, on NYC taxi counts with the bundled model and no flags: the forecast has
+    mean, median and 10 / 50 / 90 % columns, equal to the API's default forecast; the plot shades the
+    0.1-0.9 band around the median; counts stay >= 0 in every column. ``--no-infer-nonnegative`` shows the
+    failure this prevents: the 10 % quantile of taxi counts goes below 0 (as the reference's would)."""
+    taxi = pd.read_csv(TAXI).tail(2048)
+    source, output, plot = tmp_path / "taxi.csv", tmp_path / "forecast.csv", tmp_path / "taxi.png"
+    taxi.to_csv(source, index=False)
+    assert _forecast_cli("default", source, output, "--horizon", "96", "--plot", str(plot)) == 0
+    result = pd.read_csv(output)
+    statistics = ["mean", "median", "q0.1", "q0.5", "q0.9"]
+    assert list(result.columns) == ["timestamp"] + [f"value_{s}" for s in statistics]
+    assert (result.drop(columns="timestamp") >= 0).all().all()
+    assert (result["value_q0.9"] - result["value_q0.1"]).min() > 0
+    direct = forecast(toto_jax.load("default"), taxi["value"].to_numpy(np.float64)[None], 96)
+    np.testing.assert_allclose(result["value_q0.9"], direct.quantile(0.9)[0, 0], rtol=1e-6)
+    (figure,) = figures
+    legend = figure.axes[0].get_legend_handles_labels()[1]
+    assert "0.1-0.9 quantiles" in legend and "median" in legend
+
+    free = tmp_path / "free.csv"
+    assert _forecast_cli("default", source, free, "--horizon", "96", "--no-infer-nonnegative") == 0
+    assert pd.read_csv(free)["value_q0.1"].min() < 0

@@ -1,7 +1,8 @@
 """Dataset forecast jobs (``toto_jax.forecasting.job``, ``toto-jax forecast --output DIR/``): a generated long
 Parquet dataset forecast into a directory of Parquet shards, locally and in the GCS emulator
 (tests/storage_servers.py); resume after SIGKILL and SIGTERM, two processes through ``launch/local.sh``, a
-changed command refused, bad series named. A tiny Toto 1.0 (tests/tiny_models.py) keeps it fast."""
+changed command refused, bad series named. A tiny Toto 1.0 (tests/tiny_models.py) keeps it fast, and the
+resume tests forecast its mean path (``num_samples=None``, ``--samples 0``): one path, the same determinism."""
 
 from __future__ import annotations
 
@@ -79,15 +80,16 @@ def read_union(directory) -> pd.DataFrame:
 
 
 def job_arguments(**overrides) -> dict:
-    arguments = dict(min_length=MIN_LENGTH, rows_per_shard=ROWS_PER_SHARD, series_per_batch=SERIES_PER_BATCH,
-                     progress=False)  # fmt: skip
+    arguments = dict(num_samples=None, min_length=MIN_LENGTH, rows_per_shard=ROWS_PER_SHARD,
+                     series_per_batch=SERIES_PER_BATCH, progress=False)  # fmt: skip
     return {**arguments, **overrides}
 
 
 def cli_command(checkpoint, source, output, *extra) -> list[str]:
     return [sys.executable, "-m", "toto_jax.cli", "forecast", "--checkpoint", str(checkpoint), "--input", str(source),
             "--output", str(output) + "/", "--horizon", str(HORIZON), "--min-length", str(MIN_LENGTH),
-            "--rows-per-shard", str(ROWS_PER_SHARD), "--series-per-batch", str(SERIES_PER_BATCH), *extra]  # fmt: skip
+            "--rows-per-shard", str(ROWS_PER_SHARD), "--series-per-batch", str(SERIES_PER_BATCH), "--samples", "0",
+            *extra]  # fmt: skip
 
 
 def environment(**extra) -> dict:
@@ -126,7 +128,7 @@ def test_output_layout_summary_and_values(uninterrupted, dataset, model):
     frame = dataset[1]
     for name in ("host-000", "host-007"):
         history = frame[frame.unique_id == name]
-        expected = toto_jax.forecast(model, history["y"].to_numpy()[None], HORIZON).mean[0, 0]
+        expected = toto_jax.forecast(model, history["y"].to_numpy()[None], HORIZON, num_samples=None).mean[0, 0]
         got = forecasts[forecasts.unique_id == name]
         np.testing.assert_allclose(got["mean"], expected, rtol=1e-5)
         assert (got["ds"].to_numpy() == pd.date_range(history["ds"].iloc[-1], periods=HORIZON + 1, freq="5min")[1:]).all()
@@ -213,7 +215,7 @@ def test_a_changed_command_is_refused_by_name(checkpoint, dataset, uninterrupted
     changed = [*command[: command.index("--horizon")], "--horizon", "12", *command[command.index("--horizon") + 2:]]
     assert cli_main(changed) == 2
     error = capsys.readouterr().err
-    assert f"{output} holds another forecast job (horizon 16 there, 12 now)" in error and "--overwrite" in error
+    assert f"{output} holds another job (horizon 16 there, 12 now)" in error and "--overwrite" in error
     assert {p.name: p.read_bytes() for p in output.iterdir()} == before
     assert cli_main([*command, "--clip-outliers", "none"]) == 2
     assert "options" in capsys.readouterr().err
@@ -276,19 +278,27 @@ def test_rows_missing_from_the_grid_are_gaps_and_irregular_series_are_skipped(mo
 
 
 def test_wide_files_samples_and_a_quantile_model(model, tmp_path):
-    """A directory of wide CSV files (one multivariate series each; keyed 'file/column'), Toto 1.0 sample
-    quantiles, and Toto 2.0 quantiles with covariates read from a future table keyed like the input."""
+    """A directory of wide CSV files (one multivariate series each; keyed 'file/column', a column named like
+    another's prefix included), Toto 1.0 sample
+    quantiles (by default 64 paths and the 10 / 50 / 90 % levels, as toto-jax forecast writes them), and Toto
+    2.0 quantiles with covariates read from a future table keyed like the input."""
     stamps = pd.date_range("2026-01-01", periods=64, freq="h")
     (tmp_path / "in").mkdir()
     rng = np.random.default_rng(0)
     for host in ("a", "b"):
-        pd.DataFrame({"timestamp": stamps, "cpu": rng.normal(50, 5, 64), "mem": rng.normal(8, 1, 64)}).to_csv(
+        pd.DataFrame({"timestamp": stamps, "cpu": rng.normal(50, 5, 64), "cpu_user": rng.normal(8, 1, 64)}).to_csv(
             tmp_path / "in" / f"{host}.csv", index=False)  # fmt: skip
-    summary = forecast_dataset(model, tmp_path / "in", tmp_path / "out", HORIZON, 8, [0.2, 0.8], **job_arguments())
+    summary = forecast_dataset(model, tmp_path / "in", tmp_path / "out", HORIZON,
+                               **job_arguments(num_samples=8, quantiles=[0.2, 0.8]))  # fmt: skip
     forecasts = read_union(tmp_path / "out")
-    assert summary.series == 4 and sorted(forecasts.unique_id.unique()) == ["a/cpu", "a/mem", "b/cpu", "b/mem"]
+    assert summary.series == 4 and sorted(forecasts.unique_id.unique()) == ["a/cpu", "a/cpu_user", "b/cpu", "b/cpu_user"]
     assert list(forecasts.columns) == ["unique_id", "ds", "mean", "median", "q0.2", "q0.8"]
     assert (forecasts["q0.2"] <= forecasts["q0.8"]).all()
+    defaults = {k: v for k, v in job_arguments().items() if k != "num_samples"}
+    forecast_dataset(model, tmp_path / "in", tmp_path / "default", HORIZON, **defaults)
+    columns = list(read_union(tmp_path / "default").columns)
+    assert columns == ["unique_id", "ds", "mean", "median", "q0.1", "q0.5", "q0.9"]
+    assert json.loads((tmp_path / "default" / "_job.json").read_text())["samples"] == 64
 
     toto2 = toto_jax.load("toto2-small")
     frame = long_frame(4)

@@ -47,19 +47,20 @@ def test_trailing_gaps_are_forecast_through_not_fed_as_zeros(model):
     for gap in (10, 30):
         lagged = series.copy()
         lagged[-gap:] = np.nan
-        result = forecast(model, lagged[None], HORIZON)
-        trimmed = forecast(model, series[None, :-gap], HORIZON + gap)
+        result = forecast(model, lagged[None], HORIZON, num_samples=None)
+        trimmed = forecast(model, series[None, :-gap], HORIZON + gap, num_samples=None)
         np.testing.assert_array_equal(result.mean[0, 0], trimmed.mean[0, 0, gap:])
         assert abs(result.mean[0, 0, :16].mean() - level) < 5
-        reference = forecast(model, lagged[None], HORIZON, options=REFERENCE)
+        reference = forecast(model, lagged[None], HORIZON, num_samples=None, options=REFERENCE)
         assert reference.mean[0, 0, :16].mean() < level - 10, gap
     # series of one batch with different gaps: each is cut after its own gap
     lagged = np.stack([series, series])[:, None].copy()
     lagged[0, 0, -5:] = np.nan
-    batch = forecast(model, lagged, HORIZON)
-    np.testing.assert_allclose(batch.mean[0, 0], forecast(model, series[None, :-5], HORIZON + 5).mean[0, 0, 5:],
-                               rtol=1e-5)  # fmt: skip
-    np.testing.assert_allclose(batch.mean[1, 0], forecast(model, series[None], HORIZON).mean[0, 0], rtol=1e-5)
+    batch = forecast(model, lagged, HORIZON, num_samples=None)
+    longer = forecast(model, series[None, :-5], HORIZON + 5, num_samples=None)
+    np.testing.assert_allclose(batch.mean[0, 0], longer.mean[0, 0, 5:], rtol=1e-5)
+    whole = forecast(model, series[None], HORIZON, num_samples=None)
+    np.testing.assert_allclose(batch.mean[1, 0], whole.mean[0, 0], rtol=1e-5)
 
 
 def test_inner_gaps_and_a_variates_own_trailing_gap_are_filled(model):
@@ -74,8 +75,8 @@ def test_inner_gaps_and_a_variates_own_trailing_gap_are_filled(model):
     filled[0, 500:540] = np.linspace(base[0, 499], base[0, 540], 42)[1:-1]
     filled[1, -7:] = base[1, -8]
     filled[1, :100] = np.nan
-    np.testing.assert_allclose(forecast(model, holed, HORIZON).mean, forecast(model, filled, HORIZON).mean,
-                               rtol=1e-6)  # fmt: skip
+    holed_mean, filled_mean = (forecast(model, x, HORIZON, num_samples=None).mean for x in (holed, filled))
+    np.testing.assert_allclose(holed_mean, filled_mean, rtol=1e-6)
     values, valid = fill_gaps(holed, ~np.isnan(holed))
     np.testing.assert_allclose(values[valid], filled[~np.isnan(filled)])
     assert not valid[1, :100].any() and valid[1, 100:].all()
@@ -88,20 +89,20 @@ def test_large_counters_keep_their_signal_and_offsets_are_exact(model):
     them by name instead of forecasting infinities."""
     t = np.arange(1024)
     signal = np.round(8 * 50 * np.sin(2 * np.pi * t / 96)) / 8  # on a grid that float64 holds exactly at 1e15
-    base = forecast(model, signal[None], HORIZON)
+    base = forecast(model, signal[None], HORIZON, num_samples=None)
     assert base.mean.dtype == np.float64
     for offset in (1e9, 1e12, 1e15):
-        shifted = forecast(model, (signal + offset)[None], HORIZON)
+        shifted = forecast(model, (signal + offset)[None], HORIZON, num_samples=None)
         assert np.abs(shifted.mean - offset - base.mean).max() < 1e-3 * np.ptp(signal), offset
     counter = np.round(signal * 100).astype(np.int64) + 3_000_000_000
-    as_int = forecast(model, counter[None], HORIZON)
+    as_int = forecast(model, counter[None], HORIZON, num_samples=None)
     assert as_int.mean.dtype == np.float64 and np.abs(as_int.mean - 3e9).max() < 1e4
-    huge = forecast(model, (signal * 1e40)[None], HORIZON)
+    huge = forecast(model, (signal * 1e40)[None], HORIZON, num_samples=None)
     np.testing.assert_allclose(huge.mean / 1e40, base.mean, rtol=1e-4, atol=1e-3)
     with pytest.raises(ForecastError, match=r"series 0, variate 0: value .*e\+4\d at step 0 is beyond the float32"):
-        forecast(model, (signal * 1e40 + 1e41)[None], HORIZON, options=REFERENCE)
+        forecast(model, (signal * 1e40 + 1e41)[None], HORIZON, num_samples=None, options=REFERENCE)
     # float32 input gives float32 output, as the reference's
-    assert forecast(model, signal[None].astype(np.float32), HORIZON).mean.dtype == np.float32
+    assert forecast(model, signal[None].astype(np.float32), HORIZON, num_samples=None).mean.dtype == np.float32
 
 
 @pytest.mark.parametrize("glitch", [1e10, 1e20, 1e300])
@@ -109,13 +110,13 @@ def test_one_glitch_does_not_wreck_the_default_forecast(model, glitch):
     """One absurd value in the context: the defaults clip it and forecast the series' own level; the
     reference's forecast is wrecked (all 0 from the scaler overflowing, or far outside the data)."""
     series = cpu_series()
-    clean = forecast(model, series[None], HORIZON).mean
+    clean = forecast(model, series[None], HORIZON, num_samples=None).mean
     spiked = series.copy()
     spiked[700] = glitch
-    result = forecast(model, spiked[None], HORIZON).mean
+    result = forecast(model, spiked[None], HORIZON, num_samples=None).mean
     assert np.abs(result - clean).max() < 3
     if glitch < 1e38:
-        wrecked = forecast(model, spiked[None], HORIZON, options=REFERENCE).mean
+        wrecked = forecast(model, spiked[None], HORIZON, num_samples=None, options=REFERENCE).mean
         assert np.abs(wrecked - clean).max() > 20
 
 
@@ -152,14 +153,15 @@ def test_pandas_in_pandas_out(model):
         assert table.index[-1] == index[-1] + HORIZON * pd.Timedelta(minutes=5)
         np.testing.assert_allclose(table.to_numpy().T, result.median[0])
     series = pd.Series(values[:, 0], index=pd.RangeIndex(0, 1200, 2), name="cpu")
-    single = forecast(model, series, HORIZON)
-    np.testing.assert_allclose(single.mean, forecast(model, values[None, :, 0], HORIZON).mean, rtol=1e-6)
+    single = forecast(model, series, HORIZON, num_samples=None)
+    array = forecast(model, values[None, :, 0], HORIZON, num_samples=None)
+    np.testing.assert_allclose(single.mean, array.mean, rtol=1e-6)
     assert list(single.to_dataframe().index[:2]) == [1200, 1202]
     with pytest.raises(ForecastError, match="column 'host' is not numeric"):
-        forecast(model, frame.assign(host="a"), HORIZON)
+        forecast(model, frame.assign(host="a"), HORIZON, num_samples=None)
     irregular = frame.drop(index=frame.index[[10, 11, 12]])
     with pytest.raises(ForecastError, match="irregular timestamps"):
-        forecast(model, irregular, HORIZON)
+        forecast(model, irregular, HORIZON, num_samples=None)
 
 
 @pytest.mark.parametrize(
@@ -175,12 +177,12 @@ def test_pandas_in_pandas_out(model):
 )
 def test_empty_inputs_name_the_problem(model, series, message):
     with pytest.raises(ForecastError, match=message):
-        forecast(model, series, HORIZON)
+        forecast(model, series, HORIZON, num_samples=None)
 
 
 def test_arrays_that_look_transposed_warn(model):
     with pytest.warns(UserWarning, match="500 variates of only 2 time steps each"):
-        forecast(model, np.ones((500, 2)), 4)
+        forecast(model, np.ones((500, 2)), 4, num_samples=None)
 
 
 def test_normalize_is_exact_in_float64():
@@ -193,3 +195,81 @@ def test_normalize_is_exact_in_float64():
     np.testing.assert_allclose(shift[0, 0] / 1e300, expected.mean())
     np.testing.assert_allclose(unit[0, 0] / 1e300, expected.std())
     assert normalized[0, 3] == 0 and unit[1, 0] == 1.0 and (normalized[1] == 0).all()
+
+
+def count_series(length=1024, seed=0):
+    """Event counts (requests, errors): a cycle whose troughs are 0 for a third of the time, Poisson noise."""
+    t = np.arange(length)
+    rate = np.maximum(0, 3 * np.sin(2 * np.pi * t / 96))
+    return np.random.default_rng(seed).poisson(rate).astype(np.float64)
+
+
+def test_default_forecast_carries_sample_paths_and_the_mean_path_is_one_argument_away(model):
+    """Without ``num_samples`` a Toto 1.0 forecast draws ``DEFAULT_NUM_SAMPLES`` paths, so median and
+    quantiles are there, equal to asking for that many paths; ``num_samples=None`` is the deterministic
+    mean path alone; a Toto 2.0 forecast gives its quantiles without samples either way."""
+    from toto_jax.forecasting.options import DEFAULT_NUM_SAMPLES
+
+    series = cpu_series()[None]
+    result = forecast(model, series, 16)
+    assert result.samples.shape == (1, 1, 16, DEFAULT_NUM_SAMPLES)
+    explicit = forecast(model, series, 16, DEFAULT_NUM_SAMPLES)
+    np.testing.assert_array_equal(result.samples, explicit.samples)
+    low, median, high = result.quantile([0.1, 0.5, 0.9])[:, 0, 0]
+    assert (low <= median).all() and (median <= high).all() and (high - low).min() > 0
+    mean_path = forecast(model, series, 16, num_samples=None)
+    assert mean_path.samples is None and mean_path.mean.shape == (1, 1, 16)
+    with pytest.raises(ValueError, match="quantiles need sample paths"):
+        mean_path.quantile(0.5)
+    with pytest.raises(ForecastError, match="num_samples must be a positive integer, None or 'auto', got 'many'"):
+        forecast(model, series, 16, "many")
+    toto2 = toto_jax.load("toto2-small")
+    for quantile_forecast in (forecast(toto2, series, 16), forecast(toto2, series, 16, num_samples=None)):
+        assert quantile_forecast.samples is None and quantile_forecast.quantiles.shape == (1, 1, 16, 9)
+    with pytest.raises(ForecastError, match="draws no sample paths"):
+        forecast(toto2, series, 16, 8)
+
+
+def test_counts_stay_non_negative_and_series_with_negatives_do_not(model):
+    """A count series (all >= 0) is forecast >= 0 in every sample path, the mean and every quantile, by both
+    families; without the bound (``infer_nonnegative=False``, and the reference) a quarter of the sample
+    paths' steps go negative. A series with negative values is not bounded: shifted by -0.5 it is exactly
+    the unbounded forecast shifted (``normalize="standardize"`` is shift-equivariant)."""
+    counts = count_series()[None]
+    free = ForecastOptions(infer_nonnegative=False)
+    unbounded = forecast(model, counts, HORIZON, options=free)
+    assert (unbounded.samples < 0).mean() > 0.1 and unbounded.quantile(0.1).min() < 0
+    bounded = forecast(model, counts, HORIZON)
+    assert bounded.samples.min() >= 0 and bounded.mean.min() >= 0 and bounded.quantile(0.1).min() >= 0
+    assert forecast(model, counts, HORIZON, num_samples=None).mean.min() >= 0
+    assert ForecastOptions.reference().infer_nonnegative is False
+    shifted = forecast(model, counts - 0.5, HORIZON)
+    np.testing.assert_allclose(shifted.samples, unbounded.samples - 0.5, rtol=0, atol=1e-9)
+    # per variate: a count variate beside a signed one is bounded, the signed one is not
+    pair = np.concatenate([counts, counts - 0.5])
+    both = forecast(model, pair, HORIZON)
+    assert both.samples[:, 0].min() >= 0 and both.samples[:, 1].min() < -0.5
+
+    toto2 = toto_jax.load("toto2-small")
+    assert forecast(toto2, counts, HORIZON, options=free).quantiles.min() < 0
+    quantiles = forecast(toto2, counts, HORIZON)
+    assert quantiles.quantiles.min() >= 0 and quantiles.mean.min() >= 0
+    np.testing.assert_allclose(forecast(toto2, counts - 0.5, HORIZON).quantiles,
+                               forecast(toto2, counts, HORIZON, options=free).quantiles - 0.5, rtol=0, atol=1e-9)
+
+
+def test_infer_nonnegative_is_an_option_and_a_flag():
+    """On by default, off in ``ForecastOptions.reference()``; ``--[no-]infer-nonnegative`` sets it over either."""
+    import argparse
+
+    from toto_jax.forecasting.options import add_options_arguments, options_from_args
+
+    parser = argparse.ArgumentParser()
+    add_options_arguments(parser)
+    assert options_from_args(parser.parse_args([])).infer_nonnegative is True
+    assert options_from_args(parser.parse_args(["--no-infer-nonnegative"])) == ForecastOptions(infer_nonnegative=False)
+    assert options_from_args(parser.parse_args(["--reference-options"])).infer_nonnegative is False
+    assert options_from_args(parser.parse_args(["--reference-options", "--infer-nonnegative"])) == (
+        ForecastOptions.reference(infer_nonnegative=True))  # fmt: skip
+    with pytest.raises(ValueError, match="ForecastOptions.infer_nonnegative must be True or False, got 1"):
+        ForecastOptions(infer_nonnegative=1)

@@ -5,8 +5,11 @@ and nothing else, once; the cache alone when offline; errors that name the model
 from __future__ import annotations
 
 import json
+import socket
+import time
 
 import numpy as np
+import pandas as pd
 import pytest
 import safetensors.numpy
 from hub_server import commit_of, running_hub
@@ -85,8 +88,72 @@ def test_offline_the_cache_serves_what_was_downloaded(hub, model, monkeypatch):
     toto_jax.load("hf://Datadog/sharded")
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     assert_same_parameters(toto_jax.load("hf://Datadog/sharded"), model)
-    with pytest.raises(CheckpointError, match=r"hf://Datadog/plain: cannot download config\.json from the Hugging"):
+    with pytest.raises(CheckpointError, match=r"hf://Datadog/plain: HF_HUB_OFFLINE is set and config\.json is not in "
+                       r"the Hub cache \(.*cache\)\. .* or load it from a local path"):  # fmt: skip
         toto_jax.load("hf://Datadog/plain")
+
+
+def _closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_a_silent_hub_fails_within_the_probe_timeout(tmp_path, monkeypatch):
+    """A Hub that accepts the connection and never answers (a firewall that drops, a hung proxy) is given up on
+    after one request's PROBE_TIMEOUT_S, not after retries per file, with the same error."""
+    from huggingface_hub import constants
+
+    from toto_jax.checkpoint.hub import PROBE_TIMEOUT_S
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(8)  # the kernel completes the handshake; nothing ever reads or answers
+        endpoint = f"http://127.0.0.1:{server.getsockname()[1]}"
+        monkeypatch.setenv("HF_ENDPOINT", endpoint)
+        monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
+        began = time.perf_counter()
+        with pytest.raises(CheckpointError, match=rf"the Hugging Face Hub \({endpoint}\) cannot be reached \(.*Timeout"):
+            toto_jax.load("hf://Datadog/plain")
+        assert PROBE_TIMEOUT_S <= time.perf_counter() - began < 5
+
+
+def test_an_unreachable_hub_fails_fast_with_what_to_do(tmp_path, monkeypatch, capfd):
+    """No Hub answers (a closed port on loopback, as without a network) and nothing is cached: the load fails
+    in under 5 s (not after huggingface_hub's ~25 s of retries) with one error that names the endpoint,
+    HF_HUB_OFFLINE, the cache and local paths; through the CLI that error is the only line printed."""
+    from huggingface_hub import constants
+
+    endpoint = f"http://127.0.0.1:{_closed_port()}"
+    monkeypatch.setenv("HF_ENDPOINT", endpoint)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
+    began = time.perf_counter()
+    with pytest.raises(CheckpointError) as error:
+        toto_jax.load("hf://Datadog/plain")
+    assert time.perf_counter() - began < 5
+    message = str(error.value)
+    for part in (f"the Hugging Face Hub ({endpoint}) cannot be reached", "HF_HUB_OFFLINE=1", str(tmp_path / "cache"),
+                 "load it from a local path"):  # fmt: skip
+        assert part in message, part
+    source = tmp_path / "in.csv"
+    pd.DataFrame({"timestamp": pd.date_range("2024-01-01", periods=32, freq="h"), "load": np.arange(32.0)}).to_csv(
+        source, index=False)  # fmt: skip
+    capfd.readouterr()
+    began = time.perf_counter()
+    code = cli_main(["forecast", "--checkpoint", "hf://Datadog/plain", "--input", str(source), "--horizon", "4",
+                     "--output", str(tmp_path / "out.csv")])  # fmt: skip
+    assert code == 2 and time.perf_counter() - began < 5
+    printed = capfd.readouterr()
+    assert printed.out == "" and printed.err.count("\n") == 1 and "HF_HUB_OFFLINE=1" in printed.err
+    assert not (tmp_path / "out.csv").exists()
+
+
+def test_an_unreachable_hub_falls_back_to_the_cache_with_a_warning(hub, model, monkeypatch):
+    toto_jax.load("hf://Datadog/plain")
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{_closed_port()}")
+    with pytest.warns(UserWarning, match=r"hf://Datadog/plain: the Hugging Face Hub cannot be reached .*; using the "
+                      r"copy in the cache"):  # fmt: skip
+        assert_same_parameters(toto_jax.load("hf://Datadog/plain"), model)
 
 
 @pytest.mark.parametrize(

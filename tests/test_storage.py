@@ -159,7 +159,10 @@ def test_half_written_checkpoint_is_skipped_with_a_warning_naming_it(object_stor
         run = RunCheckpoints(workdir, async_save=False)
     assert run.restore_latest(params, opt_state).step == 1
     run.close()
-    if place == "local":  # orbax deletes it when the next run starts (on gs:// not always by this point)
+    if place == "local":  # orbax deletes it in a background thread the next run starts (on gs:// not always)
+        deadline = time.monotonic() + 60
+        while Path(half_written).exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
         assert not Path(half_written).exists()
 
 

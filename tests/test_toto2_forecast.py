@@ -174,7 +174,7 @@ def test_tools_dispatch_on_a_toto2_checkpoint(tmp_path, capsys):
     np.testing.assert_allclose(written.filter(like="q0.25").to_numpy().T, expected.quantile(0.25)[0], rtol=1e-6)
     np.testing.assert_allclose(written.filter(like="median").to_numpy().T, expected.median[0], rtol=1e-6)
     assert main(arguments + ["--output", str(tmp_path / "bad.csv"), "--samples", "8"]) == 2
-    assert "drop --samples" in capsys.readouterr().err and not (tmp_path / "bad.csv").exists()
+    assert "leave the sample count unset (--samples" in capsys.readouterr().err and not (tmp_path / "bad.csv").exists()
 
     window = TotoForecaster(model)([values[:, 0]], 12, season=24)[0]
     single = toto_jax.forecast(model, [values[:, 0][None]], 12)

@@ -28,6 +28,7 @@ _LAZY = {
     "Detection": "toto_jax.detection.api",
     "DetectError": "toto_jax.detection.api",
     "DetectOptions": "toto_jax.detection.options",
+    "detect_dataset": "toto_jax.detection.job",
 }
 
 
@@ -59,6 +60,7 @@ __all__ = [
     "TotoOutput",
     "count_parameters",
     "detect",
+    "detect_dataset",
     "export_torch",
     "forecast",
     "forecast_dataset",

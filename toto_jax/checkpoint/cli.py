@@ -101,8 +101,13 @@ def add_parser(subparsers) -> None:
             "PyTorch. Prints the parameter count and a checksum per tensor group of the written checkpoint."
         ),
     )
-    parser.add_argument("source", metavar="SRC")
-    parser.add_argument("destination", metavar="DST")
-    parser.add_argument("--to", choices=("native", "torch"), default=None, help="layout to write")
+    parser.add_argument("source", metavar="SRC",
+                        help="checkpoint to read: a reference (torch) or native checkpoint directory, a training run "
+                             "directory, hf://OWNER/NAME[@REVISION], gs:// or s3://")  # fmt: skip
+    parser.add_argument("destination", metavar="DST",
+                        help="directory to write (local, gs:// or s3://; not hf://: upload a torch export with "
+                             "`hf upload`)")  # fmt: skip
+    parser.add_argument("--to", choices=("native", "torch"), default=None,
+                        help="layout to write (default: the other layout than SRC's; required for a run directory)")
     parser.add_argument("--overwrite", action="store_true", help="replace DST if it is a non-empty directory")
     parser.set_defaults(func=run)

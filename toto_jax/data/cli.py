@@ -35,7 +35,9 @@ def run_convert(args: argparse.Namespace) -> int:
     from toto_jax.data.quality import DataError
     from toto_jax.storage import StorageError
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from toto_jax.cli import configure_logging
+
+    configure_logging(logging.INFO)
     try:
         summary = convert_csv_directory(
             args.input, args.output, rows_per_group=args.rows_per_group, rows_per_file=args.rows_per_file

@@ -17,10 +17,11 @@ import numpy as np
 
 # The ForecastOptions flags that shape detection (how series are prepared); decoding flags do not apply.
 _UNUSED_FORECAST_FLAGS = dict(sampling=None, decode_block_size=None, scaler_fallback_min_obs=None,
-                              memory_budget_gb=None)  # fmt: skip
+                              memory_budget_gb=None, infer_nonnegative=None)  # fmt: skip
 
 
 def add_parser(subparsers) -> None:
+    from ..forecasting.cli import add_job_arguments
     from ..forecasting.options import GAP_MODES, NORMALIZE_MODES, ForecastOptions, _optional_positive
     from .options import DetectOptions
 
@@ -32,13 +33,20 @@ def add_parser(subparsers) -> None:
         "(unique_id, ds, y) for anomalies with Toto's predictive distribution; each row's score uses only the rows "
         "before it. Writes the table with score columns added, in its own layout.",
     )
-    parser.add_argument("--input", required=True, type=Path, help="CSV or Parquet table")
-    parser.add_argument("--output", required=True, type=Path, help="CSV or Parquet file to write")
+    parser.add_argument("--input", required=True,
+                        help="CSV or Parquet table; with an --output directory, a dataset: a file, a directory or a "
+                             "glob of them, local, gs:// or s3://")  # fmt: skip
+    parser.add_argument("--output", required=True,
+                        help="CSV or Parquet file to write (the input's layout + score columns); or a directory "
+                             "(ending in '/', or an existing one; local, gs:// or s3://): a dataset job writing rows "
+                             "unique_id, ds, y, surprise, score, anomaly_score, anomaly in Parquet shards (see "
+                             "'dataset jobs' below)")  # fmt: skip
     parser.add_argument("--plot", type=Path, default=None, help="PNG of the series with their flagged anomalies")
     parser.add_argument("--checkpoint", default="default", help="model (any checkpoint toto_jax.load reads; a Toto "
                         "1.0 model); default: the bundled model")  # fmt: skip
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing --output / --plot (the input is never overwritten)")  # fmt: skip
+    add_job_arguments(parser)
     group = parser.add_argument_group("detect options (defaults: toto_jax.DetectOptions())")
     group.add_argument("--threshold", type=float, default=detect_default.threshold,
                        help=f"scores at or above it are flagged (default {detect_default.threshold:g})")
@@ -106,9 +114,12 @@ def _options(args):
 
 def run(args: argparse.Namespace) -> int:
     from ..forecasting import tabular
-    from ..forecasting.cli import _check_paths
+    from ..forecasting.cli import _check_paths, names_directory
 
     detect_options, forecast_options = _options(args)
+    if names_directory(args.output):
+        return _run_job(args, detect_options, forecast_options)
+    args.input, args.output = Path(args.input), Path(args.output)
     if not args.input.is_file():
         raise FileNotFoundError(f"--input file not found: {args.input}")
     _check_paths(args.input, args.output, args.plot, overwrite=args.overwrite)
@@ -128,6 +139,19 @@ def run(args: argparse.Namespace) -> int:
     print(f"scored {len(output)} rows of {args.input} ({flagged} flagged at >= {detect_options.threshold:g}); "
           f"wrote {args.output}" + (f" and {args.plot}" if png is not None else ""))  # fmt: skip
     return 0
+
+
+def _run_job(args: argparse.Namespace, detect_options, forecast_options) -> int:
+    from ..distributed import initialize
+    from ..forecasting.cli import finish_job, job_arguments
+    from .job import detect_dataset
+
+    initialize()  # processes launched together split the shards
+    if args.plot is not None:
+        raise ValueError("--plot draws the series of one table; a dataset job writes Parquet shards only")
+    summary = detect_dataset(args.checkpoint, args.input, args.output, options=detect_options,
+                             forecast_options=forecast_options, **job_arguments(args))  # fmt: skip
+    return finish_job(summary)
 
 
 def scored_frame(frame, table, detection):

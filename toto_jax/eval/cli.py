@@ -25,21 +25,37 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
             "ratios to seasonal naive (< 1 beats it). --protocol lsf runs the Toto paper's ETTh1/ETTh2 "
             "protocol instead (train-split z-normalisation, horizons 96/192/336/720, MAE/MSE of the median). "
             "The model forecasts with toto_jax.ForecastOptions() (the defaults of the API and toto-jax forecast), "
-            "changed by the forecast option flags below."
+            "changed by the forecast option flags below. Progress (one line per series and term, with the time "
+            "left) goes to stderr; the summary table to stdout."
+        ),
+        epilog=(
+            "Summary columns: term; forecaster; series (how many were scored); MASE/SN, CRPS/SN, WQL/SN, MAE/SN, MSE/SN "
+            "(the forecaster's metric divided by seasonal naive's on each series, geometric mean over the series: "
+            "< 1 beats seasonal naive); CRPS wins (the share of series on which the forecaster's CRPS is below "
+            "seasonal naive's). Files in --output-dir: metrics.csv (one row per term, forecaster and series: the "
+            "metrics themselves), summary.csv (the table), plots/ (--plot); lsf.csv for --protocol lsf; nab.json or "
+            "labelled.json for --anomaly."
         ),
     )
     parser.add_argument("data", nargs="+", help="CSV/Parquet files or directories of them (ETT CSV files for lsf; "
                         "the NAB directory for --anomaly nab; labelled tables for --anomaly labelled)")
+    from ..checkpoint import BUNDLED_MODELS_HELP
+
     parser.add_argument("--checkpoint", default="default",
-                        help="model checkpoint (any layout toto_jax.load reads); default: the bundled small model")  # fmt: skip
-    parser.add_argument("--protocol", choices=("rolling", "lsf"), default="rolling")
+                        help="model checkpoint (any layout toto_jax.load reads, hf://OWNER/NAME, or a shipped model's "
+                             f"name); default: the better shipped model, toto1-small. {BUNDLED_MODELS_HELP}")  # fmt: skip
+    parser.add_argument("--protocol", choices=("rolling", "lsf"), default="rolling",
+                        help="rolling: windows over the last --test-fraction of every series, scored against the "
+                             "baselines (default); lsf: the ETTh1/ETTh2 long-sequence protocol on ETT CSV files")  # fmt: skip
     parser.add_argument("--anomaly", choices=("nab", "labelled"), default=None,
                         help="evaluate anomaly detection (toto_jax.detect, default DetectOptions) instead of "
                              "forecasts: 'nab' scores the Numenta Anomaly Benchmark directory given as DATA with "
                              "NAB's scorer (three profiles, beside NAB's scoreboard); 'labelled' reports AUC-PR, "
                              "best F1 and best point-adjusted F1 on wide tables with a 0/1 --label-column")
     parser.add_argument("--label-column", default="label", help="--anomaly labelled: the 0/1 column (default label)")
-    parser.add_argument("--terms", type=_csv_list, default=["short", "medium", "long"], help="default: all three")
+    parser.add_argument("--terms", type=_csv_list, default=["short", "medium", "long"], metavar="TERM[,TERM...]",
+                        help="comma-separated horizons to score, from short, medium, long (1x, 10x, 15x the frequency's "
+                             "base prediction length, e.g. 48, 480, 720 steps for 5-minute data); default: all three")  # fmt: skip
     parser.add_argument("--baselines", type=_csv_list, default=["seasonal_naive", "auto_ets"],
                         help="comma-separated from seasonal_naive, auto_ets, auto_arima (default: seasonal_naive,"
                              "auto_ets); AutoETS/AutoARIMA need statsforecast (pip install 'toto-jax[eval]')")  # fmt: skip
@@ -50,11 +66,15 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--test-fraction", type=float, default=0.1, help="share of each series tested (default 0.1)")
     parser.add_argument("--stride", type=int, default=None,
                         help="steps between windows (default: the horizon; lsf default 96)")  # fmt: skip
-    parser.add_argument("--lsf-horizons", type=lambda s: [int(x) for x in _csv_list(s)], default=[96, 192, 336, 720])
-    parser.add_argument("--output-dir", default="out/eval", help="where metrics.csv / summary.csv / plots go")
+    parser.add_argument("--lsf-horizons", type=lambda s: [int(x) for x in _csv_list(s)], default=[96, 192, 336, 720],
+                        metavar="H[,H...]", help="--protocol lsf: comma-separated horizons (default 96,192,336,720)")
+    parser.add_argument("--output-dir", default="out/eval",
+                        help="directory for metrics.csv, summary.csv and plots/ (lsf: lsf.csv; --anomaly: nab.json or "
+                             "labelled.json) (default out/eval, created if missing; existing files there are "
+                             "replaced)")  # fmt: skip
     parser.add_argument("--plot", action="store_true", help="write example forecast figures to OUTPUT_DIR/plots")
     parser.add_argument("--plot-count", type=int, default=4, help="series plotted per term (default 4)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of Toto's sample paths (default 0)")
     add_options_arguments(parser)  # --context-length, --clip-outliers, --sampling, --reference-options, ...
     parser.set_defaults(func=run_eval)
     return parser
@@ -111,7 +131,8 @@ def _run_rolling(args, options) -> int:
     summary.to_csv(output / "summary.csv", index=False)
     print(harness.format_table(summary))
     timing = ", ".join(f"{name} {seconds:.0f}s" for name, seconds in result.seconds.items())
-    print(f"\nratios to seasonal naive, geometric mean over series (lower is better); forecasting time: {timing}; "
+    print(f"\nX/SN: the metric's ratio to seasonal naive's, geometric mean over series (< 1 beats it); CRPS wins: "
+          f"the share of series where the forecaster's CRPS is below seasonal naive's.\nforecasting time: {timing}; "
           f"total {time.perf_counter() - began:.0f}s")  # fmt: skip
     fallbacks = {n: f.fallbacks for n, f in forecasters.items() if getattr(f, "fallbacks", 0)}
     if fallbacks:
@@ -134,11 +155,19 @@ def _run_lsf(args, options) -> int:
     stride = args.stride or 96
     forecast_fn = lsf.toto_lsf_forecaster(model, num_samples=args.num_samples, seed=args.seed, options=options)
     context = forecast_fn.context_length  # --context-length, else the model's max_context
+    from .harness import time_left
+
     rows = []
+    work = {h: len(lsf.lsf_window_starts(h, stride)) * h for h in args.lsf_horizons}  # windows x steps
+    total, done, began = len(args.data) * sum(work.values()), 0, time.perf_counter()
     for path in args.data:
         values, _ = lsf.read_ett(path)
-        for result in lsf.evaluate_lsf(forecast_fn, values, args.lsf_horizons, stride=stride):
-            rows.append({"dataset": Path(path).stem, "context": context, "stride": stride, **result})
+        for horizon in args.lsf_horizons:
+            print(f"[lsf] {Path(path).stem}, horizon {horizon}{time_left(time.perf_counter() - began, done, total)}",
+                  file=sys.stderr, flush=True)  # fmt: skip
+            for result in lsf.evaluate_lsf(forecast_fn, values, [horizon], stride=stride):
+                rows.append({"dataset": Path(path).stem, "context": context, "stride": stride, **result})
+            done += work[horizon]
     table = pd.DataFrame(rows)
     output = Path(args.output_dir)
     output.mkdir(parents=True, exist_ok=True)

@@ -218,47 +218,66 @@ def evaluate(
     progress: bool = False,
 ) -> EvalResult:
     """Metrics of every forecaster on every series and term; ``keep_examples`` series per term keep their
-    last window's forecasts (for plots)."""
+    last window's forecasts (for plots). ``progress`` prints a line per series and term with the time left,
+    estimated from the forecast steps done so far (windows x horizon)."""
     import pandas as pd
 
     if "seasonal_naive" not in forecasters:
         raise ValueError("the evaluation needs the seasonal_naive baseline (every ratio is taken against it)")
-    rows, examples = [], {}
-    seconds = {name: 0.0 for name in forecasters}
+    jobs = []  # (term, position, series, horizon, window starts)
     for term in terms:
-        kept = 0
         for position, item in enumerate(series, 1):
             horizon = prediction_length(item.freq, term)
             starts = window_starts(len(item.values), horizon, test_fraction=test_fraction, max_windows=max_windows,
                                    min_history=min_history, stride=stride)  # fmt: skip
             starts = [s for s in starts if np.any(~np.isnan(item.values[s : s + horizon]))
                       and np.any(~np.isnan(item.values[:s]))]  # fmt: skip
-            if not starts:
+            if starts:
+                jobs.append((term, position, item, horizon, starts))
+            else:
                 log.info("%s: too short for the %s horizon (%d steps); skipped", item.name, term, horizon)
-                continue
-            if progress:
-                print(f"[{term}] {position}/{len(series)} {item.name}: {len(starts)} window(s) of {horizon}",
-                      file=sys.stderr, flush=True)  # fmt: skip
-            histories = [item.values[:s] for s in starts]
-            targets = [item.values[s : s + horizon] for s in starts]
-            season = item.season
-            forecasts = {}
-            for name, forecaster in forecasters.items():
-                began = time.perf_counter()
-                forecasts[name] = forecaster(histories, horizon, season)
-                seconds[name] += time.perf_counter() - began
-                stats = [_window_stats(t, h, season, f) for t, h, f in zip(targets, histories, forecasts[name])]
-                rows.append({"term": term, "forecaster": name, "series": item.name, "freq": item.freq,
-                             "season": season, "horizon": horizon, **_pool(stats)})  # fmt: skip
-            if kept < keep_examples:
-                examples[(term, item.name)] = {
-                    "history": histories[-1], "target": targets[-1],
-                    "forecasts": {name: f[-1] for name, f in forecasts.items()},
-                }  # fmt: skip
-                kept += 1
+    rows, examples = [], {}
+    seconds = {name: 0.0 for name in forecasters}
+    kept = dict.fromkeys(terms, 0)
+    total, done, started = sum(len(starts) * horizon for *_, horizon, starts in jobs), 0, time.perf_counter()
+    for term, position, item, horizon, starts in jobs:
+        if progress:
+            print(f"[{term}] {position}/{len(series)} {item.name}: {len(starts)} window(s) of {horizon}"
+                  f"{time_left(time.perf_counter() - started, done, total)}", file=sys.stderr, flush=True)  # fmt: skip
+        histories = [item.values[:s] for s in starts]
+        targets = [item.values[s : s + horizon] for s in starts]
+        season = item.season
+        forecasts = {}
+        for name, forecaster in forecasters.items():
+            began = time.perf_counter()
+            forecasts[name] = forecaster(histories, horizon, season)
+            seconds[name] += time.perf_counter() - began
+            stats = [_window_stats(t, h, season, f) for t, h, f in zip(targets, histories, forecasts[name])]
+            rows.append({"term": term, "forecaster": name, "series": item.name, "freq": item.freq,
+                         "season": season, "horizon": horizon, **_pool(stats)})  # fmt: skip
+        if kept[term] < keep_examples:
+            examples[(term, item.name)] = {
+                "history": histories[-1], "target": targets[-1],
+                "forecasts": {name: f[-1] for name, f in forecasts.items()},
+            }  # fmt: skip
+            kept[term] += 1
+        done += len(starts) * horizon
     if not rows:
         raise ValueError("no series is long enough for any evaluation window")
     return EvalResult(pd.DataFrame(rows), examples, seconds)
+
+
+def _duration(seconds: float) -> str:
+    minutes, seconds = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{seconds:02d}s" if minutes else f"{seconds}s"
+
+
+def time_left(elapsed: float, done: float, total: float) -> str:
+    """`` (1m05s elapsed, about 4m20s left)`` from the share of the work done (nothing before any is done)."""
+    if done <= 0 or total <= done:
+        return ""
+    return f" ({_duration(elapsed)} elapsed, about {_duration(elapsed / done * (total - done))} left)"
 
 
 def summarize(records, baseline: str = "seasonal_naive"):

@@ -14,9 +14,9 @@ from ..models.toto1 import Toto, validate_inputs
 from . import decode, plan
 from .covariates import KnownFuture, known_future, target_index
 from .inputs import ForecastError, TimeIndex, prepare_context, read_rows
-from .options import ForecastOptions
+from .options import DEFAULT_NUM_SAMPLES, ForecastOptions
 from .placement import Placement, forecast_placement
-from .preprocessing import clip_context_outliers, normalize_context, value_bounds
+from .preprocessing import clip_context_outliers, nonnegative_variates, normalize_context, value_bounds
 from .weights import placed_weights
 
 # A horizon this many times the context or longer gets a warning: autoregressive paths that far out
@@ -103,6 +103,22 @@ def _interpolate_knots(quantiles, levels, q):
     return np.stack(out) if np.ndim(q) else out[0]
 
 
+def _sample_count(value, toto2: bool) -> int | None:
+    """``num_samples`` as the decode takes it: "auto" is DEFAULT_NUM_SAMPLES paths for Toto 1.0 and the
+    quantile head for Toto 2.0; None is Toto 1.0's mean path (and Toto 2.0's quantiles)."""
+    if isinstance(value, str) and value == "auto":
+        return None if toto2 else DEFAULT_NUM_SAMPLES
+    if isinstance(value, str):
+        raise ForecastError(f"num_samples must be a positive integer, None or 'auto', got {value!r}")
+    count = _check_count("num_samples", value, allow_none=True)
+    if toto2 and count is not None:
+        raise ForecastError(
+            "Toto 2.0 forecasts quantiles in one pass and draws no sample paths: leave num_samples unset (or None) "
+            "and read Forecast.quantile(q)"
+        )
+    return count
+
+
 def _check_count(name: str, value, allow_none: bool) -> int | None:
     if value is None and allow_none:
         return None
@@ -126,8 +142,9 @@ class _Prepared:
     values: np.ndarray  # float32 [batch, variate, time], model-input space
     valid: np.ndarray
     ids: np.ndarray
-    low: np.ndarray | None
+    low: np.ndarray | None  # [batch, variate, 1] model-input space bounds of decoded values (None: unbounded)
     high: np.ndarray | None
+    nonnegative: np.ndarray  # bool [batch, variate, 1]: forecasts kept >= 0 (ForecastOptions.infer_nonnegative)
     shift: np.ndarray  # float64 [batch, variate, 1]: data = model-input * unit + shift
     unit: np.ndarray
     trailing: np.ndarray
@@ -142,12 +159,7 @@ def _prepare(model, series, horizon, num_samples, padding_mask, id_mask, options
         raise ForecastError(f"options must be a ForecastOptions, got {type(options).__name__}")
     config = model.config
     horizon = _check_count("horizon", horizon, allow_none=False)
-    num_samples = _check_count("num_samples", num_samples, allow_none=True)
-    if is_toto2(config) and num_samples is not None:
-        raise ForecastError(
-            "Toto 2.0 forecasts quantiles in one pass and draws no sample paths: leave num_samples None and "
-            "read Forecast.quantile(q)"
-        )
+    num_samples = _sample_count(num_samples, is_toto2(config))
     if not is_toto2(config) and config.stride != config.patch_size:
         raise ForecastError(
             f"forecasting needs stride == patch_size (got stride {config.stride}, patch_size {config.patch_size})"
@@ -155,6 +167,7 @@ def _prepare(model, series, horizon, num_samples, padding_mask, id_mask, options
     rows = read_rows(series, horizon, config.patch_size)
     context = prepare_context(config, rows, options, padding_mask, id_mask)
     values, valid = context.values, context.valid
+    nonnegative = nonnegative_variates(values, valid) & options.infer_nonnegative
     if options.clip_outliers is not None:
         values = clip_context_outliers(values, valid, options.clip_outliers)
     values, shift, unit = normalize_context(values, valid, options.normalize)
@@ -162,6 +175,10 @@ def _prepare(model, series, horizon, num_samples, padding_mask, id_mask, options
     low = high = None
     if options.value_cap is not None:
         low, high = (np.clip(b, -3e38, 3e38) for b in value_bounds(values, valid, options.value_cap))
+    if nonnegative.any():  # decoded patches of those variates stay >= 0 before they are fed back
+        zero = np.clip(-shift / unit, -3e38, 3e38)
+        low = np.where(nonnegative, zero if low is None else np.maximum(low, zero), -3e38 if low is None else low)
+        high = np.full(low.shape, 3e38) if high is None else high
     if is_toto2(config):
         changing = np.flatnonzero((context.ids != context.ids[..., -1:]).any(axis=(1, 2)))
         if changing.size:
@@ -172,12 +189,12 @@ def _prepare(model, series, horizon, num_samples, padding_mask, id_mask, options
         except ValueError as error:
             raise ForecastError(str(error)) from None
     generated = horizon + int(context.trailing.max())  # gaps at the end are forecast, then dropped
-    prepared = _Prepared(values.astype(np.float32), valid, context.ids, low, high, shift, unit, context.trailing,
-                         generated, rows)  # fmt: skip
+    prepared = _Prepared(values.astype(np.float32), valid, context.ids, low, high, nonnegative, shift, unit,
+                         context.trailing, generated, rows)  # fmt: skip
     return prepared, horizon, num_samples, options, forecast_placement(options.devices, mesh, rules)
 
 
-def forecast(model, series, horizon: int, num_samples: int | None = None, padding_mask=None, id_mask=None,
+def forecast(model, series, horizon: int, num_samples: int | str | None = "auto", padding_mask=None, id_mask=None,
              seed: int = 0, *, options: ForecastOptions | None = None, future_exogenous_variables=None,
              mesh=None, rules=None) -> Forecast:  # fmt: skip
     """Forecast ``horizon`` steps after each series.
@@ -186,15 +203,17 @@ def forecast(model, series, horizon: int, num_samples: int | None = None, paddin
     shorter ones are left-padded), a pandas DataFrame (rows = time steps, columns = variates) or Series,
     or a list of them. NaN marks a missing value. ``padding_mask`` (True = observed) and ``id_mask``
     (variates with equal id attend to each other) follow the series' layout.
-    ``num_samples=None`` gives the deterministic mean path (the reference's ``generate_mean``); otherwise
-    ``num_samples`` sample paths per series, each drawing from its own key (seed, step, series position,
-    path), so results do not depend on how the request is split into calls.
+    ``num_samples`` (Toto 1.0): sample paths per series, each drawing from its own key (seed, step, series
+    position, path), so results do not depend on how the request is split into calls. The default, "auto",
+    draws ``DEFAULT_NUM_SAMPLES`` (64) paths, so a forecast carries its uncertainty (``median``,
+    ``quantile(q)``); ``num_samples=None`` gives the deterministic mean path alone (the reference's
+    ``generate_mean``; one path instead of 64).
     ``options`` (default ``ForecastOptions()``, the safe defaults) decides the preprocessing, sampling
     mode and memory budget; ``ForecastOptions.reference()`` reproduces the reference implementation.
 
     Toto 2.0 models (``model.config.family == "toto2"``) forecast the nine quantiles 0.1 ... 0.9 in one
-    pass (or in blocks, ``ForecastOptions.decode_block_size``): ``num_samples`` stays None and the result
-    has ``quantiles``.
+    pass (or in blocks, ``ForecastOptions.decode_block_size``): ``num_samples`` stays "auto" (or None) and the
+    result has ``quantiles``.
 
     ``future_exogenous_variables`` ([n_exog, horizon] or [batch, n_exog, horizon]) are the known future
     values of the series' last ``n_exog`` variates (covariates: they are not forecast, and the result holds
@@ -239,6 +258,7 @@ def forecast(model, series, horizon: int, num_samples: int | None = None, paddin
     window = prepared.trailing[:, None, None, None] + np.arange(horizon)
     paths = np.take_along_axis(paths, np.broadcast_to(window, paths.shape[:3] + (horizon,)), axis=-1)
     paths = (paths * prepared.unit[:, None] + prepared.shift[:, None]).astype(prepared.rows.dtype)
+    paths = np.where(prepared.nonnegative[:, None], np.maximum(paths, 0), paths)  # float32 rounding of the bound
     targets = prepared.values.shape[1] if known is None else known.targets
     paths, index = paths[:, :, :targets], target_index(prepared.rows.index, targets)
     if num_samples is None:
@@ -247,7 +267,7 @@ def forecast(model, series, horizon: int, num_samples: int | None = None, paddin
     return Forecast(mean=samples.mean(axis=-1), samples=samples, index=index)
 
 
-def memory_plan(model: Toto, series, horizon: int, num_samples: int | None = None, padding_mask=None,
+def memory_plan(model: Toto, series, horizon: int, num_samples: int | str | None = "auto", padding_mask=None,
                 id_mask=None, *, options: ForecastOptions | None = None, mesh=None, rules=None) -> MemoryPlan:  # fmt: skip
     """How ``forecast`` with these arguments splits its work (it compiles the programs, runs nothing)."""
     prepared, _, num_samples, options, placement = _prepare(model, series, horizon, num_samples, padding_mask,

@@ -16,9 +16,8 @@ import numpy as np
 from .. import storage
 from .dataset import DEFAULT_MIN_LENGTH, DEFAULT_ROWS_PER_SHARD, DEFAULT_SERIES_PER_BATCH
 from .job import ON_ERROR
-from .options import add_options_arguments, options_from_args
-
-DEFAULT_QUANTILES = "0.1,0.5,0.9"
+from .options import DEFAULT_NUM_SAMPLES, add_options_arguments, options_from_args
+from .outputs import DEFAULT_QUANTILES, output_statistics, statistic_columns
 
 
 def add_parser(subparsers) -> None:
@@ -28,12 +27,14 @@ def add_parser(subparsers) -> None:
         description="Forecast a wide table (timestamp column + one column per variate: one multivariate "
         "series) or a long table (unique_id, ds, y: one series per id). Output has the same layout.",
     )
+    from ..checkpoint import BUNDLED_MODELS_HELP
+
     parser.add_argument(
         "--checkpoint",
         default="default",
         help="model: a reference checkpoint (model.safetensors + config.json), a native checkpoint, a training run "
         "directory, a Hugging Face Hub model (hf://OWNER/NAME), or a model shipped with toto-jax: 'toto1-small', "
-        "'toto2-small' or 'default' (the better of them, toto1-small; the default)",
+        f"'toto2-small' or 'default' (the better of them, toto1-small; the default). {BUNDLED_MODELS_HELP}",
     )
     parser.add_argument(
         "--input",
@@ -42,37 +43,24 @@ def add_parser(subparsers) -> None:
         "local, gs:// or s3://",
     )
     parser.add_argument("--horizon", required=True, type=int, help="steps to forecast")
-    parser.add_argument("--samples", type=int, default=None,
-                        help="Toto 1.0: sample paths (default: the mean path only); Toto 2.0 forecasts quantiles "
-                             "without samples")  # fmt: skip
+    parser.add_argument("--samples", type=int, default=None, metavar="N",
+                        help=f"Toto 1.0: sample paths behind the median and quantiles (default {DEFAULT_NUM_SAMPLES}); "
+                             "0: the deterministic mean path alone (a mean column, no bands; the cheapest). Toto 2.0 "
+                             "forecasts its quantiles without samples")  # fmt: skip
     parser.add_argument(
         "--quantiles", default=None,
-        help=f"comma-separated levels to write: Toto 1.0 with --samples, Toto 2.0 always, within 0.1-0.9 "
-             f"(default {DEFAULT_QUANTILES})",
+        help=f"comma-separated quantile levels to write (Toto 2.0: within 0.1-0.9) (default "
+             f"{','.join(map(str, DEFAULT_QUANTILES))})",
     )  # fmt: skip
     parser.add_argument("--output", required=True,
-                        help="CSV or Parquet file to write; or a directory (ending in '/', or an existing one; local, "
-                             "gs:// or s3://): a dataset job, streamed in shards, resumable (see 'dataset jobs' below)")
-    job = parser.add_argument_group(
-        "dataset jobs (--output DIR/)",
-        "The input is read in batches of whole series and forecast into Parquet shards DIR/part-NNNNN.parquet "
-        "(unique_id, ds, mean [, median, q...]; pyarrow.dataset.dataset(DIR) reads them as one table), series "
-        "that cannot be forecast into DIR/_errors/, and DIR/_SUCCESS (a JSON summary) when complete. The same "
-        "command resumes a stopped job (SIGTERM/SIGINT: exit 75); a different one against DIR is refused. "
-        "Processes launched together split the shards.",
-    )
-    job.add_argument("--on-error", choices=ON_ERROR, default="skip",
-                     help="series too short, all NaN, non-numeric or irregular: 'skip' writes them to DIR/_errors/ "
-                          "with the reason; 'fail' checks every series first and stops before anything is written "
-                          "(default skip)")  # fmt: skip
-    job.add_argument("--min-length", type=int, default=DEFAULT_MIN_LENGTH, metavar="STEPS",
-                     help=f"fewest observed steps a series needs (default {DEFAULT_MIN_LENGTH})")
-    job.add_argument("--series-per-batch", type=int, default=DEFAULT_SERIES_PER_BATCH, metavar="N",
-                     help=f"series forecast per call (default {DEFAULT_SERIES_PER_BATCH}); part of the job: a "
-                          "resumed job keeps it")  # fmt: skip
-    job.add_argument("--rows-per-shard", type=int, default=DEFAULT_ROWS_PER_SHARD, metavar="ROWS",
-                     help=f"Parquet input rows per output shard (default {DEFAULT_ROWS_PER_SHARD}); part of the job")
-    parser.add_argument("--plot", type=Path, default=None, help="PNG of history, median and quantile bands")
+                        help="CSV or Parquet file to write, in the input's layout with the timestamps continued: "
+                             "wide, COLUMN_mean, COLUMN_median, COLUMN_q0.1, COLUMN_q0.5, ... per variate; long, "
+                             "unique_id, ds, mean, median, q0.1, ... (mean alone with --samples 0). Or a directory "
+                             "(ending in '/', or an existing one; local, gs:// or s3://): a dataset job, streamed in "
+                             "shards, resumable (see 'dataset jobs' below)")  # fmt: skip
+    add_job_arguments(parser)
+    parser.add_argument("--plot", type=Path, default=None,
+                        help="PNG of the history, the median and the quantile bands (the mean with --samples 0)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing --output / --plot (the input is never overwritten)")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0, help="seed of the sample paths")
@@ -88,6 +76,44 @@ def add_parser(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
+def add_job_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of a dataset job (``--output DIR/``), for ``toto-jax forecast`` and ``toto-jax detect``."""
+    job = parser.add_argument_group(
+        "dataset jobs (--output DIR/)",
+        "The input is read in batches of whole series; the results go into Parquet shards DIR/part-NNNNN.parquet "
+        "(pyarrow.dataset.dataset(DIR) reads them as one table), series that cannot be used into DIR/_errors/, "
+        "and DIR/_SUCCESS (a JSON summary) when complete. The same command resumes a stopped job (SIGTERM/SIGINT: "
+        "exit 75); a different one against DIR is refused. Processes launched together split the shards.",
+    )
+    job.add_argument("--on-error", choices=ON_ERROR, default="skip",
+                     help="series too short, all NaN, non-numeric or irregular: 'skip' writes them to DIR/_errors/ "
+                          "with the reason; 'fail' checks every series first and stops before anything is written "
+                          "(default skip)")  # fmt: skip
+    job.add_argument("--min-length", type=int, default=DEFAULT_MIN_LENGTH, metavar="STEPS",
+                     help=f"fewest observed steps a series needs (default {DEFAULT_MIN_LENGTH})")
+    job.add_argument("--series-per-batch", type=int, default=DEFAULT_SERIES_PER_BATCH, metavar="N",
+                     help=f"series per compiled call (default {DEFAULT_SERIES_PER_BATCH}); part of the job: a "
+                          "resumed job keeps it")  # fmt: skip
+    job.add_argument("--rows-per-shard", type=int, default=DEFAULT_ROWS_PER_SHARD, metavar="ROWS",
+                     help=f"Parquet input rows per output shard (default {DEFAULT_ROWS_PER_SHARD}); part of the job")
+
+
+def job_arguments(args: argparse.Namespace) -> dict:
+    return dict(on_error=args.on_error, min_length=args.min_length, rows_per_shard=args.rows_per_shard,
+                series_per_batch=args.series_per_batch, overwrite=args.overwrite)  # fmt: skip
+
+
+def finish_job(summary) -> int:
+    """Print a dataset job's summary; its exit status (75 when stopped before it completed)."""
+    from ..train.preemption import PREEMPTED_EXIT_CODE
+
+    print(summary.describe())
+    if not summary.complete:
+        print(f"stopped: the same command resumes the job (exit {PREEMPTED_EXIT_CODE})")
+        return PREEMPTED_EXIT_CODE
+    return 0
+
+
 def _parse_quantiles(text: str) -> list[float]:
     try:
         levels = [float(part) for part in text.split(",") if part.strip()]
@@ -99,7 +125,7 @@ def _parse_quantiles(text: str) -> list[float]:
 
 
 def run(args: argparse.Namespace) -> int:
-    levels, options = _check_arguments(args)
+    options = _check_arguments(args)
     if names_directory(args.output):
         return _run_job(args, options)
     if Path(args.input).is_dir() or storage.is_remote(args.input):
@@ -107,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
                          "(ending in '/') for a dataset job")  # fmt: skip
     job = (Path(args.input), Path(args.output), args.plot)
     _check_paths(*job, overwrite=args.overwrite)  # every path is checked before the model loads
-    _forecast_file(args, levels, options, *job, None)
+    _forecast_file(args, options, *job, None)
     return 0
 
 
@@ -118,7 +144,6 @@ def names_directory(output: str) -> bool:
 
 def _run_job(args: argparse.Namespace, options) -> int:
     from ..distributed import initialize
-    from ..train.preemption import PREEMPTED_EXIT_CODE
     from .job import forecast_dataset
 
     initialize()  # processes launched together split the shards
@@ -126,25 +151,22 @@ def _run_job(args: argparse.Namespace, options) -> int:
         raise ValueError("--plot draws the series of one table; a dataset job writes Parquet shards only")
     quantiles = None if args.quantiles is None else _parse_quantiles(args.quantiles)
     summary = forecast_dataset(
-        args.checkpoint, args.input, args.output, args.horizon, args.samples, quantiles, seed=args.seed, options=options,
-        covariates=covariate_names(args.covariates), future_covariates=args.future_covariates,
-        on_error=args.on_error, min_length=args.min_length, rows_per_shard=args.rows_per_shard,
-        series_per_batch=args.series_per_batch, overwrite=args.overwrite,
+        args.checkpoint, args.input, args.output, args.horizon, _sample_count(args), quantiles, seed=args.seed,
+        options=options,
+        covariates=covariate_names(args.covariates), future_covariates=args.future_covariates, **job_arguments(args),
     )
-    print(summary.describe())
-    if not summary.complete:
-        print(f"stopped: the same command resumes the job (exit {PREEMPTED_EXIT_CODE})")
-        return PREEMPTED_EXIT_CODE
-    return 0
+    return finish_job(summary)
 
 
 def _check_arguments(args: argparse.Namespace):
-    """Validate the arguments; returns the quantile levels asked for and the forecast options."""
+    """Validate the arguments (the model-dependent ones in ``output_statistics``); returns the forecast options."""
     # Everything that can be checked before the model runs is checked first; nothing is written on error.
     if args.horizon <= 0:
         raise ValueError(f"--horizon must be positive, got {args.horizon}")
-    if args.samples is not None and args.samples <= 0:
-        raise ValueError(f"--samples must be positive, got {args.samples}")
+    if args.samples is not None and args.samples < 0:
+        raise ValueError(f"--samples must be positive (or 0: the mean path alone), got {args.samples}")
+    if args.quantiles is not None:
+        _parse_quantiles(args.quantiles)
     options = options_from_args(args)
     if (args.covariates is None) != (args.future_covariates is None):
         raise ValueError("--covariates and --future-covariates go together: name the columns and the file of their "
@@ -153,7 +175,12 @@ def _check_arguments(args: argparse.Namespace):
         Path(args.future_covariates).exists()
     ):
         raise FileNotFoundError(f"--future-covariates file not found: {args.future_covariates}")
-    return _parse_quantiles(args.quantiles or DEFAULT_QUANTILES), options
+    return options
+
+
+def _sample_count(args: argparse.Namespace):
+    """``--samples`` as ``output_statistics`` takes it: unset is "auto", 0 the mean path."""
+    return "auto" if args.samples is None else args.samples
 
 
 def covariate_names(text: str | None) -> list[str]:
@@ -179,24 +206,6 @@ def with_future_covariates(model, table, future: np.ndarray):
     return [series for series, _ in led], np.stack([ahead for _, ahead in led])
 
 
-def _levels_for(model, args: argparse.Namespace, levels: list[float]) -> list[float]:
-    """The quantile levels this model writes: a quantile model (Toto 2.0) always, Toto 1.0 from samples."""
-    from ..models import is_toto2
-
-    if is_toto2(model):
-        if args.samples is not None:
-            raise ValueError("--samples: a Toto 2.0 checkpoint forecasts quantiles directly; drop --samples")
-        outside = [q for q in levels if not 0.1 <= q <= 0.9]
-        if outside:
-            raise ValueError(f"--quantiles: a Toto 2.0 forecast covers levels 0.1 to 0.9, got {outside}")
-        return levels
-    if args.samples is None:
-        if args.quantiles is not None:
-            raise ValueError("--quantiles need sample paths with a Toto 1.0 checkpoint: add --samples N")
-        return []
-    return levels
-
-
 def _check_paths(input_path: Path, output: Path, plot: Path | None, overwrite: bool) -> None:
     """The input is never written; an existing output or plot needs ``--overwrite``."""
     from . import tabular
@@ -219,7 +228,7 @@ def _check_paths(input_path: Path, output: Path, plot: Path | None, overwrite: b
             raise FileExistsError(f"{name} {path} already exists; pass --overwrite to replace it")
 
 
-def _forecast_file(args, levels: list[float], options, input_path: Path, output: Path, plot: Path | None, model):
+def _forecast_file(args, options, input_path: Path, output: Path, plot: Path | None, model):
     """Forecast one table; returns the model (loaded on first use) so a directory loads it once."""
     from . import tabular
     from .api import forecast
@@ -233,18 +242,16 @@ def _forecast_file(args, levels: list[float], options, input_path: Path, output:
         import toto_jax
 
         model = toto_jax.load(args.checkpoint)
-    levels = _levels_for(model, args, levels)
+    from ..models import is_toto2
+
+    num_samples, levels = output_statistics(is_toto2(model), _sample_count(args),
+                                            None if args.quantiles is None else _parse_quantiles(args.quantiles))  # fmt: skip
     if future is not None:
         series, future = with_future_covariates(model, table, future)
     # The values stay float64: the options normalize them in float64 before the model's float32.
-    result = forecast(model, series, args.horizon, num_samples=args.samples, seed=args.seed, options=options,
+    result = forecast(model, series, args.horizon, num_samples=num_samples, seed=args.seed, options=options,
                       future_exogenous_variables=future)  # fmt: skip
-    columns = {"mean": result.mean}
-    if levels:
-        columns["median"] = result.median
-        for level, values in zip(levels, result.quantile(levels)):
-            columns[f"q{level:g}"] = values
-    frame = tabular.forecast_frame(table, args.horizon, columns)
+    frame = tabular.forecast_frame(table, args.horizon, statistic_columns(result, levels))
 
     png = None
     if plot is not None:

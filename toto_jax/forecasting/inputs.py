@@ -2,7 +2,9 @@
 
 Accepted: a numpy array [variate, time] or [batch, variate, time] of any float or integer dtype; a list
 of [variate, time] arrays (lengths may differ); a pandas DataFrame (rows = time, columns = variates) or
-Series, or a list of them. Values stay float64 until the options' normalization has removed offsets, so
+Series, or a list of them. A DataFrame whose time is a column (as ``pd.read_csv`` gives it) is read as
+``toto-jax forecast`` reads a table: wide (a timestamp column + one column per variate: one series) or
+long (``unique_id``, ``ds``, ``y``: one series per id). Values stay float64 until the options' normalization has removed offsets, so
 a counter at 1e12 keeps its small signal. Every problem is a ``ForecastError`` naming the series,
 variate or column, raised before anything is compiled.
 """
@@ -63,11 +65,41 @@ def _future_labels(index, horizon: int, name: str):
     )
 
 
-def _pandas_row(frame, position: int, horizon: int) -> tuple[np.ndarray, TimeIndex]:
+LAYOUT_HINT = (
+    "a DataFrame's rows are time steps and its columns variates: make the time its index "
+    "(frame.set_index(pd.to_datetime(frame['timestamp'])).drop(columns='timestamp')), or keep it a column of "
+    "datetimes or date strings beside numeric value columns (wide), or give columns unique_id, ds, y (long), as "
+    "toto-jax forecast reads tables"
+)
+
+
+def _pandas_rows(frame, position: int, horizon: int) -> tuple[list[np.ndarray], list[TimeIndex]]:
+    """One pandas input's series: a time-indexed frame or a Series is one; a frame with its time in a column
+    is read as a table (wide: one series; long: one per ``unique_id``, its variate named by the id)."""
     import pandas as pd
 
     if isinstance(frame, pd.Series):
         frame = frame.to_frame(name=frame.name if frame.name is not None else "value")
+    time_in_a_column = not isinstance(frame.index, pd.DatetimeIndex) and any(
+        not pd.api.types.is_numeric_dtype(dtype) or pd.api.types.is_bool_dtype(dtype) for dtype in frame.dtypes
+    )
+    if time_in_a_column and frame.shape[0] > 0:
+        from .tabular import TableError, parse_table
+
+        try:
+            table = parse_table(frame)
+        except TableError as error:
+            raise ForecastError(f"series {position}: {error}; {LAYOUT_HINT}") from None
+        futures = table.future_timestamps(horizon)
+        names = [table.names] * len(table.values) if table.layout == "wide" else [[name] for name in table.names]
+        return list(table.values), [TimeIndex(n, future) for n, future in zip(names, futures)]
+    values, index = _pandas_row(frame, position, horizon)
+    return [values], [index]
+
+
+def _pandas_row(frame, position: int, horizon: int) -> tuple[np.ndarray, TimeIndex]:
+    import pandas as pd
+
     name = f"series {position}"
     if frame.shape[1] == 0:
         raise ForecastError(f"{name}: the DataFrame has no columns (variates)")
@@ -77,7 +109,7 @@ def _pandas_row(frame, position: int, horizon: int) -> tuple[np.ndarray, TimeInd
     for column in frame.columns:
         data = frame[column]
         if not pd.api.types.is_numeric_dtype(data) or pd.api.types.is_bool_dtype(data):
-            raise ForecastError(f"{name}: column {column!r} is not numeric (dtype {data.dtype})")
+            raise ForecastError(f"{name}: column {column!r} is not numeric (dtype {data.dtype}); {LAYOUT_HINT}")
         columns.append(data.to_numpy(np.float64, na_value=np.nan))
     future = _future_labels(frame.index, horizon, name)
     return np.stack(columns), TimeIndex([str(c) for c in frame.columns], future)
@@ -102,8 +134,12 @@ def read_rows(series, horizon: int, patch_size: int) -> Rows:
     if items is not None and any(_is_pandas(item) for item in items):
         if not all(_is_pandas(item) for item in items):
             raise ForecastError("a list of series must be all pandas objects or all arrays")
-        rows, index = zip(*(_pandas_row(item, i, horizon) for i, item in enumerate(items)))
-        return Rows(list(rows), np.dtype(np.float64), list(index))
+        rows, index = [], []
+        for i, item in enumerate(items):
+            item_rows, item_index = _pandas_rows(item, i, horizon)
+            rows += item_rows
+            index += item_index
+        return Rows(rows, np.dtype(np.float64), index)
     if items is None:
         array, wide = _array_row(series, "series")
         if array.ndim == 2:  # one series; the result keeps a batch axis of 1, as the reference's

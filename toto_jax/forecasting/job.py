@@ -43,6 +43,7 @@ from .dataset import (
     series_key,
 )
 from .options import ForecastOptions
+from .outputs import output_statistics, statistic_columns
 
 JOB_FILE, SUCCESS_FILE, ERRORS_DIRECTORY = "_job.json", "_SUCCESS", "_errors"
 ON_ERROR = ("skip", "fail")
@@ -72,6 +73,7 @@ class JobSummary:
     seconds: float
     complete: bool
     stopped: bool  # a signal stopped this run before it finished
+    verb: str = "forecast"  # what the job did to each series
 
     @property
     def series_per_second(self) -> float:
@@ -85,10 +87,10 @@ class JobSummary:
         if self.series is None:  # another process sums up the job
             return f"{self.output}: complete ({this_run} by this process)"
         skipped = ", ".join(f"{count} {reason}" for reason, count in sorted(self.skipped.items())) or "none"
-        return f"{self.output}: complete; {self.series} series forecast, skipped: {skipped} ({this_run})"
+        return f"{self.output}: complete; {self.series} series {self.verb}, skipped: {skipped} ({this_run})"
 
 
-def forecast_dataset(model, source, output, horizon: int, num_samples: int | None = None,
+def forecast_dataset(model, source, output, horizon: int, num_samples: int | str | None = "auto",
                      quantiles=None, *, seed: int = 0, options: ForecastOptions | None = None,
                      covariates=(), future_covariates=None, on_error: str = "skip",
                      min_length: int = DEFAULT_MIN_LENGTH, rows_per_shard: int = DEFAULT_ROWS_PER_SHARD,
@@ -100,8 +102,10 @@ def forecast_dataset(model, source, output, horizon: int, num_samples: int | Non
 
     ``source``: a CSV/Parquet file, directory or glob, local or ``gs://`` / ``s3://``, long (``unique_id, ds,
     y`` [+ ``covariates``], each series' rows consecutive) or wide (one multivariate series per file).
-    ``num_samples``, ``quantiles`` (levels written beside the mean and median; Toto 2.0: default its nine
-    knots' 0.1, 0.5, 0.9), ``seed`` and ``options`` mean what they mean for ``toto_jax.forecast``.
+    ``num_samples`` and ``quantiles`` decide the columns as for ``toto-jax forecast``
+    (``outputs.output_statistics``: by default sample paths or the quantile head, and mean, median, q0.1, q0.5,
+    q0.9; None or 0, Toto 1.0's mean path, the mean alone); ``seed`` and ``options`` mean what they mean for
+    ``toto_jax.forecast``.
     ``future_covariates``: a table keyed like the input (``unique_id, ds`` + the covariate columns) holding
     the covariates' values over the horizon. ``on_error``: ``"skip"`` writes series that cannot be forecast
     (too short, all NaN, non-numeric, irregular) to ``_errors/`` with the reason; ``"fail"`` checks every
@@ -110,13 +114,14 @@ def forecast_dataset(model, source, output, horizon: int, num_samples: int | Non
     batch boundaries, hence the results: a resumed job must keep them. ``overwrite`` starts the directory's
     job over instead of refusing a different one. Several processes (``toto_jax.distributed``) split the
     shards; each uses its local devices as ``options.devices`` or ``mesh`` say."""
-    from .. import distributed
-
-    distributed.initialize()
-    job = _Job(model, source, output, horizon, num_samples, quantiles, seed, options, covariates,
-               future_covariates, on_error, min_length, rows_per_shard, series_per_batch, model_name, mesh)  # fmt: skip
-    job.prepare(overwrite)
-    return job.run(progress)
+    job = DatasetJob(source, output, covariates=covariates, on_error=on_error, min_length=min_length,
+                     rows_per_shard=rows_per_shard, series_per_batch=series_per_batch)  # fmt: skip
+    future = None if future_covariates is None else _FutureCovariates(future_covariates, job.dataset)
+    if job.dataset.covariates and future is None:
+        raise ValueError(f"covariates {job.dataset.covariates} need their future values: give future_covariates")
+    model, model_name = loaded_model(model, model_name)
+    task = ForecastTask(model, model_name, horizon, num_samples, quantiles, seed, options, future, mesh)
+    return job.run(task, overwrite, progress)
 
 
 def _check_positive(name: str, value) -> int:
@@ -125,8 +130,18 @@ def _check_positive(name: str, value) -> int:
     return int(value)
 
 
+def loaded_model(model, name: str | None = None):
+    """(model, its name): a model as given, or what ``toto_jax.load`` takes, loaded (once the job's paths are
+    known to be good: a mistyped output costs no model load)."""
+    if isinstance(model, (str, os.PathLike)):
+        import toto_jax
+
+        return toto_jax.load(model), str(model)
+    return model, name or "(in memory)"
+
+
 def model_digest(model) -> str:
-    """A digest of the model's configuration and parameters: which model made a job's forecasts."""
+    """A digest of the model's configuration and parameters: which model made a job's outputs."""
     import hashlib
 
     import jax
@@ -141,57 +156,111 @@ def model_digest(model) -> str:
     return digest.hexdigest()
 
 
-class _Job:
-    def __init__(self, model, source, output, horizon, num_samples, quantiles, seed, options, covariates,
-                 future_covariates, on_error, min_length, rows_per_shard, series_per_batch, model_name, mesh):  # fmt: skip
+def result_options(options) -> dict:
+    """The fields of a ``ForecastOptions`` that change values (a job's identity), not just speed."""
+    return {k: v for k, v in dataclasses.asdict(options).items() if k not in RESULT_NEUTRAL_OPTIONS}
+
+
+class ForecastTask:
+    """What a forecast job does with each batch of series: forecast them and lay the statistics out long."""
+
+    verb = "forecast"
+
+    def __init__(self, model, model_name: str, horizon, num_samples, quantiles, seed, options, future, mesh):
         from ..models import is_toto2
 
-        if on_error not in ON_ERROR:
-            raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
         options = ForecastOptions() if options is None else options
         if not isinstance(options, ForecastOptions):
             raise ValueError(f"options must be a ForecastOptions, got {type(options).__name__}")
+        self.model, self.model_name, self.future, self.mesh = model, model_name, future, mesh
         self.horizon = _check_positive("horizon", horizon)
-        self.num_samples = None if num_samples is None else _check_positive("num_samples", num_samples)
-        self.seed, self.on_error = int(seed), on_error
+        self.seed = int(seed)
+        self.options = options.replace(progress=False)
+        self.num_samples, self.levels = output_statistics(is_toto2(model), num_samples, quantiles)
+
+    def spec(self) -> dict:
+        return {
+            "task": self.verb,
+            "model": self.model_name,
+            "model_digest": model_digest(self.model),
+            "horizon": self.horizon,
+            "samples": self.num_samples,
+            "quantiles": self.levels,
+            "seed": self.seed,
+            "options": result_options(self.options),
+            "future_covariates": None if self.future is None else self.future.source,
+        }
+
+    def table(self, batch: SeriesBatch, file: str):
+        """The forecasts of a batch's series as an Arrow table."""
+        import pyarrow as pa
+
+        from .api import forecast
+        from .cli import with_future_covariates
+        from .tabular import forecast_frame
+
+        table = batch.table
+        series, future = table.values, None
+        if self.future is not None:
+            series, future = with_future_covariates(self.model, table, self.future.values(table, self.horizon))
+        seed = int(np.random.SeedSequence([self.seed, batch.shard, batch.number]).generate_state(1)[0])
+        result = forecast(self.model, series, self.horizon, num_samples=self.num_samples, seed=seed,
+                          options=self.options, future_exogenous_variables=future, mesh=self.mesh)  # fmt: skip
+        statistics = statistic_columns(result, self.levels)
+        frame = forecast_frame(table, self.horizon, statistics)
+        if table.layout == "wide":  # one row per step and variate, keyed like the long layout
+            frame = wide_to_long(frame, table, file, table.timestamp_column, statistics)
+        return pa.Table.from_pandas(frame, preserve_index=False)
+
+    def empty_schema(self):
+        """The columns of a part with no series (all of its shard's were skipped)."""
+        import pyarrow as pa
+
+        statistics = ["mean"] + (["median"] + [f"q{q:g}" for q in self.levels] if self.levels else [])
+        return pa.schema([("unique_id", pa.string()), ("ds", pa.timestamp("us"))]
+                         + [(name, pa.float64()) for name in statistics])  # fmt: skip
+
+
+class DatasetJob:
+    """A dataset read in shards and batches, each batch turned into rows by a task (``ForecastTask``, the
+    detection package's ``DetectTask``) and written as the parts of an output directory; resumable, split over
+    processes. The paths are checked here, before any model is loaded."""
+
+    def __init__(self, source, output, *, covariates=(), on_error: str = "skip", min_length: int = DEFAULT_MIN_LENGTH,
+                 rows_per_shard: int = DEFAULT_ROWS_PER_SHARD, series_per_batch: int = DEFAULT_SERIES_PER_BATCH):  # fmt: skip
+        from .. import distributed
+
+        distributed.initialize()
+        if on_error not in ON_ERROR:
+            raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
+        self.on_error = on_error
         self.min_length = _check_positive("min_length", min_length)
         self.series_per_batch = _check_positive("series_per_batch", series_per_batch)
-        self.options = options.replace(progress=False)
         self.output_name = str(output).rstrip("/")
         self.output = storage.as_path(self.output_name)  # the location, once, here
         storage.check_access(self.output_name)
         self.dataset = Dataset(source, covariates, rows_per_shard)
         _refuse_input_as_output(self.dataset, self.output_name)
-        self.future = None if future_covariates is None else _FutureCovariates(future_covariates, self.dataset)
-        if self.dataset.covariates and self.future is None:
-            raise ValueError(f"covariates {self.dataset.covariates} need their future values: give future_covariates")
         if JOB_FILE not in self._names():
             self._refuse_foreign_files()
-        if isinstance(model, (str, os.PathLike)):  # loaded once the paths are known to be good
-            import toto_jax
-
-            model_name, model = str(model), toto_jax.load(model)
-        self.model, self.mesh = model, mesh
-        self.levels = statistic_levels(is_toto2(model), self.num_samples, quantiles)
         self.spec = {
             "format": JOB_FORMAT,
             "input": self.dataset.source if storage.is_remote(source) else os.path.abspath(source),
             "files": len(self.dataset.files),
             "shards": len(self.dataset.shards),
-            "model": model_name or "(in memory)",
-            "model_digest": model_digest(model),
-            "horizon": self.horizon,
-            "samples": self.num_samples,
-            "quantiles": self.levels,
-            "seed": self.seed,
-            "options": {k: v for k, v in dataclasses.asdict(self.options).items() if k not in RESULT_NEUTRAL_OPTIONS},
             "covariates": self.dataset.covariates,
-            "future_covariates": None if future_covariates is None else str(future_covariates),
             "on_error": on_error,
             "min_length": self.min_length,
             "rows_per_shard": rows_per_shard,
             "series_per_batch": self.series_per_batch,
         }
+
+    def run(self, task, overwrite: bool = False, progress: bool | None = None) -> "JobSummary":
+        """Run ``task`` over every shard not yet committed; returns the summary."""
+        self.task = task
+        self.spec = {**self.spec, **task.spec()}
+        self.prepare(overwrite)
+        return self._run(progress)
 
     # ---- before any forecast --------------------------------------------------------------------------------
     def prepare(self, overwrite: bool) -> None:
@@ -230,7 +299,7 @@ class _Job:
             raise JobError(f"{self.output_name} is a file; a dataset job writes a directory: name a new one")
         others = sorted(self._names())
         if others:
-            raise JobError(f"{self.output_name} holds files that are not a forecast job's ({others[:3]}): name a new "
+            raise JobError(f"{self.output_name} holds files that are not a dataset job's ({others[:3]}): name a new "
                            "or empty directory")  # fmt: skip
 
     def _remove_scratch(self) -> None:
@@ -259,8 +328,8 @@ class _Job:
 
         return [self.dataset.shards[i] for i in host_shard(len(self.dataset.shards))]
 
-    # ---- the forecasts --------------------------------------------------------------------------------------
-    def run(self, progress: bool | None) -> JobSummary:
+    # ---- the work -------------------------------------------------------------------------------------------
+    def _run(self, progress: bool | None) -> JobSummary:
         from .. import distributed
 
         began = time.perf_counter()
@@ -275,13 +344,14 @@ class _Job:
             for batch in reader:
                 if writer is None or writer.shard != batch.shard:
                     writer = _ShardWriter(self.output, batch.shard)
-                writer.add(self._forecast(batch), batch.errors, batch)
+                rows = None if batch.table is None else self.task.table(batch, self.dataset.shards[batch.shard].file)
+                writer.add(rows, batch.errors, batch)
                 done_series += batch.series
                 if bar is not None:
                     bar.update(batch.rows)
                     bar.set_postfix_str(f"{done_series / (time.perf_counter() - began):.0f} series/s")
                 if reader.shard_finished(batch):
-                    writer.commit(self.dataset.shards[batch.shard], self.levels)
+                    writer.commit(self.dataset.shards[batch.shard], self.task.empty_schema())
                     writer = None
                 if stop.received:
                     break
@@ -296,28 +366,6 @@ class _Job:
         states = distributed.exchange("job/finished", json.dumps({"stopped": stop.received is not None}))
         stopped_anywhere = any(json.loads(s)["stopped"] for s in states)
         return self._finish(seconds, done_series, stop.received is not None or stopped_anywhere)
-
-    def _forecast(self, batch: SeriesBatch):
-        """The forecast columns of a batch as an Arrow table (None when it has no series to forecast)."""
-        from .api import forecast
-        from .cli import with_future_covariates
-        from .tabular import forecast_frame
-
-        table = batch.table
-        if table is None:
-            return None
-        series, future = table.values, None
-        if self.future is not None:
-            series, future = with_future_covariates(self.model, table, self.future.values(table, self.horizon))
-        seed = int(np.random.SeedSequence([self.seed, batch.shard, batch.number]).generate_state(1)[0])
-        result = forecast(self.model, series, self.horizon, num_samples=self.num_samples, seed=seed,
-                          options=self.options, future_exogenous_variables=future, mesh=self.mesh)  # fmt: skip
-        frame = forecast_frame(table, self.horizon, statistic_columns(result, self.levels))
-        if table.layout == "wide":  # one row per step and variate, keyed like the long layout
-            frame = _wide_to_long(frame, table, self.dataset.shards[batch.shard].file)
-        import pyarrow as pa
-
-        return pa.Table.from_pandas(frame, preserve_index=False)
 
     def _names(self) -> set[str]:
         """The names in the output directory now (a bucket's listing is read afresh: other processes write)."""
@@ -350,51 +398,21 @@ class _Job:
                 keys.append(np.frombuffer(base64.b64decode(stats["keys"]), np.uint64))
             _check_contiguous(keys, self.dataset, self.output)
         summary = JobSummary(self.output_name, len(self.dataset.shards), len(committed), series, skipped,
-                             series_this_run, seconds, complete, stopped)  # fmt: skip
+                             series_this_run, seconds, complete, stopped, self.task.verb)  # fmt: skip
         if complete and distributed.is_coordinator() and SUCCESS_FILE not in self._names():
             self._write_json(SUCCESS_FILE, {**dataclasses.asdict(summary), "job": self.spec})
         return summary
 
 
-def statistic_levels(quantile_model: bool, num_samples: int | None, quantiles) -> list[float]:
-    """The quantile levels a forecast writes beside its mean (and median): a quantile model (Toto 2.0)
-    always (default 0.1, 0.5, 0.9; within its 0.1-0.9 knots), Toto 1.0 only from sample paths."""
-    if quantiles is not None:
-        levels = [float(q) for q in quantiles]
-        if not levels or any(not 0.0 < q < 1.0 for q in levels):
-            raise ValueError(f"quantile levels must lie strictly between 0 and 1, got {list(quantiles)}")
-    else:
-        levels = [0.1, 0.5, 0.9] if quantile_model or num_samples is not None else []
-    if quantile_model:
-        if num_samples is not None:
-            raise ValueError("a Toto 2.0 model forecasts quantiles directly: leave num_samples None")
-        outside = [q for q in levels if not 0.1 <= q <= 0.9]
-        if outside:
-            raise ValueError(f"a Toto 2.0 forecast covers levels 0.1 to 0.9, got {outside}")
-    elif num_samples is None and levels:
-        raise ValueError("quantiles need sample paths with a Toto 1.0 model: give num_samples")
-    return levels
-
-
-def statistic_columns(result, levels: list[float]) -> dict[str, np.ndarray]:
-    """{'mean', and with levels 'median' and 'q<level>'}: arrays [batch, variate, horizon]."""
-    columns = {"mean": result.mean}
-    if levels:
-        columns["median"] = result.median
-        for level, values in zip(levels, result.quantile(levels)):
-            columns[f"q{level:g}"] = values
-    return columns
-
-
-def _wide_to_long(frame, table, file: str):
+def wide_to_long(frame, table, file: str, time_column: str, columns) -> "pd.DataFrame":  # noqa: F821
+    """A wide frame (``time_column`` + ``<variate>_<column>`` for each of ``columns``) as long rows keyed
+    ``FILE/VARIATE`` (the file's stem): one dataset's parts share one layout whatever the input's."""
     import pandas as pd
 
     stem = Path(file.split("://", 1)[-1]).stem
-    time_column = table.timestamp_column
-    parts = []
-    for name in table.names:
-        columns = {c[len(name) + 1:]: frame[c].to_numpy() for c in frame.columns if c.startswith(f"{name}_")}
-        parts.append(pd.DataFrame({"unique_id": f"{stem}/{name}", "ds": frame[time_column].to_numpy(), **columns}))
+    stamps = frame[time_column].to_numpy()
+    parts = [pd.DataFrame({"unique_id": f"{stem}/{name}", "ds": stamps,
+                           **{c: frame[f"{name}_{c}"].to_numpy() for c in columns}}) for name in table.names]  # fmt: skip
     return pd.concat(parts, ignore_index=True)
 
 
@@ -416,7 +434,7 @@ def _defining(spec: dict) -> dict:
 def _difference(output: str, existing: dict, wanted: dict) -> str:
     changed = [f"{key} {existing.get(key)!r} there, {wanted.get(key)!r} now" for key in sorted(set(existing) | set(wanted))
                if existing.get(key) != wanted.get(key)]  # fmt: skip
-    return (f"{output} holds another forecast job ({'; '.join(changed)}): name a new directory, or pass "
+    return (f"{output} holds another job ({'; '.join(changed)}): name a new directory, or pass "
             "--overwrite (overwrite=True) to start it over")
 
 
@@ -463,16 +481,14 @@ class _ShardWriter:
         self.errors.extend(errors)
         self.keys.extend(series_key(name) for name, _ in errors if batch.table is None or batch.table.layout == "long")
 
-    def commit(self, shard, levels: list[float]) -> None:
+    def commit(self, shard, empty_schema) -> None:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
         stats = {"series": self.series, "skipped": _reasons(self.errors),
                  "keys": base64.b64encode(np.asarray(self.keys, np.uint64).tobytes()).decode()}  # fmt: skip
-        if self.writer is None:  # no series of the shard could be forecast: an empty part marks it done
-            fields = [("unique_id", pa.string()), ("ds", pa.timestamp("us")), ("mean", pa.float64())]
-            fields += [("median", pa.float64())] * bool(levels) + [(f"q{q:g}", pa.float64()) for q in levels]
-            self.writer = pq.ParquetWriter(self.file, pa.schema(fields))
+        if self.writer is None:  # no series of the shard could be used: an empty part marks it done
+            self.writer = pq.ParquetWriter(self.file, empty_schema)
         self.writer.add_key_value_metadata({"toto_jax.shard": json.dumps(stats)})
         self.writer.close()
         if self.errors:

@@ -25,6 +25,9 @@ DEFAULT_VALUE_CAP = 10.0
 DEFAULT_MEMORY_BUDGET = 4 << 30
 # toto-2's GluonTS default: leading patches seen by fewer observations take the first 8 observations' statistics.
 DEFAULT_SCALER_FALLBACK_MIN_OBS = 8
+# Sample paths of a Toto 1.0 forecast when none are asked for (num_samples="auto", the CLI without --samples):
+# see experiments/default_samples.md for the measured CRPS and time per count.
+DEFAULT_NUM_SAMPLES = 64
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +49,10 @@ class ForecastOptions:
     - ``value_cap``: decoded values stay within K context standard deviations beyond the context's range,
       so long sample paths cannot run away (None: no cap). Toto 2.0 models apply it as toto-2's
       ``quantile_real_cap_k`` (K scales of the causal scaler at the last context step).
+    - ``infer_nonnegative``: a variate whose observed context is all >= 0 (counts, rates, utilisation,
+      bytes) is forecast >= 0: sample paths (each decoded patch, before it is fed back), the mean path,
+      quantiles and means (as TimesFM 2.5's ``infer_is_positive``). A variate with any negative value is
+      left free. False: no such bound (the reference).
     - ``sampling``: ``"comonotone"`` draws one quantile level per sample path, variate and patch (smooth
       fed-back patches, less drift); ``"independent"`` draws every step on its own (the reference).
     - ``memory_budget``: bytes of working memory one compiled call may use; batches, sample paths and
@@ -69,6 +76,7 @@ class ForecastOptions:
     clip_outliers: float | None = DEFAULT_CLIP_OUTLIERS
     normalize: str = "standardize"
     value_cap: float | None = DEFAULT_VALUE_CAP
+    infer_nonnegative: bool = True
     sampling: str = "comonotone"
     memory_budget: int = DEFAULT_MEMORY_BUDGET
     use_kv_cache: bool = True
@@ -99,7 +107,7 @@ class ForecastOptions:
         positive_number("value_cap", self.value_cap)
         choice("sampling", self.sampling, SAMPLING_MODES)
         positive_number("memory_budget", self.memory_budget, allow_none=False)
-        for name in ("use_kv_cache", "bucket"):
+        for name in ("infer_nonnegative", "use_kv_cache", "bucket"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"ForecastOptions.{name} must be True or False, got {getattr(self, name)!r}")
         if self.decode_block_size is not None and (
@@ -124,10 +132,10 @@ class ForecastOptions:
     @classmethod
     def reference(cls, **overrides) -> ForecastOptions:
         """The reference implementation's semantics: raw float32 values, missing steps masked, no
-        clipping, no cap, independent draws, no scaler fallback. Every parity test and speed comparison
+        clipping, no cap, no non-negativity bound, independent draws, no scaler fallback. Every parity test and speed comparison
         uses these."""
-        fields = dict(gaps="mask", clip_outliers=None, normalize="none", value_cap=None, sampling="independent",
-                      scaler_fallback_min_obs=0)  # fmt: skip
+        fields = dict(gaps="mask", clip_outliers=None, normalize="none", value_cap=None, infer_nonnegative=False,
+                      sampling="independent", scaler_fallback_min_obs=0)  # fmt: skip
         return cls(**{**fields, **overrides})
 
     def replace(self, **changes) -> ForecastOptions:
@@ -170,6 +178,9 @@ def add_options_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--value-cap", type=_optional_positive("context standard deviations"), default=argparse.SUPPRESS,
                        metavar="K", help=f"keep decoded values within K context standard deviations beyond the "
                        f"context's range ('none': off; default {default.value_cap:g})")  # fmt: skip
+    group.add_argument("--infer-nonnegative", action=argparse.BooleanOptionalAction, default=None,
+                       help="keep the forecast of a variate whose context is all >= 0 (counts, rates, bytes) at or "
+                            "above 0 (default: on; --no-infer-nonnegative: off, as the reference)")  # fmt: skip
     group.add_argument("--sampling", choices=SAMPLING_MODES, default=None,
                        help=f"how sample paths draw each patch (default {default.sampling})")
     group.add_argument("--memory-budget-gb", type=float, default=None,
@@ -190,7 +201,7 @@ def options_from_args(args: argparse.Namespace) -> ForecastOptions:
     with every flag given on top."""
     options = ForecastOptions.reference() if args.reference_options else ForecastOptions()
     changes = {}
-    for name in ("context_length", "gaps", "normalize", "sampling", "decode_block_size", "scaler_fallback_min_obs",
+    for name in ("context_length", "gaps", "normalize", "infer_nonnegative", "sampling", "decode_block_size", "scaler_fallback_min_obs",
                  "devices"):  # fmt: skip
         if getattr(args, name) is not None:
             changes[name] = getattr(args, name)
@@ -213,6 +224,7 @@ def options_from_args(args: argparse.Namespace) -> ForecastOptions:
 __all__ = [
     "DEFAULT_CLIP_OUTLIERS",
     "DEFAULT_MEMORY_BUDGET",
+    "DEFAULT_NUM_SAMPLES",
     "DEFAULT_SCALER_FALLBACK_MIN_OBS",
     "DEFAULT_VALUE_CAP",
     "GAP_MODES",

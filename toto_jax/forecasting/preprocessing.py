@@ -96,6 +96,11 @@ def _observed_std(values, valid):
     return np.where(std > 8 * np.finfo(np.float64).eps * np.abs(shift), std, 0.0)  # a few ulps of the level
 
 
+def nonnegative_variates(values, valid) -> np.ndarray:
+    """Variates [..., 1] whose observed context is all >= 0 (and observed at least once)."""
+    return (np.where(valid, values >= 0, True).all(-1, keepdims=True)) & valid.any(-1, keepdims=True)
+
+
 def normalize_context(values, valid, mode: str):
     """Per-variate (values - shift) / unit over the observed context, in float64 (exact for large offsets,
     safe up to the float64 limit). ``mode``: ``"standardize"`` (mean, standard deviation; a constant

@@ -85,6 +85,7 @@ def forecast_quantile_model(model, prepared, horizon: int, options, placement, f
     quantiles = np.moveaxis(out, 0, -1)[:, :targets]  # [batch, target variate, horizon, level]
     quantiles = (quantiles * prepared.unit[:, :targets, :, None] + prepared.shift[:, :targets, :, None])
     quantiles = quantiles.astype(prepared.rows.dtype)
+    quantiles = np.where(prepared.nonnegative[:, :targets, :, None], np.maximum(quantiles, 0), quantiles)
     index = target_index(prepared.rows.index, targets)
     return Forecast(mean=(quantiles @ MEAN_WEIGHTS).astype(quantiles.dtype), index=index, quantiles=quantiles,
                     quantile_levels=QUANTILE_LEVELS)  # fmt: skip

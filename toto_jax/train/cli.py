@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import logging
 
+from ..cli import configure_logging
+
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -44,21 +46,17 @@ def add_parser(subparsers) -> None:
     finetune.add_argument("--input", required=True, help="CSV or Parquet table of the series to fine-tune on")
     finetune.add_argument("--workdir", required=True, help="run directory: checkpoints, metrics, the best model")
     finetune.add_argument("--checkpoint", default="default",
-                          help="model to start from: a published checkpoint (a directory or hf://OWNER/NAME), a "
-                               "native one, a run directory, or 'default' (the bundled model)")  # fmt: skip
+                          help="Toto 1.0 model to start from: a published checkpoint (a directory or hf://OWNER/NAME), "
+                               "a native one, a run directory, or 'default' (the shipped toto1-small: held-out MASE "
+                               "0.52 / 0.95 / 0.88 of seasonal naive's at 48 / 480 / 720 steps)")  # fmt: skip
     finetune.add_argument("--covariates", default=None,
                           help="comma-separated covariate columns: inputs known in the future, not forecast nor in "
                                "the loss (variate labels are added to the model)")  # fmt: skip
-    finetune.add_argument("--steps", type=int, help="total steps (steps=N)")
+    finetune.add_argument("--steps", type=int,
+                          help="total steps (steps=N; default 1400, the preset's schedule); fewer scale the warmup, "
+                               "stable and decay phases to the run, which one line reports")  # fmt: skip
     finetune.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="training config overrides")
     finetune.set_defaults(func=run_finetune)
-
-
-def _configure_logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", force=True)
-    # orbax and grain log through absl, at INFO every stage of every checkpoint save (~40 lines each)
-    logging.getLogger("absl").setLevel(logging.WARNING)
-    logging.getLogger("jax").setLevel(logging.WARNING)  # backends it probes and does not find
 
 
 def run_finetune(args: argparse.Namespace) -> int:
@@ -68,7 +66,7 @@ def run_finetune(args: argparse.Namespace) -> int:
 
     table = tabular.parse_table(tabular.read_table(args.input), covariate_names(args.covariates))
     overrides = list(args.overrides) + ([] if args.steps is None else [f"steps={args.steps}"])
-    _configure_logging()
+    configure_logging(logging.INFO)
     _, validation = finetune(table, args.checkpoint, args.workdir, overrides)
     print(f"best validation loss {validation.best_loss:.5f} at step {validation.best_step}; "
           f"forecast with: toto-jax forecast --checkpoint {args.workdir}")  # fmt: skip
@@ -93,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
         from ..compilation_cache import enable_compilation_cache
 
         enable_compilation_cache(config.compilation_cache_dir)
-    _configure_logging()
+    configure_logging(logging.INFO)
     state = train(config, args.workdir, init_from=args.init_from)
     if int(state.step) < config.steps:
         from .preemption import PREEMPTED_EXIT_CODE

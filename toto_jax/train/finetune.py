@@ -7,7 +7,9 @@ series, led one patch (``forecasting.covariates.lead_covariates``, what ``toto-j
 does too), are excluded from the loss and get variate labels (added, randomly initialised, when the
 checkpoint has none). The preset follows the reference's fine-tuning config: learning rate 4e-5 (1e-5 at
 the ends of the warmup-stable-decay schedule), 1000 warmup, 200 stable and 200 decay steps, batch 16,
-a context of 8 patches; ``key=value`` overrides change any of it. The run directory resumes like a
+a context of 8 patches; ``key=value`` overrides change any of it. A run of fewer ``steps`` than the
+schedule's 1400 gets the schedule scaled to its length (unless a phase is set explicitly), so its learning
+rate still reaches the peak; one log line says so. The run directory resumes like a
 training run, keeps its best model by validation loss, and is what ``toto-jax forecast --checkpoint``
 and ``toto_jax.load`` read.
 """
@@ -15,6 +17,7 @@ and ``toto_jax.load`` read.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from pathlib import Path
 from typing import Sequence
 
@@ -27,7 +30,9 @@ from ..forecasting.covariates import lead_series_covariates
 from .config import TrainConfig, apply_overrides
 from .validation import Validation, validation_windows
 
+log = logging.getLogger(__name__)
 CONTEXT_PATCHES = 8
+SCHEDULE_PHASES = ("warmup_steps", "stable_steps", "decay_steps")
 PRESET = {
     "steps": 1400,
     "optimizer": {"learning_rate": 4e-5, "min_learning_rate": 1e-5, "warmup_steps": 1000, "stable_steps": 200,
@@ -50,6 +55,25 @@ def table_series(table, patch_size: int) -> list[np.ndarray]:
     if not count:
         return [np.asarray(values) for values in table.values]
     return [lead_series_covariates(values, count, patch_size)[0] for values in table.values]
+
+
+def scale_schedule(values: dict, overrides: Sequence[str]) -> str | None:
+    """Scale the preset's warmup-stable-decay phases to a shorter run, in place, unless an override sets a phase.
+
+    With the preset's 1000 warmup steps a 20-step run would never leave the warmup (its learning rate near
+    the 1e-5 floor); scaled, each phase keeps its share of the run. Returns the line that says so (None
+    when nothing changed)."""
+    optimizer = values["optimizer"]
+    total = sum(optimizer[phase] for phase in SCHEDULE_PHASES)
+    named = {override.split("=", 1)[0].strip() for override in overrides}
+    if values["steps"] >= total or any(f"optimizer.{phase}" in named for phase in SCHEDULE_PHASES):
+        return None
+    steps = values["steps"]
+    warmup = max(1, round(optimizer["warmup_steps"] * steps / total)) if steps > 1 else 0
+    stable = min(round(optimizer["stable_steps"] * steps / total), steps - warmup)
+    optimizer.update(warmup_steps=warmup, stable_steps=stable, decay_steps=steps - warmup - stable)
+    return (f"steps={steps} is shorter than the preset's {total}-step schedule: scaled to {warmup} warmup + {stable} "
+            f"stable + {steps - warmup - stable} decay steps (set optimizer.warmup_steps etc. to choose)")
 
 
 def add_variate_labels(model, seed: int) -> None:
@@ -79,7 +103,11 @@ def prepare(table, model, workdir, overrides: Sequence[str] = ()) -> FinetuneRun
                  "host_split": "batch"},  # fmt: skip
         "num_exogenous_variables": covariates,
     }
-    config = TrainConfig.from_dict(apply_overrides(values, overrides))
+    values = apply_overrides(values, overrides)
+    scaled = scale_schedule(values, overrides)
+    if scaled is not None:
+        log.info(scaled)
+    config = TrainConfig.from_dict(values)
     shortest = min(s.shape[-1] for s in series)
     held_out = config.validation.held_out or max(patch, shortest // 10)
     names = table.names if table.layout == "long" else ["the table"]
