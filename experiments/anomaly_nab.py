@@ -5,8 +5,8 @@ The surprise of every NAB file is computed once per (model, ForecastOptions, str
 (``DetectOptions``) re-run no model. The tuning rule: the DetectOptions grid point with the best standard-profile
 score on the even-numbered files (sorted paths: 0, 2, 4, ...); the odd-numbered half is held out. The grid is
 searched by coordinates in stages (``STAGES``), each from the best point of the one before (ties go to the
-point that changes fewest options): the surprise ratio and the extremes, then the level shifts, then the drifts, starting without
-shifts or drifts; the stages repeat until a round changes nothing.
+point that changes fewest options): the surprise ratio and the extremes, then the level shifts, then the
+drifts, starting without shifts or drifts; the stages repeat until a round changes nothing.
 
     python experiments/anomaly_nab.py [--nab ../shared/data/nab] [--context N] [--stride N] [--tune]
 """
@@ -44,7 +44,7 @@ def cached_surprise(model_name, corpus, options: ForecastOptions, stride):
     path = CACHE / f"{key}.npz"
     if path.exists():
         stored = np.load(path)
-        return ({f: stored[f"surprise:{f}"] for f in corpus.files}, {f: stored[f"normal:{f}"] for f in corpus.files}), None
+        return tuple({f: stored[f"{kind}:{f}"] for f in corpus.files} for kind in ("surprise", "normal")), None
     model = toto_jax.load(model_name)
     rows = [corpus.values[f][None] for f in corpus.files]
     began = time.perf_counter()

@@ -141,9 +141,9 @@ def prepare_windows(values, valid, starts, windows: Windows, options: ForecastOp
 
 
 def _surprise_and_normal_score(below, above, valid):
-    """(surprise, normal score): the surprise, -log of the two-sided tail probability 2 min(P(X <= x), P(X >= x)), floored; and
-    the normal score Phi^-1(P(X <= x)) (0 at the median, +-3 at the 0.13 % tails), from the smaller tail so
-    that far tails keep their precision. Both 0 where not ``valid``."""
+    """(surprise, normal score): the surprise, -log of the two-sided tail probability 2 min(P(X <= x),
+    P(X >= x)), floored; and the normal score Phi^-1(P(X <= x)) (0 at the median, +-3 at the 0.13 % tails),
+    from the smaller tail so that far tails keep their precision. Both 0 where not ``valid``."""
     smaller = jnp.minimum(below, above)
     surprise = -jnp.log(jnp.clip(2.0 * smaller, TAIL_FLOOR, 1.0))
     lower_quantile = ndtri(jnp.clip(smaller, TAIL_FLOOR / 2, 0.5))
