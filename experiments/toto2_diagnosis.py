@@ -3,6 +3,7 @@
     python experiments/toto2_diagnosis.py copy    [--steps 300]   # Toto 1.0 tiny vs Toto 2.0 tiny, copy-the-cycle
     python experiments/toto2_diagnosis.py sweep   [--steps 200]   # learning-rate sweep, u-muP AdamW and NorMuon
     python experiments/toto2_diagnosis.py rms     [--steps 300]   # per-layer activation / gradient / update RMS
+    python experiments/toto2_diagnosis.py plot --json COPY.json --rms-json RMS.json   # PNGs into experiments/figures
 
 The copy-the-cycle task: windows of a strictly periodic series (random period 6-24 steps, random phase, a
 random shape among sums of harmonics, square waves and saw teeth, random level and amplitude, 2 % noise).
@@ -173,10 +174,14 @@ def command_copy(args):
     eval_series, period = cycle_windows(np.random.default_rng(12345), 128)
     print(f"seasonal naive (true period): h1 {seasonal_naive_score(eval_series, period, PATCH):.3f}  "
           f"h4 {seasonal_naive_score(eval_series, period, 4 * PATCH):.3f}")  # fmt: skip
+    before = ["model.qk_norm=true", "model.per_dim_scale=false", "model.use_xpos=false", "model.attn_bias=false",
+              "model.residual_mult=1.0", "optimizer.adamw_learning_rate=null"]  # fmt: skip
     runs = {
-        "toto1 adamw 3e-3": ("toto1", []),
-        "toto2 umup_adamw 1e-2": ("toto2", ["optimizer.name=umup_adamw", "optimizer.learning_rate=1e-2"]),
-        "toto2 umup_normuon 2e-2": ("toto2", ["optimizer.name=umup_normuon", "optimizer.learning_rate=2e-2"]),
+        "toto1 tiny, adamw 3e-3": ("toto1", []),
+        "toto2 before, umup_adamw 1e-2": ("toto2", before + ["optimizer.name=umup_adamw", "optimizer.learning_rate=1e-2"]),
+        "toto2 before, normuon 2e-2": ("toto2", before + ["optimizer.learning_rate=2e-2"]),
+        "toto2 after (toto2_tiny.yaml)": ("toto2", []),
+        "toto2 after + score_visible": ("toto2", ["masking.score_visible=true"]),
     }
     for extra in args.extra or []:
         name, family, *overrides = extra.split(",")
@@ -316,9 +321,51 @@ def command_rms(args):
             Path(args.json).with_suffix(f".{name}.json").write_text(json.dumps(probe.rows))
 
 
+def command_plot(args):
+    """PNGs from the JSON of ``copy --json`` and ``rms --json`` (matplotlib, an experiment-only dependency)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    FIGURES.mkdir(parents=True, exist_ok=True)
+    curves = json.loads(Path(args.json).read_text())
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    for index, (name, curve) in enumerate(curves.items()):
+        steps = [c[0] for c in curve]
+        for axis, horizon in zip(axes, ("h1", "h4")):
+            values = [c[2].get(horizon) for c in curve]
+            if values[0] is not None:
+                axis.plot(steps, values, label=name, color=f"C{index}")
+    for axis, title in zip(axes, ("one patch ahead (h1)", "four patches in one pass (h4, Toto 2.0)")):
+        axis.set(title=title, xlabel="step", ylim=(0, 1.1))
+        axis.axhline(0.03, color="grey", ls=":", lw=1)  # the seasonal naive forecast with the true period
+    axes[0].set_ylabel("normalised MAE of the median (1: the level)")
+    for axis in axes:
+        axis.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(FIGURES / "toto2_copy_task.png", dpi=110)
+    print("wrote", FIGURES / "toto2_copy_task.png")
+    for path in sorted(Path(args.json).parent.glob(Path(args.rms_json).stem + ".*.json")):
+        rows = json.loads(path.read_text())
+        name = path.stem.split(".", 1)[1]
+        fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+        for kind, axis in zip(("act", "grad", "update"), axes):
+            keys = [k for k in rows[0] if k.startswith(kind + "/") and ("kernel" in k or kind == "act")]
+            for key in keys:
+                axis.semilogy([r["step"] for r in rows], [max(r[key], 1e-12) for r in rows], lw=1,
+                              label=key.split("/", 1)[1].replace("transformer.groups.layers.", "L"))  # fmt: skip
+            axis.set(title=f"{kind} RMS ({name})", xlabel="step")
+        axes[0].legend(fontsize=6)
+        fig.tight_layout()
+        out = FIGURES / f"toto2_rms_{name.replace(':', '_')}.png"
+        fig.savefig(out, dpi=110)
+        print("wrote", out)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=("copy", "sweep", "rms"))
+    parser.add_argument("command", choices=("copy", "sweep", "rms", "plot"))
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--every", type=int, default=50)
     parser.add_argument("--only", nargs="*")
@@ -327,9 +374,10 @@ def main():
     parser.add_argument("--widths", nargs="*", type=int, default=[32])
     parser.add_argument("--optimizers", nargs="*", default=["umup_normuon:0.02", "umup_normuon:0.2"],
                         help="name:peak rate, for rms")
-    parser.add_argument("--json")
+    parser.add_argument("--json", help="copy / sweep / rms: write the figures; plot: the copy JSON")
+    parser.add_argument("--rms-json", help="plot: the --json given to rms")
     args = parser.parse_args()
-    {"copy": command_copy, "sweep": command_sweep, "rms": command_rms}[args.command](args)
+    {"copy": command_copy, "sweep": command_sweep, "rms": command_rms, "plot": command_plot}[args.command](args)
 
 
 if __name__ == "__main__":
