@@ -20,7 +20,6 @@ Every run is the project's ``TrainProgram`` (the real jitted step, objective and
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import time
@@ -34,7 +33,6 @@ from flax import nnx
 from toto_jax.models.toto1.distribution import AffineTransformed
 from toto_jax.sharding import make_mesh
 from toto_jax.train.config import load_config
-from toto_jax.train.loss import split_batch
 from toto_jax.train.trainer import TrainProgram
 
 ROOT = Path(__file__).parents[1]
@@ -146,7 +144,8 @@ def train_on_cycles(family: str, overrides=(), steps: int = 300, every: int = 50
     start = time.time()
     for step in range(steps + 1):
         if step % every == 0:
-            curve.append((step, float(np.mean(losses)) if losses else float("nan"), scores(predict, state.params, eval_series)))
+            mean_loss = float(np.mean(losses)) if losses else float("nan")
+            curve.append((step, mean_loss, scores(predict, state.params, eval_series)))
             losses = []
         if step == steps:
             break
@@ -164,6 +163,13 @@ def train_on_cycles(family: str, overrides=(), steps: int = 300, every: int = 50
 
 
 # ---- commands -------------------------------------------------------------------------------------------------
+def schedule(steps: int) -> list[str]:
+    """Warm up for a tenth of the steps, hold for seven tenths, decay for the rest."""
+    warmup, stable = steps // 10, steps * 7 // 10
+    return [f"optimizer.warmup_steps={warmup}", f"optimizer.stable_steps={stable}",
+            f"optimizer.decay_steps={steps - warmup - stable}"]  # fmt: skip
+
+
 def show_curve(name, curve):
     for step, loss, score in curve:
         figures = " ".join(f"{k} {v:.3f}" for k, v in score.items())
@@ -178,7 +184,8 @@ def command_copy(args):
               "model.residual_mult=1.0", "optimizer.adamw_learning_rate=null"]  # fmt: skip
     runs = {
         "toto1 tiny, adamw 3e-3": ("toto1", []),
-        "toto2 before, umup_adamw 1e-2": ("toto2", before + ["optimizer.name=umup_adamw", "optimizer.learning_rate=1e-2"]),
+        "toto2 before, umup_adamw 1e-2": ("toto2", [*before, "optimizer.name=umup_adamw",
+                                                    "optimizer.learning_rate=1e-2"]),
         "toto2 before, normuon 2e-2": ("toto2", before + ["optimizer.learning_rate=2e-2"]),
         "toto2 after (toto2_tiny.yaml)": ("toto2", []),
         "toto2 after + score_visible": ("toto2", ["masking.score_visible=true"]),
@@ -190,9 +197,7 @@ def command_copy(args):
         runs = {k: v for k, v in runs.items() if any(o in k for o in args.only)}
     results = {}
     for name, (family, overrides) in runs.items():
-        schedule = [f"optimizer.warmup_steps={args.steps // 10}", f"optimizer.stable_steps={args.steps * 7 // 10}",
-                    f"optimizer.decay_steps={args.steps - args.steps // 10 - args.steps * 7 // 10}"]  # fmt: skip
-        curve, _, seconds = train_on_cycles(family, schedule + overrides, args.steps, args.every)
+        curve, _, seconds = train_on_cycles(family, schedule(args.steps) + overrides, args.steps, args.every)
         show_curve(name, curve)
         print(f"  ({seconds:.0f} s)", flush=True)
         results[name] = curve
@@ -201,7 +206,8 @@ def command_copy(args):
 
 
 def command_sweep(args):
-    rates = {"umup_adamw": [1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0, 3.0], "umup_normuon": [2e-2, 6e-2, 2e-1, 6e-1, 2.0]}
+    rates = {"umup_adamw": [1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0, 3.0],
+             "umup_normuon": [2e-2, 6e-2, 2e-1, 6e-1, 2.0]}
     widths = args.widths
     table = []
     for name, lrs in rates.items():
@@ -210,12 +216,9 @@ def command_sweep(args):
         for width in widths:
             for lr in lrs:
                 overrides = [f"optimizer.name={name}", f"optimizer.learning_rate={lr}", f"model.d_model={width}",
-                             f"optimizer.warmup_steps={args.steps // 10}", f"optimizer.stable_steps={args.steps * 7 // 10}",
-                             f"optimizer.decay_steps={args.steps - args.steps // 10 - args.steps * 7 // 10}",
-                             *args.override]  # fmt: skip
+                             *schedule(args.steps), *args.override]  # fmt: skip
                 curve, _, seconds = train_on_cycles("toto2", overrides, args.steps, args.steps)
-                step, loss, score = curve[-1]
-                last_loss = curve[-1][1]
+                _, last_loss, score = curve[-1]
                 print(f"  {name:13s} d_model {width:4d} lr {lr:7.0e}  loss {last_loss:7.4f}  "
                       + " ".join(f"{k} {v:.3f}" for k, v in score.items()) + f"  ({seconds:.0f} s)", flush=True)
                 table.append((name, width, lr, last_loss, score))
@@ -234,12 +237,9 @@ class RmsProbe:
             return
         self.params = jax.tree.map(jnp.copy, state.params)  # the step donates the state
         self.row = {"step": step, **self.activations(program, state.params, batch)}
-        grads = jax.grad(lambda p: program._loss_sums(p, {**batch_device(batch),
-                         "hidden": program.hidden_spans(state.rng, state.step, batch["series"].shape)}, None)[0])(state.params)
-        count = 1.0  # rms of the gradient of the mean: divide by the counted points below
-        _, terms = program._loss_sums(state.params, {**batch_device(batch), "hidden": program.hidden_spans(
-            state.rng, state.step, batch["series"].shape)}, None)
-        count = float(terms.count)
+        batch = {**batch_device(batch), "hidden": program.hidden_spans(state.rng, state.step, batch["series"].shape)}
+        grads, terms = jax.grad(lambda p: program._loss_sums(p, batch, None), has_aux=True)(state.params)
+        count = float(terms.count)  # the gradient of the mean: the sums' gradient over the counted points
         self.row.update({f"grad/{k}": v / count for k, v in leaf_rms(grads).items()})
 
     def after_step(self, state, step):

@@ -89,7 +89,8 @@ def cycles(rng: np.random.Generator, batch: int, variates: int = 2, length: int 
     """Strictly periodic windows: random period 6-24, phase, shape (harmonics / square / saw), level, amplitude."""
     shape = (batch, variates, 1)
     u = (np.arange(length) / rng.integers(6, 25, shape) + rng.uniform(0, 1, shape)) % 1.0
-    harmonics = sum(rng.normal(0, 1 / k, shape) * np.sin(2 * np.pi * k * u + rng.uniform(0, 7, shape)) for k in (1, 2, 3))
+    harmonics = sum(rng.normal(0, 1 / k, shape) * np.sin(2 * np.pi * k * u + rng.uniform(0, 7, shape))
+                    for k in (1, 2, 3))  # fmt: skip
     kind = rng.integers(0, 3, shape)
     wave = np.where(kind == 0, harmonics, np.where(kind == 1, np.where(u < 0.5, 1.0, -1.0), 2 * u - 1))
     wave = wave / (wave.std(-1, keepdims=True) + 1e-6) + 0.02 * rng.standard_normal(wave.shape)
