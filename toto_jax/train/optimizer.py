@@ -38,6 +38,7 @@ class OptimizerConfig:
     max_grad_norm: float | None = 1.0  # None: no clipping
     accumulation_steps: int = 1  # microbatches per step (the batch is split, gradients summed)
     # umup_normuon (dion's defaults, as dd-unit-scaling's NorMuon)
+    adamw_learning_rate: float | None = None  # peak rate of the AdamW half (biases, norms); None: learning_rate
     momentum: float = 0.95
     normuon_beta2: float = 0.95  # EMA of each output neuron's mean square update
 
@@ -51,6 +52,8 @@ class OptimizerConfig:
             raise ValueError(f"optimizer.name {self.name!r} needs u-muP parameters: model.family toto2")
         if not (0 <= self.momentum < 1 and 0 <= self.normuon_beta2 < 1):
             raise ValueError("optimizer.momentum and optimizer.normuon_beta2 must be in [0, 1)")
+        if self.adamw_learning_rate is not None and self.adamw_learning_rate <= 0:
+            raise ValueError(f"optimizer.adamw_learning_rate must be > 0 or null, got {self.adamw_learning_rate}")
         if self.learning_rate <= 0 or self.min_learning_rate < 0:
             raise ValueError("optimizer.learning_rate must be > 0 and optimizer.min_learning_rate >= 0")
         for name in ("warmup_steps", "stable_steps", "decay_steps"):
@@ -117,6 +120,8 @@ def make_optimizer(config: OptimizerConfig, params=None, family: str = "toto1") 
         else:
             normuon = dict(learning_rate=peak, momentum=config.momentum, beta2=config.normuon_beta2,
                            weight_decay=peak * config.weight_decay, schedule=multiplier)  # fmt: skip
+            adamw_peak = config.adamw_learning_rate or peak
+            adamw = {**adamw, "learning_rate": adamw_peak, "weight_decay": adamw_peak * config.weight_decay}
             optimizer = umup.umup_normuon_adamw(specs, normuon, adamw)
     if config.max_grad_norm is None:
         return optimizer

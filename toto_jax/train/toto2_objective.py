@@ -14,11 +14,13 @@ Decisions (the Toto 2.0 report is silent on them):
   visible (nothing precedes it to predict it from), so runs are clipped to T / patch - 1 patches. Exogenous
   variates (the last ``num_exogenous_variables``) are never hidden and never scored.
 * Loss: the output at patch i predicts patch i + 1 (the model's next-patch convention); a point counts if it
-  is hidden, observed (padding mask true, finite) and of a target variate. Visible points do not count: their
-  scaled-space target is normalised by statistics that include the point itself, which never happens at
-  inference (forecast patches are scaled by the statistics of the context before them).
-* Scaled space: targets are ``asinh((x - loc) / scale)`` with the statistics the model computed for the target
-  patch from the visible points (``Toto2Output.loc/scale``), the space its quantiles live in.
+  is hidden, observed (padding mask true, finite) and of a target variate. ``score_visible`` also counts the
+  visible next patches (every observed target point after the first patch: Toto 1.0's next-patch objective
+  on the visible part), an ablation the Toto 2.0 report does not settle.
+* Scaled space: targets are ``asinh((x - loc) / scale)`` with the statistics the model holds at the
+  *predicting* patch i (``Toto2Output.loc/scale``): those of the visible points up to the end of patch i,
+  what forecasting de-scales a future patch with. For a hidden target they equal the target patch's own
+  (nothing in it is visible); for a visible one the target patch's would include the target's own values.
 * Per point, the pinball loss is averaged over the nine knots; the step's loss is the mean over counted
   points (sums and a count here, so microbatches and devices combine into one exact mean).
 """
@@ -46,6 +48,7 @@ class MaskingConfig:
     min_span_patches: int = 1
     max_span_patches: int = 8  # clipped to the window's patches - 1
     forecast_probability: float = 0.5  # a sample's span ends the window, on all its target variates
+    score_visible: bool = False  # also score the visible next patches (Toto 1.0's objective on them)
 
     def validate(self) -> None:
         if not 1 <= self.min_span_patches <= self.max_span_patches:
@@ -115,12 +118,13 @@ def model_inputs(series, padding_mask, id_mask):
 
 
 def quantile_loss_terms(output: Toto2Output, series, observed, hidden, patch_size: int,
-                        num_exogenous_variables: int = 0) -> QuantileLossTerms:  # fmt: skip
-    """Pinball sums over the hidden, observed target-variate points of patches 1 ... (predicted by 0 ...)."""
-    later = slice(patch_size, None)
-    counted = hidden[..., later] & observed[..., later]
+                        num_exogenous_variables: int = 0, score_visible: bool = False) -> QuantileLossTerms:  # fmt: skip
+    """Pinball sums over the hidden (``score_visible``: all), observed target-variate points of patches 1 ...
+    (predicted by 0 ...), in the scaled space of the predicting patch's statistics."""
+    later, earlier = slice(patch_size, None), slice(None, -patch_size)
+    counted = observed[..., later] if score_visible else hidden[..., later] & observed[..., later]
     counted = counted & target_variates(series.shape[-2], num_exogenous_variables)[:, None]
-    statistics = PatchStatistics(output.loc[..., later], output.scale[..., later])
+    statistics = PatchStatistics(output.loc[..., earlier], output.scale[..., earlier])
     target = standardise(series[..., later], counted, statistics)
     predicted = output.quantiles[..., :-1, :patch_size]  # the first output patch: the next patch
     predicted = predicted.reshape(*predicted.shape[:-2], -1).astype(jnp.float32)

@@ -180,7 +180,8 @@ class TrainProgram:
             hidden = batch["hidden"]
         output = self.model(params)(series, observed, series_ids, hidden=hidden)
         terms = toto2_objective.quantile_loss_terms(
-            output, series, counted, hidden, patch, self.config.num_exogenous_variables
+            output, series, counted, hidden, patch, self.config.num_exogenous_variables,
+            score_visible=self.config.masking.score_visible and "scored" not in batch,
         )
         return terms.loss, terms
 
