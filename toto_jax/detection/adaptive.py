@@ -14,6 +14,9 @@ does, the score asks whether a step's surprise is unusual *for this series*:
 - a level shift: the mean of the last ``level_span`` steps beyond the range of all earlier such means by
   ``level_margin`` of its width. A pattern that changes (a lower daily peak, a holiday, a slow drift) may
   give no single step a surprise above the recent maximum, but moves the short-term level out of its range;
+- a seasonal shift, scored as a level shift: the same test on the change since one ``season`` earlier
+  (x_t - x_{t - season}), so a day whose shape differs from the day before (a lower peak, a quiet holiday)
+  counts although its level and its values stay in their ranges;
 - a drift, scored as a level shift: a run of steps each a little off the model's expectation on one side, as
   a CUSUM of their normal scores (``drifts``) reaching a value it has never had.
 
