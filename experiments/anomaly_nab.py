@@ -6,7 +6,9 @@ The surprise of every NAB file is computed once per (model, ForecastOptions, str
 score on the even-numbered files (sorted paths: 0, 2, 4, ...); the odd-numbered half is held out. The grid is
 searched by coordinates in stages (``STAGES``), each from the best point of the one before (ties go to the
 point that changes fewest options): the surprise ratio and the extremes, then the level shifts, then the
-drifts, starting without shifts or drifts; the stages repeat until a round changes nothing.
+drifts, then the season of the seasonal shifts, starting without shifts, drifts or seasons (the drift grid
+stops at 2: lower allowances flag the steps after a clipped glitch, tests/test_detect.py); the stages repeat
+until a round changes nothing.
 
     python experiments/anomaly_nab.py [--nab ../shared/data/nab] [--context N] [--stride N] [--tune]
 """
@@ -24,7 +26,7 @@ import numpy as np
 
 import toto_jax
 from toto_jax.detection import DetectOptions
-from toto_jax.detection.adaptive import adaptive_scores, drifts, extremes, level_shifts
+from toto_jax.detection.adaptive import adaptive_scores, drifts, extremes, level_shifts, season_steps, seasonal_shifts
 from toto_jax.detection.score import surprise
 from toto_jax.eval import nab
 from toto_jax.forecasting.options import ForecastOptions
@@ -34,7 +36,8 @@ CACHE = Path(__file__).resolve().parents[1] / "out" / "nab_cache"
 STAGES = (
     dict(history=[300, 500, 700, 1000, 1500], min_reference=[0.5, 1.0, 2.0], extreme_surprise=[None, 2.0, 3.0, 4.0]),
     dict(level_span=[None, 4, 8, 12, 16, 24, 32, 64], level_margin=[0.05, 0.075, 0.1, 0.15, 0.2]),
-    dict(drift_allowance=[None, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0]),
+    dict(drift_allowance=[None, 2.0, 2.5, 3.0, 4.0]),
+    dict(season=[None, "1D", "7D"]),
 )
 
 
@@ -66,7 +69,9 @@ def scores_from(corpus, raw, options: DetectOptions, patch=64):
         valid = ~np.isnan(values)
         scored = valid & (np.arange(len(values)) >= patch)
         s = np.where(scored, surprises[f], 0.0)
+        season = season_steps(corpus.labels[f].timestamps, options.season)
         shift = level_shifts(values, valid, options) | drifts(normal_scores[f], scored, options)
+        shift |= seasonal_shifts(values, valid, season, options)
         out[f] = adaptive_scores(s, scored, extremes(values, valid, s, options), shift, options)
     return out
 
@@ -112,7 +117,7 @@ def main():
     tune, held_out = subset(corpus, lambda i: i % 2 == 0), subset(corpus, lambda i: i % 2 == 1)
     options = DetectOptions()
     if args.tune:
-        options, previous, round_number = options.replace(level_span=None, drift_allowance=None), None, 1
+        options, previous, round_number = options.replace(level_span=None, drift_allowance=None, season=None), None, 1
         while options != previous:
             previous = options
             for stage in STAGES:

@@ -9,7 +9,7 @@ import toto_jax
 from toto_jax.cli import main
 from toto_jax.detection import DetectError, DetectOptions
 from toto_jax.detection.adaptive import (adaptive_scores, combine_surprise, drifts, extremes, level_shifts,
-                                        trailing_max)  # fmt: skip
+                                        season_steps, seasonal_shifts, trailing_max)  # fmt: skip
 
 # A short context keeps the compiled pass small; the windows' stride still makes series span several windows.
 SHORT = toto_jax.ForecastOptions(context_length=256)
@@ -36,15 +36,18 @@ def daily(steps, variates=1, seed=0, period=96):
 @pytest.mark.parametrize("family", ["toto1", "toto2"])
 def test_a_later_change_moves_no_earlier_score(model, toto2, family):
     """Scores, combined scores and surprise up to step t are bit-identical when the steps after t change
-    (a glitch, new noise), across window boundaries, for both families; the later scores do change."""
+    (a glitch, new noise), across window boundaries, for both families; the later scores do change. The
+    timestamps make the default season ("1D") the series' 96-step period, so seasonal shifts take part."""
     model = model if family == "toto1" else toto2
     series = daily(1200, variates=2)
+    stamps = pd.date_range("2024-01-01", periods=1200, freq="15min")
+    assert season_steps(stamps, OPTIONS.season) == 96
     changed = series.copy()
     t = 700
     changed[:, t + 1 :] += np.random.default_rng(1).standard_normal((2, 1200 - t - 1))
     changed[0, t + 1] = 1e6
-    before = toto_jax.detect(model, series, options=OPTIONS, forecast_options=SHORT)
-    after = toto_jax.detect(model, changed, options=OPTIONS, forecast_options=SHORT)
+    before = toto_jax.detect(model, series, timestamps=stamps, options=OPTIONS, forecast_options=SHORT)
+    after = toto_jax.detect(model, changed, timestamps=stamps, options=OPTIONS, forecast_options=SHORT)
     np.testing.assert_array_equal(after.scores[..., : t + 1], before.scores[..., : t + 1])
     np.testing.assert_array_equal(after.combined[: t + 1], before.combined[: t + 1])
     np.testing.assert_array_equal(after.surprise[..., : t + 1], before.surprise[..., : t + 1])
@@ -171,6 +174,41 @@ def test_level_shifts_find_a_new_level_causally():
     assert not level_shifts(values, valid, options.replace(level_span=None)).any()
 
 
+def test_seasonal_shifts_find_a_changed_day():
+    """A day whose peak is lower (no value beyond the past range, no 12-step mean beyond the range of the past
+    means) is a seasonal shift within a span of the change, against the day before; noise alone is not; a later
+    change moves no earlier shift; season None, or one as long as the series, finds none."""
+    rng = np.random.default_rng(0)
+    period, days = 96, 10
+    t = np.arange(period * days)
+    values = 10 + 3 * np.sin(2 * np.pi * t / period) + 0.1 * rng.standard_normal(t.size)
+    day = slice(7 * period, 8 * period)
+    values[day] = 10 + 1.5 * np.sin(2 * np.pi * t[day] / period) + 0.1 * rng.standard_normal(period)
+    valid = np.ones(t.size, bool)
+    options = DetectOptions(level_span=12, level_margin=0.1)
+    assert not level_shifts(values, valid, options).any() and not (values[day] > values[: 7 * period].max()).any()
+    found = seasonal_shifts(values, valid, period, options)
+    assert not found[4 * period : 7 * period].any() and found[7 * period : 7 * period + 24].any()
+    changed = values.copy()
+    changed[500:] += 5.0
+    np.testing.assert_array_equal(seasonal_shifts(changed, valid, period, options)[:500], found[:500])
+    assert not seasonal_shifts(values, valid, None, options).any()
+    assert not seasonal_shifts(values, valid, t.size, options).any()
+    assert not seasonal_shifts(values, valid, period, options.replace(level_span=None)).any()
+
+
+def test_season_in_steps_from_timestamps():
+    """A duration season is that duration over the median interval of the timestamps (any datetime64 unit, a
+    missing row changes nothing); steps stay steps; no timestamps, or a season under 2 steps, give None."""
+    stamps = pd.date_range("2024-01-01", periods=500, freq="15min")
+    assert season_steps(stamps, "1D") == 96 and season_steps(stamps, "7D") == 672
+    assert season_steps(stamps.as_unit("s").to_numpy(), "1D") == 96
+    assert season_steps(stamps.delete(100), "1D") == 96
+    assert season_steps(stamps, 12) == 12 and season_steps(None, 12) == 12
+    assert season_steps(None, "1D") is None and season_steps(stamps, "15min") is None
+    assert season_steps(stamps, None) is None
+
+
 def test_drifts_follow_the_cusum_definition():
     """A drift is a step where the two-sided CUSUM of the normal scores, less the allowance per step, passes its
     past maximum (and 0), after WARM_UP scored steps; unscored steps leave the sums as they are. Matches the
@@ -235,6 +273,14 @@ def test_bad_input_is_named(model):
         DetectOptions(level_span=0)
     with pytest.raises(DetectError, match="DetectOptions.drift_allowance must be a non-negative number or None"):
         DetectOptions(drift_allowance=-1.0)
+    with pytest.raises(DetectError, match="DetectOptions.season must be at least 2 steps"):
+        DetectOptions(season=1)
+    with pytest.raises(DetectError, match="DetectOptions.season must be a positive duration such as '1D', got 'daily'"):
+        DetectOptions(season="daily")
+    with pytest.raises(DetectError, match="timestamps of series 0 have 299 entries for 300 steps"):
+        toto_jax.detect(model, daily(300), timestamps=pd.date_range("2024", periods=299, freq="h"))
+    with pytest.raises(DetectError, match="timestamps has 1 entries, expected one per series"):
+        toto_jax.detect(model, [daily(300), daily(300)], timestamps=[pd.date_range("2024", periods=300, freq="h")])
     with pytest.raises(DetectError, match="DetectOptions.threshold must lie in"):
         DetectOptions(threshold=2.0)
     with pytest.raises(DetectError, match="stride must be a multiple of the patch size"):
@@ -253,7 +299,7 @@ def test_cli_round_trip(model, tmp_path, capsys):
     assert main(["detect", "--input", str(tmp_path / "wide.csv"), "--output", str(tmp_path / "scored.csv"),
                  "--plot", str(tmp_path / "scored.png"), *flags]) == 0  # fmt: skip
     scored = pd.read_csv(tmp_path / "scored.csv")
-    expected = toto_jax.detect(model, values, options=OPTIONS, forecast_options=SHORT)
+    expected = toto_jax.detect(model, values, timestamps=index, options=OPTIONS, forecast_options=SHORT)
     assert list(scored.columns) == ["timestamp", "cpu", "mem", "cpu_score", "mem_score", "anomaly_score", "anomaly"]
     np.testing.assert_allclose(scored[["cpu", "mem"]].to_numpy().T, values)
     np.testing.assert_allclose(scored[["cpu_score", "mem_score"]].to_numpy().T, expected.scores, atol=1e-12)
@@ -268,7 +314,8 @@ def test_cli_round_trip(model, tmp_path, capsys):
                  *flags]) == 0  # fmt: skip
     out = pd.read_parquet(tmp_path / "out.parquet")
     assert list(out.columns) == ["unique_id", "ds", "y", "anomaly_score", "anomaly"]
-    separate = toto_jax.detect(model, [values[:1], values[1:]], options=OPTIONS, forecast_options=SHORT)
+    separate = toto_jax.detect(model, [values[:1], values[1:]], timestamps=[index, index], options=OPTIONS,
+                               forecast_options=SHORT)  # fmt: skip
     for name, row in zip("ab", separate.combined):
         part = out[out.unique_id == name].sort_values("ds")
         np.testing.assert_allclose(part["anomaly_score"], row, atol=1e-12)

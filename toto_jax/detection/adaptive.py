@@ -14,6 +14,9 @@ does, the score asks whether a step's surprise is unusual *for this series*:
 - a level shift: the mean of the last ``level_span`` steps beyond the range of all earlier such means by
   ``level_margin`` of its width. A pattern that changes (a lower daily peak, a holiday, a slow drift) may
   give no single step a surprise above the recent maximum, but moves the short-term level out of its range;
+- a seasonal shift, scored as a level shift: the same test on the change since one ``season`` earlier
+  (x_t - x_{t - season}), so a day whose shape differs from the day before (a lower peak, a quiet holiday)
+  counts although its level and its values stay in their ranges;
 - a drift, scored as a level shift: a run of steps each a little off the model's expectation on one side, as
   a CUSUM of their normal scores (``drifts``) reaching a value it has never had.
 
@@ -91,6 +94,36 @@ def level_shifts(values, valid, options: DetectOptions):
     margin = options.level_margin * (high - low)
     history = _previous(np.cumsum(~np.isnan(mean), axis=-1), 0)
     return ((mean > high + margin) | (mean < low - margin)) & (history >= WARM_UP)
+
+
+def season_steps(timestamps, season) -> int | None:
+    """A season as a number of steps: ``season`` itself when it is an int, else (a duration such as "1D") that
+    duration over the median interval of ``timestamps`` (None without timestamps, or when it is under 2 steps)."""
+    if season is None or isinstance(season, int):
+        return season
+    if timestamps is None or len(timestamps) < 2:
+        return None
+    import pandas as pd
+
+    stamps = pd.DatetimeIndex(timestamps).to_numpy()
+    interval = np.median(np.diff(stamps) / np.timedelta64(1, "s"))  # any datetime64 unit
+    steps = round(pd.Timedelta(season).total_seconds() / interval) if interval > 0 else 0
+    return steps if steps >= 2 else None
+
+
+def seasonal_shifts(values, valid, season: int | None, options: DetectOptions):
+    """Level shifts (``level_shifts``, same span and margin) of the change since one season earlier,
+    x_t - x_{t - season}: today's shape against yesterday's (a lower daily peak, a holiday), which moves neither
+    the level nor any single step out of its range. None (or a season as long as the series): none."""
+    values = np.asarray(values, np.float64)
+    time = values.shape[-1]
+    if season is None or options.level_span is None or season >= time:
+        return np.zeros(values.shape, bool)
+    both = np.zeros(values.shape, bool)
+    both[..., season:] = valid[..., season:] & valid[..., :-season]
+    change = np.zeros(values.shape)
+    change[..., season:] = values[..., season:] - values[..., :-season]
+    return level_shifts(np.where(both, change, 0.0), both, options)
 
 
 def _onsets(flags):

@@ -8,7 +8,7 @@ import numpy as np
 
 from ..forecasting.inputs import ForecastError, _is_pandas, _split_rows, read_rows
 from ..forecasting.options import ForecastOptions
-from .adaptive import adaptive_scores, combine_surprise, drifts, extremes, level_shifts
+from .adaptive import adaptive_scores, combine_surprise, drifts, extremes, level_shifts, season_steps, seasonal_shifts
 from .options import DetectError, DetectOptions
 
 
@@ -100,7 +100,7 @@ def _checked(rows, masks) -> list[np.ndarray]:
     return valid
 
 
-def detect(model, series, padding_mask=None, *, options: DetectOptions | None = None,
+def detect(model, series, padding_mask=None, *, timestamps=None, options: DetectOptions | None = None,
            forecast_options: ForecastOptions | None = None) -> Detection:  # fmt: skip
     """Anomaly scores of every step of ``series``, each from the steps up to it only (NAB's streaming rule).
 
@@ -108,7 +108,10 @@ def detect(model, series, padding_mask=None, *, options: DetectOptions | None = 
     [variate, time] arrays (lengths may differ), a DataFrame (rows = time steps, columns = variates) or
     Series, or a list of them; NaN (or ``padding_mask`` False) is missing. ``forecast_options`` prepares
     the series as for forecasting (gaps, glitch clipping, normalization, context length, devices; see
-    ``toto_jax.detection.score`` for how each is kept causal); ``options`` maps surprise to scores. Both
+    ``toto_jax.detection.score`` for how each is kept causal); ``options`` maps surprise to scores.
+    ``timestamps``: the times of the steps (a DatetimeIndex or datetime64 array for all series, or a list with
+    one per series), which turn a duration ``DetectOptions.season`` into steps; a pandas input's DatetimeIndex
+    is used when they are not given, and series without either get no seasonal shifts. Both
     families: Toto 1.0's Student-T mixture or Toto 2.0's quantiles give each step's tail probability.
     """
     from .score import surprise as surprise_pass
@@ -127,15 +130,17 @@ def detect(model, series, padding_mask=None, *, options: DetectOptions | None = 
     if masks is not None and len(masks) != len(rows.values):
         raise DetectError(f"padding_mask has {len(masks)} rows, expected one per series ({len(rows.values)})")
     valid = _checked(rows.values, masks)
+    seasons = [season_steps(stamps, options.season) for stamps in _timestamps(timestamps, rows)]
     raw, normal_scores = surprise_pass(model, rows.values, valid, forecast_options, options.stride,
                                        options.batch_size)  # fmt: skip
     patch = model.config.patch_size
     scores, combined, surprises = [], [], []
-    for values, raw_surprise, normal_score, mask in zip(rows.values, raw, normal_scores, valid):
+    for values, raw_surprise, normal_score, mask, season in zip(rows.values, raw, normal_scores, valid, seasons):
         scored = mask & (np.arange(mask.shape[-1]) >= patch)
         surprise = np.where(scored, raw_surprise, 0.0)
         extreme = extremes(values, mask, surprise, options)
         shift = level_shifts(values, mask, options) | drifts(normal_score, scored, options)
+        shift |= seasonal_shifts(values, mask, season, options)
         surprises.append(surprise)
         scores.append(adaptive_scores(surprise, scored, extreme, shift, options))
         joint, joint_scored = combine_surprise(surprise, scored)
@@ -145,6 +150,28 @@ def detect(model, series, padding_mask=None, *, options: DetectOptions | None = 
         index, variates = _pandas_labels(series)
     layout = _layout(series)
     return Detection(layout(scores), layout(combined), layout(surprises), options.threshold, index, variates)
+
+
+def _timestamps(timestamps, rows) -> list:
+    """Per series, its timestamps (or None): ``timestamps`` as given, else a pandas input's DatetimeIndex."""
+    import pandas as pd
+
+    count = len(rows.values)
+    if timestamps is None:
+        index = rows.index or [None] * count
+        return [i if isinstance(i, pd.DatetimeIndex) else None for i in index]
+    per_series = list(timestamps) if isinstance(timestamps, (list, tuple)) else [timestamps] * count
+    if len(per_series) != count:
+        raise DetectError(f"timestamps has {len(per_series)} entries, expected one per series ({count})")
+    for i, (stamps, values) in enumerate(zip(per_series, rows.values)):
+        try:
+            stamps = pd.DatetimeIndex(stamps)
+        except (TypeError, ValueError) as error:
+            raise DetectError(f"timestamps of series {i} are not times: {error}") from None
+        if len(stamps) != values.shape[-1]:
+            raise DetectError(f"timestamps of series {i} have {len(stamps)} entries for {values.shape[-1]} steps")
+        per_series[i] = stamps
+    return per_series
 
 
 def _layout(series):

@@ -69,6 +69,10 @@ def add_parser(subparsers) -> None:
     group.add_argument("--drift-allowance", type=_optional_float, default=detect_default.drift_allowance,
                        help="allowance per step of the CUSUM of the model's normal scores whose new maxima are "
                             f"drifts ('none': no drifts; default {detect_default.drift_allowance:g})")  # fmt: skip
+    group.add_argument("--season", type=_season, default=detect_default.season,
+                       help="seasonal shifts: level shifts of the change since one season earlier, a duration "
+                            "(e.g. 1D, 7D, from the timestamps' median interval) or a number of steps ('none': "
+                            f"no seasonal shifts; default {detect_default.season})")  # fmt: skip
     group = parser.add_argument_group("series preparation (defaults: toto_jax.ForecastOptions())")
     group.add_argument("--reference-options", action="store_true",
                        help="no gap filling, clipping or normalization (ForecastOptions.reference())")
@@ -94,6 +98,13 @@ def _optional_steps(text: str) -> int | None:
     return None if text.strip().lower() in ("none", "off") else int(text)
 
 
+def _season(text: str) -> str | int | None:
+    text = text.strip()
+    if text.lower() in ("none", "off"):
+        return None
+    return int(text) if text.lstrip("-").isdigit() else text
+
+
 def _options(args):
     from ..forecasting.options import options_from_args
     from .options import DetectOptions
@@ -102,11 +113,11 @@ def _options(args):
         detect = DetectOptions(threshold=args.threshold, stride=args.stride, history=args.history,
                                min_reference=args.min_reference, extreme_surprise=args.extreme_surprise,
                                level_span=args.level_span, level_margin=args.level_margin,
-                               drift_allowance=args.drift_allowance)  # fmt: skip
+                               drift_allowance=args.drift_allowance, season=args.season)  # fmt: skip
     except ValueError as error:
         message = str(error)
         for name in ("threshold", "stride", "history", "min_reference", "extreme_surprise", "level_span",
-                     "level_margin", "drift_allowance"):
+                     "level_margin", "drift_allowance", "season"):
             message = message.replace(f"DetectOptions.{name}", "--" + name.replace("_", "-"))
         raise ValueError(message) from None
     return detect, options_from_args(args).replace(progress=False)
@@ -129,7 +140,8 @@ def run(args: argparse.Namespace) -> int:
     import toto_jax
 
     model = toto_jax.load(args.checkpoint)
-    detection = toto_jax.detect(model, table.values, options=detect_options, forecast_options=forecast_options)
+    detection = toto_jax.detect(model, table.values, timestamps=table.timestamps, options=detect_options,
+                                forecast_options=forecast_options)
     output = scored_frame(frame, table, detection)
     png = _render(table, detection, args.input.name) if args.plot is not None else None
     tabular.write_table(output, args.output, overwrite=args.overwrite)

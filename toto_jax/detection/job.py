@@ -62,7 +62,8 @@ class DetectTask:
         from .api import detect
 
         table = batch.table
-        detection = detect(self.model, table.values, options=self.options, forecast_options=self.forecast_options)
+        detection = detect(self.model, table.values, timestamps=table.timestamps, options=self.options,
+                           forecast_options=self.forecast_options)
         if table.layout == "long":
             lengths = [values.shape[-1] for values in table.values]
             frame = pd.DataFrame({

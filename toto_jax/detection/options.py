@@ -37,17 +37,23 @@ class DetectOptions:
     - ``drift_allowance``: a drift is a step where a two-sided CUSUM of the model's normal scores
       Phi^-1(P(X <= x)), less this allowance per step, passes every value it had before: a run of steps each a
       little off the model's expectation on one side. Scored as a level shift (None: no drifts).
+    - ``season``: a seasonal shift is a level shift (same ``level_span`` and ``level_margin``) of the change
+      since one season earlier, x_t - x_{t - season}: today's shape against yesterday's (a lower daily peak, a
+      quiet holiday). A duration ("1D", any ``pandas.Timedelta`` string) becomes steps by the median interval
+      of the series' timestamps (a pandas input's DatetimeIndex or ``detect``'s ``timestamps``; a series
+      without timestamps gets no seasonal shifts); an int is steps (at least 2). None: no seasonal shifts.
     - ``threshold``: scores at or above it are flagged (``Detection.flags``, the plot, the CLI's ``anomaly``).
     - ``batch_size``: windows per compiled call (per device).
     """
 
     stride: int | None = None
-    history: int = 1000
+    history: int = 500
     min_reference: float = 1.0
     extreme_surprise: float | None = 3.0
     level_span: int | None = 12
     level_margin: float = 0.1
-    drift_allowance: float | None = 3.0
+    drift_allowance: float | None = 4.0
+    season: str | int | None = "1D"
     threshold: float = 0.5
     batch_size: int = 64
 
@@ -76,6 +82,7 @@ class DetectOptions:
         non_negative_number("level_margin")
         non_negative_number("drift_allowance", allow_none=True)
         positive_int("batch_size")
+        self._check_season()
         non_negative_number("extreme_surprise", allow_none=True)
         non_negative_number("min_reference")
         if self.min_reference <= 0:
@@ -83,6 +90,26 @@ class DetectOptions:
         threshold = self.threshold
         if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold <= 1:
             raise DetectError(f"DetectOptions.threshold must lie in [0, 1], got {self.threshold!r}")
+
+    def _check_season(self):
+        season = self.season
+        if season is None:
+            return
+        if isinstance(season, int) and not isinstance(season, bool):
+            if season < 2:
+                raise DetectError(f"DetectOptions.season must be at least 2 steps, got {season!r}")
+            return
+        if not isinstance(season, str):
+            raise DetectError(f"DetectOptions.season must be a duration string (e.g. '1D'), a number of steps "
+                              f"or None, got {season!r}")  # fmt: skip
+        import pandas as pd
+
+        try:
+            duration = pd.Timedelta(season)
+        except ValueError:
+            duration = None
+        if duration is None or pd.isna(duration) or duration <= pd.Timedelta(0):
+            raise DetectError(f"DetectOptions.season must be a positive duration such as '1D', got {season!r}")
 
     def replace(self, **changes) -> DetectOptions:
         return dataclasses.replace(self, **changes)

@@ -319,7 +319,8 @@ def detect_corpus(model, corpus: Corpus, options=None, forecast_options=None) ->
     from ..detection.api import detect
 
     series = [corpus.values[name][None] for name in corpus.files]
-    detection = detect(model, series, options=options, forecast_options=forecast_options)
+    stamps = [corpus.labels[name].timestamps for name in corpus.files]
+    detection = detect(model, series, timestamps=stamps, options=options, forecast_options=forecast_options)
     return dict(zip(corpus.files, detection.combined))
 
 
