@@ -318,12 +318,14 @@ def _parse_long(table, covariates: list[str], min_length: int, shard: Shard) -> 
     stamps, _ = _stamps(table.column("ds"))  # when some cannot be read, each series' own are parsed on their own
     good = SeriesTable("long", [], [], [], [], "ds", covariates)
     errors = []
+    ticks = None if stamps is None or stamps.hasnans else stamps.asi8  # read once for the whole batch
     for name, start, end in zip(names, starts, ends):
         try:
             series_stamps = stamps[start:end] if stamps is not None else _series_stamps(table, start, end)
             values = np.stack([_checked_values(values, bad, start, end, column, table)
                                for (values, bad), column in zip(numbers, columns)])  # fmt: skip
-            series_stamps, values, frequency = _on_grid(series_stamps, values, name)
+            series_ticks = ticks[start:end] if ticks is not None else None
+            series_stamps, values, frequency = _on_grid(series_stamps, series_ticks, values, name)
             _check_observed(values, covariates, min_length)
         except TableError as error:
             errors.append((name, str(error).replace(f"series {name!r}: ", "")))
@@ -350,16 +352,19 @@ def _checked_values(values, bad, start, end, column, table) -> np.ndarray:
     return values[start:end]
 
 
-def _on_grid(stamps: pd.DatetimeIndex, values: np.ndarray, name: str):
+def _on_grid(stamps: pd.DatetimeIndex, ticks: np.ndarray | None, values: np.ndarray, name: str):
     """Timestamps, values and frequency on a regular grid: a constant step as it is, rows missing from a grid
-    (every step a multiple of the smallest) as NaN, calendar steps (month ends) as pandas names them."""
-    if stamps.hasnans:
-        raise TableError(f"missing timestamp at row {int(np.flatnonzero(stamps.isna())[0])} of the series")
-    if len(stamps) >= 2:
+    (every step a multiple of the smallest) as NaN, calendar steps (month ends) as pandas names them.
+    ``ticks``: the timestamps as integers of their unit, when there is no missing one (read once per batch:
+    pandas' per-element access would cost more than the series' forecast)."""
+    if ticks is None:
+        if stamps.hasnans:
+            raise TableError(f"missing timestamp at row {int(np.flatnonzero(stamps.isna())[0])} of the series")
         ticks = stamps.asi8
+    if len(ticks) >= 2:
         steps = np.diff(ticks)
         if steps[0] > 0 and (steps == steps[0]).all():
-            return stamps, values, pd.Timedelta(stamps[1] - stamps[0])
+            return stamps, values, pd.Timedelta(int(steps[0]), unit=stamps.unit)
         smallest = steps.min()
         if smallest > 0 and not (steps % smallest).any():
             length = int((ticks[-1] - ticks[0]) // smallest) + 1
@@ -367,7 +372,7 @@ def _on_grid(stamps: pd.DatetimeIndex, values: np.ndarray, name: str):
                 positions = (ticks - ticks[0]) // smallest
                 filled = np.full((values.shape[0], length), np.nan)
                 filled[:, positions] = values
-                step = pd.Timedelta(stamps[1] - stamps[0]) * int(smallest // steps[0])
+                step = pd.Timedelta(int(smallest), unit=stamps.unit)
                 grid = pd.date_range(stamps[0], periods=length, freq=step)
                 return grid, filled, step
     return stamps, values, infer_frequency(stamps, name)
