@@ -320,3 +320,43 @@ def test_dataset_shards_come_from_metadata(dataset):
     shards = Dataset(dataset[0], rows_per_shard=ROWS_PER_SHARD).shards
     assert [s.row_groups for s in shards] == [(i,) for i in range(SHARDS)]
     assert sum(s.rows for s in shards) == len(dataset[1])
+
+
+def test_the_batch_checks_take_only_plain_series():
+    """The per-batch fast check (``dataset._plain_series``) passes regular, numeric, long-enough series with an
+    observed covariate, and leaves every other series to the series-by-series checks."""
+    from toto_jax.forecasting.dataset import _plain_series
+
+    lengths = [20, 20, 20, 5, 20]
+    starts = np.cumsum([0] + lengths[:-1])
+    ends = starts + lengths
+    ticks = np.concatenate([np.arange(n) * 300 for n in lengths])
+    ticks[starts[1] + 7] += 30  # series 1: one irregular step
+    y, load = np.ones(sum(lengths)), np.ones(sum(lengths))
+    load[starts[2]:ends[2]] = np.nan  # series 2: its covariate never observed
+    numbers = [(y, np.zeros_like(y, bool)), (load, np.zeros_like(load, bool))]
+    assert _plain_series(starts, ends, ticks, numbers, 10).tolist() == [300, 0, 0, 0, 300]  # series 3: too short
+    numbers[0][1][3] = True  # a non-numeric value anywhere: every series is checked on its own
+    assert not _plain_series(starts, ends, ticks, numbers, 10).any()
+
+
+def test_a_batch_of_alike_series_is_prepared_as_series_by_series():
+    """``inputs.prepare_context`` takes a batch of equal-shaped series at once; the arrays equal the general path's
+    (forced by a padding mask of ones), inner gaps and a context cut included."""
+    from toto_jax.config import TotoConfig
+    from toto_jax.forecasting.inputs import _prepare_alike, prepare_context, read_rows
+    from toto_jax.forecasting.options import ForecastOptions
+
+    config = TotoConfig(patch_size=8, stride=8, embed_dim=16, num_heads=2, num_layers=2, mlp_hidden_dim=32,
+                        spacewise_every_n_layers=2, k_components=2, max_context=48)  # fmt: skip
+    values = np.random.default_rng(0).normal(size=(5, 2, 61))
+    values[1, 0, 20:25] = np.nan
+    values[3, 1, :30] = np.nan
+    for gaps in ("fill", "mask"):
+        options = ForecastOptions(gaps=gaps)
+        rows = read_rows(values, 4, config.patch_size)
+        assert _prepare_alike(config, rows, options, config.max_context) is not None  # the batch path is taken
+        fast = prepare_context(config, rows, options)
+        general = prepare_context(config, rows, options, padding_mask=np.ones(values.shape, bool))
+        for name in ("values", "valid", "ids", "trailing"):
+            np.testing.assert_array_equal(getattr(fast, name), getattr(general, name), err_msg=f"{gaps}: {name}")

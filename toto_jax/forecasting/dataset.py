@@ -319,7 +319,14 @@ def _parse_long(table, covariates: list[str], min_length: int, shard: Shard) -> 
     good = SeriesTable("long", [], [], [], [], "ds", covariates)
     errors = []
     ticks = None if stamps is None or stamps.hasnans else stamps.asi8  # read once for the whole batch
-    for name, start, end in zip(names, starts, ends):
+    plain = _plain_series(starts, ends, ticks, numbers, min_length)
+    for name, start, end, step in zip(names, starts, ends, plain):
+        if step:  # the usual series, checked at once for the whole batch above
+            good.names.append(name)
+            good.values.append(np.stack([values[start:end] for values, _ in numbers]))
+            good.timestamps.append(stamps[start:end])
+            good.frequency.append(pd.Timedelta(int(step), unit=stamps.unit))
+            continue
         try:
             series_stamps = stamps[start:end] if stamps is not None else _series_stamps(table, start, end)
             values = np.stack([_checked_values(values, bad, start, end, column, table)
@@ -335,6 +342,27 @@ def _parse_long(table, covariates: list[str], min_length: int, shard: Shard) -> 
         good.timestamps.append(series_stamps)
         good.frequency.append(frequency)
     return (good if good.names else None), errors
+
+
+def _plain_series(starts, ends, ticks, numbers, min_length: int) -> np.ndarray:
+    """Each series' constant time step where it needs no further look (numeric, a constant positive step, enough
+    observed targets, every covariate observed), else 0: a fleet's usual series are checked with a few array
+    operations per batch instead of a dozen per series."""
+    plain = np.zeros(len(starts), np.int64)
+    if ticks is None or any(bad.any() for _, bad in numbers):
+        return plain
+    lengths = ends - starts
+    steps = np.diff(ticks)
+    first = np.where(lengths >= 2, steps[np.minimum(starts, len(steps) - 1)] if len(steps) else 0, 0)
+    inside = np.ones(len(steps), bool)
+    inside[ends[:-1] - 1] = False  # the step from one series to the next
+    differs = (steps != np.repeat(first, lengths)[1:]) & inside
+    irregular = np.add.reduceat(np.append(differs, False), starts) > 0
+    observed = [np.add.reduceat(np.isfinite(values), starts) for values, _ in numbers]
+    ok = (lengths >= 2) & (first > 0) & ~irregular & (observed[0] >= min_length)
+    for count in observed[1:]:
+        ok &= count > 0
+    return np.where(ok, first, 0)
 
 
 def _series_stamps(table, start: int, end: int) -> pd.DatetimeIndex:
