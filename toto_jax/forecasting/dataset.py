@@ -90,24 +90,34 @@ class Dataset:
         self.source = str(source)
         self.covariates = [str(c) for c in covariates]
         self.files = storage.list_files(source, SUFFIXES)
-        self.layout = self._layout(self.files[0])
+        self.layout = None
         self.shards = self._plan(rows_per_shard)
 
-    def _layout(self, file: str) -> str:
-        columns = _columns(file)
+    def _check_layout(self, file: str, columns: list[str]) -> None:
+        """Every file has the covariates and the layout of the first (each file is looked at once, here)."""
         missing = [c for c in self.covariates if c not in columns]
         if missing:
             raise DatasetError(f"{file}: covariate column(s) {missing} are not in the table (its columns: {columns})")
-        return "long" if set(LONG_COLUMNS) <= set(columns) else "wide"
+        layout = "long" if set(LONG_COLUMNS) <= set(columns) else "wide"
+        if self.layout is not None and layout != self.layout:
+            raise DatasetError(f"{file} is not in the {self.layout} layout of {self.files[0]}: a dataset's files "
+                               "share one layout")  # fmt: skip
+        self.layout = layout
 
     def _plan(self, rows_per_shard: int) -> list[Shard]:
         shards: list[Shard] = []
         for file in self.files:
-            if self.layout == "wide" or not file.lower().endswith(PARQUET_SUFFIXES):
+            if not file.lower().endswith(PARQUET_SUFFIXES):
+                self._check_layout(file, _csv_columns(file))
                 shards.append(Shard(len(shards), file, None, None))
                 continue
             with storage.open_file(file) as stream:
-                metadata = _parquet_file(stream, file).metadata
+                parquet = _parquet_file(stream, file)
+                self._check_layout(file, list(parquet.schema_arrow.names))
+                metadata = parquet.metadata
+            if self.layout == "wide":
+                shards.append(Shard(len(shards), file, None, None))
+                continue
             groups, rows = [], 0
             for group in range(metadata.num_row_groups):
                 groups.append(group)
@@ -120,9 +130,6 @@ class Dataset:
     def read(self, shard: Shard, series_per_batch: int = DEFAULT_SERIES_PER_BATCH,
              min_length: int = DEFAULT_MIN_LENGTH) -> Iterator[SeriesBatch]:  # fmt: skip
         """The series of ``shard`` in batches of ``series_per_batch``, each checked on its own."""
-        if self._layout(shard.file) != self.layout:
-            raise DatasetError(f"{shard.file} is not in the {self.layout} layout of {self.files[0]}: a dataset's "
-                               f"files share one layout")  # fmt: skip
         if self.layout == "wide":
             yield self._read_wide(shard, min_length)
             return
@@ -156,10 +163,8 @@ def _parquet_file(stream, file: str):
         raise DatasetError(f"{file}: cannot read Parquet: {error}") from None
 
 
-def _columns(file: str) -> list[str]:
+def _csv_columns(file: str) -> list[str]:
     with storage.open_file(file) as stream:
-        if file.lower().endswith(PARQUET_SUFFIXES):
-            return list(_parquet_file(stream, file).schema_arrow.names)
         header = stream.readline().decode("utf-8-sig").strip()
     return [name.strip().strip('"') for name in header.split(",")] if header else []
 
@@ -251,7 +256,7 @@ def _csv_batches(stream, file: str, columns: list[str]) -> Iterator:
     import pyarrow as pa
     import pyarrow.csv as csv
 
-    names = _columns(file)
+    names = _csv_columns(file)
     text = {name: pa.string() for name in names}
     options = csv.ConvertOptions(column_types=text, include_columns=columns, strings_can_be_null=True)
     try:

@@ -37,6 +37,7 @@ from .dataset import (
     DEFAULT_MIN_LENGTH,
     DEFAULT_ROWS_PER_SHARD,
     DEFAULT_SERIES_PER_BATCH,
+    SUFFIXES,
     Dataset,
     DatasetError,
     SeriesBatch,
@@ -269,9 +270,9 @@ class DatasetJob:
         from .. import distributed
 
         existing = self._read_json(JOB_FILE)
-        if existing is not None and _defining(existing) != _defining(self.spec):
-            if not overwrite:
-                raise JobError(_difference(self.output_name, _defining(existing), _defining(self.spec)))
+        other_job = existing is not None and _defining(existing) != _defining(self.spec)
+        if other_job and not overwrite:
+            raise JobError(_difference(self.output_name, _defining(existing), _defining(self.spec)))
         if self.on_error == "fail":
             problems = distributed.exchange("job/checked", self._first_problem() or "")
             named = [p for p in problems if p]
@@ -279,10 +280,9 @@ class DatasetJob:
                 raise JobError(named[0] + " (--on-error fail: nothing was written)")
         if distributed.is_coordinator():
             self._remove_scratch()
-            if existing is not None and _defining(existing) != _defining(self.spec):
+            if other_job:
                 self._remove_job_files()
-                existing = None
-            if existing is None:
+            if existing is None or other_job:
                 self._write_json(JOB_FILE, self.spec)
         distributed.exchange("job/recorded", "")
 
@@ -549,48 +549,50 @@ def _check_contiguous(keys: list[np.ndarray], dataset: Dataset, output) -> None:
         return
     twice = unique[counts > 1][0]
     shards = [s for s, k in zip(dataset.shards, keys) if (k == twice).any()]
-    path = output / part_name(shards[0].index)
-    name = "?"
-    with storage.open_file(path) as f:
-        for candidate in set(pq.read_table(f, columns=["unique_id"]).column(0).to_pylist()):
-            if series_key(str(candidate)) == int(twice):
-                name = str(candidate)
-    errors = output / ERRORS_DIRECTORY / part_name(shards[0].index)
-    if name == "?" and errors.exists():
-        with storage.open_file(errors) as f:
-            for candidate in pq.read_table(f, columns=["unique_id"]).column(0).to_pylist():
-                if series_key(str(candidate)) == int(twice):
-                    name = str(candidate)
+    name = "?"  # the id is read back from the first shard's part or errors file, where it was written
+    for path in (output / part_name(shards[0].index), output / ERRORS_DIRECTORY / part_name(shards[0].index)):
+        if name == "?" and path.exists():
+            with storage.open_file(path) as f:
+                ids = pq.read_table(f, columns=["unique_id"]).column(0).unique().to_pylist()
+            name = next((str(i) for i in ids if series_key(str(i)) == int(twice)), "?")
     raise DatasetError(f"series {name!r} is not contiguous: its rows are in {shards[0].describe()} and "
                        f"{shards[1].describe()}. A dataset job reads every series' rows as one run: sort the input "
                        "by unique_id")  # fmt: skip
 
 
 class _FutureCovariates:
-    """The covariates' future values, read for each batch's series from a table keyed like the input."""
+    """The covariates' future values, read for each batch's series from a table keyed like the input (opened once:
+    each batch reads only its ids' rows, a Parquet file's row groups pruned by their statistics)."""
 
     def __init__(self, source, dataset: Dataset):
+        import pyarrow.dataset as ds
+
         self.source = str(source)
-        self.files = storage.list_files(source, (".csv", ".parquet", ".pq"))
-        self.covariates = dataset.covariates
+        files = storage.list_files(source, SUFFIXES)
+        kinds = {"csv" if f.lower().endswith(".csv") else "parquet" for f in files}
+        if len(kinds) > 1:
+            raise DatasetError(f"{source}: future covariates in one format, CSV or Parquet, not both")
+        filesystem = None
+        if storage.is_remote(source):
+            from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+            filesystem = PyFileSystem(FSSpecHandler(storage.filesystem(source)))
+            files = [f.split("://", 1)[1] for f in files]
+        self.data = ds.dataset(files, format=kinds.pop(), filesystem=filesystem)
+        self.whole = None  # a wide layout's table, read on first use
 
     def values(self, table, horizon: int) -> np.ndarray:
-        import pandas as pd
+        import pyarrow.dataset as ds
 
         from .tabular import future_covariates_from_frame
 
-        frames = []
-        for file in self.files:
-            with storage.local_copy(storage.as_path(file)) as local:
-                if table.layout == "long":
-                    import pyarrow.dataset as ds
-
-                    data = ds.dataset(str(local), format="csv" if file.lower().endswith(".csv") else "parquet")
-                    wanted = ds.field("unique_id").cast("string").isin(table.names)
-                    frames.append(data.to_table(filter=wanted).to_pandas())
-                else:
-                    frames.append(pd.read_csv(local) if file.lower().endswith(".csv") else pd.read_parquet(local))
-        return future_covariates_from_frame(pd.concat(frames, ignore_index=True), table, horizon, self.source)
+        if table.layout == "long":
+            frame = self.data.to_table(filter=ds.field("unique_id").cast("string").isin(table.names)).to_pandas()
+        else:
+            if self.whole is None:
+                self.whole = self.data.to_table().to_pandas()
+            frame = self.whole
+        return future_covariates_from_frame(frame, table, horizon, self.source)
 
 
 class _Prefetch:
