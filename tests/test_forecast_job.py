@@ -360,3 +360,68 @@ def test_a_batch_of_alike_series_is_prepared_as_series_by_series():
         general = prepare_context(config, rows, options, padding_mask=np.ones(values.shape, bool))
         for name in ("values", "valid", "ids", "trailing"):
             np.testing.assert_array_equal(getattr(fast, name), getattr(general, name), err_msg=f"{gaps}: {name}")
+
+
+def test_series_begin_where_their_ids_change_however_the_ids_are_encoded():
+    """``dataset._run_starts`` on text ids, on dictionary-encoded ids (how Parquet ids are read), on a dictionary
+    that holds one id twice (equal ids under two indices are one series), and on a chunked column."""
+    from toto_jax.forecasting.dataset import _run_starts
+
+    ids = ["a", "a", "b", "b", "b", "a", "c", "c"]
+    starts = [0, 2, 5, 6]
+    repeated = pa.DictionaryArray.from_arrays(pa.array([0, 2, 1, 3, 1, 0, 4, 4], pa.int32()),
+                                              pa.array(["a", "b", "a", "b", "c"]))  # fmt: skip
+    assert repeated.to_pylist() == ids
+    for encoded in (pa.array(ids), pa.array(ids).dictionary_encode(), repeated,
+                    pa.chunked_array([pa.array(ids[:3]), pa.array(ids[3:])])):  # fmt: skip
+        assert _run_starts(encoded).tolist() == starts, encoded.type
+
+
+def test_batches_worked_on_together_equal_one_at_a_time(model, dataset, uninterrupted, tmp_path, monkeypatch):
+    """A job keeps ``TASKS_IN_FLIGHT`` batches computing at once; the output equals one batch at a time."""
+    from toto_jax.forecasting import job
+
+    monkeypatch.setattr(job, "TASKS_IN_FLIGHT", 1)
+    forecast_dataset(model, dataset[0], tmp_path / "one", HORIZON, **job_arguments())
+    pd.testing.assert_frame_equal(read_union(tmp_path / "one"), read_union(uninterrupted))
+
+
+def test_forecasts_from_several_threads_compile_each_program_once(monkeypatch):
+    """Threads forecasting with a model no other test uses (so nothing is compiled yet) at once, as a job's batches
+    in flight do, wait for one compilation of each program, and get the same forecasts."""
+    import threading
+
+    from flax import nnx
+
+    from toto_jax.config import TotoConfig
+    from toto_jax.forecasting.decode import compiled_program_count
+    from toto_jax.forecasting.placement import Placement
+
+    config = TotoConfig(patch_size=8, stride=8, embed_dim=24, num_heads=2, num_layers=2, mlp_hidden_dim=40,
+                        spacewise_every_n_layers=2, k_components=3)  # fmt: skip
+    model = toto_jax.Toto(config, rngs=nnx.Rngs(5))
+
+    compilations = []
+    compile_program = Placement.compile
+
+    def counted(self, function, *arguments):
+        compilations.append(function)
+        return compile_program(self, function, *arguments)
+
+    monkeypatch.setattr(Placement, "compile", counted)
+    values = np.random.default_rng(3).normal(size=(3, 1, 53))
+    before = compiled_program_count()
+    results, barrier = [None] * 4, threading.Barrier(4)
+
+    def run(i):
+        barrier.wait()
+        results[i] = toto_jax.forecast(model, values, 13, num_samples=None).mean
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(compilations) == compiled_program_count() - before > 0
+    for result in results[1:]:
+        np.testing.assert_array_equal(result, results[0])

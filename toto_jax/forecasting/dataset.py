@@ -135,8 +135,8 @@ class Dataset:
             return
         rows = _LongRows(shard, self.covariates)
         number = 0
-        for table, consumed in rows.series_runs(series_per_batch):
-            good, errors = _parse_long(table, self.covariates, min_length, shard)
+        for table, starts, names, consumed in rows.series_runs(series_per_batch):
+            good, errors = _parse_long(table, starts, names, self.covariates, min_length)
             yield SeriesBatch(shard.index, number, good, errors, consumed)
             number += 1
 
@@ -154,11 +154,13 @@ class Dataset:
         return SeriesBatch(shard.index, 0, table, [], len(frame))
 
 
-def _parquet_file(stream, file: str):
+def _parquet_file(stream, file: str, long: bool = False):
+    """``file`` opened for reading; in the long layout its ids read as dictionaries (a fleet's ids repeat for every
+    row of a series: decoding them to strings row by row was a third of the reading time)."""
     import pyarrow.parquet as pq
 
     try:
-        return pq.ParquetFile(stream)
+        return pq.ParquetFile(stream, read_dictionary=["unique_id"] if long else None)
     except Exception as error:  # noqa: BLE001 - pyarrow raises several types for a damaged file
         raise DatasetError(f"{file}: cannot read Parquet: {error}") from None
 
@@ -185,7 +187,7 @@ class _LongRows:
         if shard.row_groups is None:
             yield from _csv_batches(stream, shard.file, self.columns)
             return
-        parquet = _parquet_file(stream, shard.file)
+        parquet = _parquet_file(stream, shard.file, long=True)
         skip = None  # the id of a series that began in the previous shard
         if shard.row_groups[0] > 0:
             previous = parquet.read_row_group(shard.row_groups[0] - 1, columns=["unique_id"]).column(0)
@@ -212,43 +214,52 @@ class _LongRows:
                 yield table
 
     def series_runs(self, series_per_batch: int) -> Iterator[tuple]:
-        """(table of ``series_per_batch`` whole series, input rows consumed), the last run possibly shorter."""
+        """(table of ``series_per_batch`` whole series, where each begins, their names, input rows consumed), the
+        last run possibly shorter. Where series begin is found once per record batch read."""
         import pyarrow as pa
 
-        pending, consumed = None, 0
+        pending, starts, consumed = None, np.zeros(0, np.int64), 0
         self.last_id = None  # of the rows read so far
         with storage.open_file(self.shard.file) as stream:
             for table in self._batches(stream):
                 consumed += table.num_rows
-                pending = table if pending is None else pa.concat_tables([pending, table])
-                if pending.num_rows:
-                    self.last_id = pending.column("unique_id")[pending.num_rows - 1].as_py()
-                starts = _run_starts(pending.column("unique_id"))
+                if not table.num_rows:
+                    continue
+                ids = table.column("unique_id")
+                begins = _run_starts(ids)
+                if pending is None or not pending.num_rows:
+                    pending, starts = table, begins
+                else:
+                    if ids[0].as_py() == self.last_id:  # the last series goes on in this batch
+                        begins = begins[1:]
+                    starts = np.concatenate([starts, begins + pending.num_rows])
+                    pending = pa.concat_tables([pending, table])
+                self.last_id = ids[len(ids) - 1].as_py()
                 while len(starts) > series_per_batch:  # the last run may continue in the next record batch
                     cut = int(starts[series_per_batch])
-                    yield self._checked(pending.slice(0, cut)), consumed
+                    yield (*self._checked(pending.slice(0, cut), starts[:series_per_batch]), consumed)
                     consumed, pending = 0, pending.slice(cut)
                     starts = starts[series_per_batch:] - cut
         if pending is not None and pending.num_rows:
-            starts = _run_starts(pending.column("unique_id"))
             for first in range(0, len(starts), series_per_batch):
+                run = starts[first : first + series_per_batch]
                 stop = int(starts[first + series_per_batch]) if first + series_per_batch < len(starts) else None
-                part = pending.slice(int(starts[first]), None if stop is None else stop - int(starts[first]))
-                yield self._checked(part), consumed
+                part = pending.slice(int(run[0]), None if stop is None else stop - int(run[0]))
+                yield (*self._checked(part, run - run[0]), consumed)
                 consumed = 0
 
-    def _checked(self, table):
-        """``table`` after checking that none of its ids was met before in this shard."""
-        ids = table.column("unique_id")
-        for start in _run_starts(ids):
-            name = str(ids[int(start)].as_py())
+    def _checked(self, table, starts: np.ndarray) -> tuple:
+        """(``table``, ``starts``, the series' names) after checking that none of its ids was met before in this
+        shard."""
+        names = [str(name) for name in table.column("unique_id").take(starts).to_pylist()]
+        for name in names:
             if name in self.seen:
                 raise DatasetError(
                     f"series {name!r} is not contiguous: its rows in {self.shard.describe()} are interrupted by "
                     "other series. A dataset job reads every series' rows as one run: sort the input by unique_id"
                 )
             self.seen.add(name)
-        return table
+        return table, starts, names
 
 
 def _csv_batches(stream, file: str, columns: list[str]) -> Iterator:
@@ -269,11 +280,20 @@ def _csv_batches(stream, file: str, columns: list[str]) -> Iterator:
 
 def _run_starts(ids) -> np.ndarray:
     """Positions where a new id begins (0 included)."""
+    import pyarrow as pa
     import pyarrow.compute as pc
 
     if len(ids) == 0:
         return np.zeros(0, np.int64)
     ids = ids.combine_chunks() if hasattr(ids, "combine_chunks") else ids
+    if pa.types.is_dictionary(ids.type) and ids.null_count == 0:
+        # Equal indices are equal ids; where the index changes, the values decide (a dictionary may repeat one).
+        indices = ids.indices.to_numpy()
+        candidates = np.flatnonzero(indices[1:] != indices[:-1]) + 1
+        values = ids.dictionary.take(pa.array(indices[np.concatenate([candidates - 1, candidates])]))
+        count = len(candidates)
+        changed = pc.not_equal(values.slice(0, count), values.slice(count)).to_numpy(zero_copy_only=False)
+        return np.concatenate([[0], candidates[changed]])
     changed = pc.not_equal(ids.slice(1), ids.slice(0, len(ids) - 1)).to_numpy(zero_copy_only=False)
     return np.concatenate([[0], np.flatnonzero(changed) + 1])
 
@@ -313,11 +333,11 @@ def _stamps(column) -> tuple[pd.DatetimeIndex | None, str | None]:
         return None, str(error)
 
 
-def _parse_long(table, covariates: list[str], min_length: int, shard: Shard) -> tuple[SeriesTable | None, list]:
-    ids = table.column("unique_id")
-    starts = _run_starts(ids)
+def _parse_long(table, starts: np.ndarray, names: list[str], covariates: list[str],
+                min_length: int) -> tuple[SeriesTable | None, list]:  # fmt: skip
+    """The series of ``table`` (beginning at ``starts``, called ``names``) that can be forecast, and the
+    reasons of those that cannot."""
     ends = np.append(starts[1:], table.num_rows)
-    names = [str(ids[int(s)].as_py()) for s in starts]
     columns = ["y", *covariates]
     numbers = [_numbers(table.column(c)) for c in columns]
     stamps, _ = _stamps(table.column("ds"))  # when some cannot be read, each series' own are parsed on their own
@@ -325,12 +345,16 @@ def _parse_long(table, covariates: list[str], min_length: int, shard: Shard) -> 
     errors = []
     ticks = None if stamps is None or stamps.hasnans else stamps.asi8  # read once for the whole batch
     plain = _plain_series(starts, ends, ticks, numbers, min_length)
+    steps: dict[int, pd.Timedelta] = {}  # one object per distinct step, not one per series
     for name, start, end, step in zip(names, starts, ends, plain):
         if step:  # the usual series, checked at once for the whole batch above
             good.names.append(name)
-            good.values.append(np.stack([values[start:end] for values, _ in numbers]))
+            good.values.append(numbers[0][0][None, start:end] if len(numbers) == 1
+                               else np.stack([values[start:end] for values, _ in numbers]))  # fmt: skip
             good.timestamps.append(stamps[start:end])
-            good.frequency.append(pd.Timedelta(int(step), unit=stamps.unit))
+            if step not in steps:
+                steps[step] = pd.Timedelta(int(step), unit=stamps.unit)
+            good.frequency.append(steps[step])
             continue
         try:
             series_stamps = stamps[start:end] if stamps is not None else _series_stamps(table, start, end)

@@ -201,11 +201,8 @@ def compiled(kind: str, weights: Weights, static: tuple, arguments: tuple, place
     """The compiled ``encode``, ``prefill`` or ``advance`` program for these weights (the first argument), static
     values, argument shapes and placement (``placement.Placement``)."""
     cache_key = (kind, weights.key, static, signature(arguments), placement.key)
-    program = _PROGRAMS.get(cache_key)
-    if program is None:
-        program = placement.compile(_FUNCTIONS[kind], weights.graphdef, *static, weights.params, *arguments)
-        _PROGRAMS[cache_key] = program
-    return program
+    return placement.compiled(_PROGRAMS, cache_key, _FUNCTIONS[kind], weights.graphdef, *static, weights.params,
+                              *arguments)  # fmt: skip
 
 
 _MEMORY: dict = {}

@@ -15,12 +15,15 @@ results do not depend on the mesh.
 from __future__ import annotations
 
 import math
+import threading
 
 import jax
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from ..sharding import DEFAULT_RULES, logical_to_pspec, make_mesh, state_shardings, uneven_splits, use_mesh
 from .inputs import ForecastError
+
+_COMPILING = threading.Lock()  # one program compiles at a time (see Placement.compiled)
 
 
 def forecast_devices(requested: int | None) -> list:
@@ -106,6 +109,17 @@ class Placement:
         """``function`` lowered for ``arguments`` with the model's activation constraints on this mesh."""
         with use_mesh(self.mesh, self.rules):
             return function.lower(*arguments).compile()
+
+    def compiled(self, programs: dict, key, function, *arguments):
+        """``programs[key]``, compiled (``compile``) the first time it is asked for. Forecasts may run from several
+        threads (a dataset job keeps two batches in flight): one compiles while the others wait for it."""
+        program = programs.get(key)
+        if program is None:
+            with _COMPILING:
+                program = programs.get(key)
+                if program is None:
+                    program = programs[key] = self.compile(function, *arguments)
+        return program
 
     @property
     def key(self) -> tuple:

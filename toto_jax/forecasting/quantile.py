@@ -22,9 +22,7 @@ _PROGRAMS: dict = {}
 
 def _program(weights: Weights, spec: QuantileSpec, arguments: tuple, placement):
     key = (weights.key, spec, signature(arguments), placement.key)
-    if key not in _PROGRAMS:
-        _PROGRAMS[key] = placement.compile(compiled_forecast, weights.graphdef, spec, weights.params, *arguments)
-    return _PROGRAMS[key]
+    return placement.compiled(_PROGRAMS, key, compiled_forecast, weights.graphdef, spec, weights.params, *arguments)
 
 
 def forecast_quantile_model(model, prepared, horizon: int, options, placement, future_exogenous_variables):

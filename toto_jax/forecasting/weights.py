@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import threading
 import weakref
 
 import jax
@@ -60,10 +61,17 @@ def signature(tree) -> tuple:
 
 
 _HELD: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_PLACING = threading.Lock()
 
 
 def placed_weights(model, placement) -> Weights:
-    """``model``'s weights for the forecast programs under ``placement`` (``placement.Placement``)."""
+    """``model``'s weights for the forecast programs under ``placement`` (``placement.Placement``); placed once
+    however many threads ask at the same time."""
+    with _PLACING:
+        return _placed_weights(model, placement)
+
+
+def _placed_weights(model, placement) -> Weights:
     arrays = jax.tree.leaves(model)  # nnx modules are pytrees: a tenth of the time nnx.state takes
     held = _HELD.get(model)
     if held is not None and held[0] == placement.key and len(held[1]) == len(arrays):
