@@ -31,12 +31,12 @@ from toto_jax.detection.score import surprise
 from toto_jax.eval import nab
 from toto_jax.forecasting.options import ForecastOptions
 
-VERSION = 4  # of the surprise pass; bump when it changes
+VERSION = 5  # of the surprise pass; bump when it changes
 CACHE = Path(__file__).resolve().parents[1] / "out" / "nab_cache"
 STAGES = (
     dict(history=[300, 500, 700, 1000, 1500], min_reference=[0.5, 1.0, 2.0], extreme_surprise=[None, 2.0, 3.0, 4.0]),
     dict(level_span=[None, 4, 8, 12, 16, 24, 32, 64], level_margin=[0.05, 0.075, 0.1, 0.15, 0.2]),
-    dict(drift_allowance=[None, 2.0, 2.5, 3.0, 4.0]),
+    dict(drift_allowance=[None, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0]),
     dict(season=[None, "1D", "7D"]),
 )
 

@@ -97,6 +97,23 @@ def test_a_glitch_is_scored_at_full_value_and_clipped_as_history(model):
     assert not result.flags[0, 620:].any()
 
 
+def test_a_glitch_leaves_no_bias_in_the_steps_after_it(model):
+    """A 1000x glitch beyond the clip range is history as a gap (filled, and out of the scaler's statistics),
+    so the model's expectation of the steps after it is what it is without the glitch: their normal scores
+    barely move (clipping it to the range's edge left it in the scaler: the next 60 steps scored ~1.6 sigma
+    low, which a drift allowance of 1.5 flagged)."""
+    from toto_jax.detection.score import surprise
+
+    clean = daily(900)
+    glitched = clean.copy()
+    glitched[0, 600] = 1e4
+    normal = [surprise(model, [s], [np.ones_like(s, bool)], SHORT, 128, 64)[1][0][0] for s in (clean, glitched)]
+    np.testing.assert_array_equal(normal[1][:600], normal[0][:600])
+    assert np.abs(normal[1][601:] - normal[0][601:]).max() < 0.3
+    result = toto_jax.detect(model, glitched, options=OPTIONS.replace(drift_allowance=1.0), forecast_options=SHORT)
+    assert result.flags[0, 600] and not result.flags[0, 601:].any()
+
+
 def test_combined_score_of_several_variates(model):
     """A jump in one of three variates raises the combined score at that step; a one-variate series' combined
     score is its variate's score; the combination is Bonferroni's bound."""

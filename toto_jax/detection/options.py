@@ -47,12 +47,12 @@ class DetectOptions:
     """
 
     stride: int | None = None
-    history: int = 500
+    history: int = 1500
     min_reference: float = 1.0
     extreme_surprise: float | None = 3.0
     level_span: int | None = 12
     level_margin: float = 0.1
-    drift_allowance: float | None = 4.0
+    drift_allowance: float | None = 1.5
     season: str | int | None = "1D"
     threshold: float = 0.5
     batch_size: int = 64
