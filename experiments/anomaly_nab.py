@@ -36,7 +36,7 @@ CACHE = Path(__file__).resolve().parents[1] / "out" / "nab_cache"
 STAGES = (
     dict(history=[300, 500, 700, 1000, 1500], min_reference=[0.5, 1.0, 2.0], extreme_surprise=[None, 2.0, 3.0, 4.0]),
     dict(level_span=[None, 4, 8, 12, 16, 24, 32, 64], level_margin=[0.05, 0.075, 0.1, 0.15, 0.2]),
-    dict(drift_allowance=[None, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0]),
+    dict(drift_allowance=[None, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0]),
     dict(season=[None, "1D", "7D"]),
 )
 

@@ -228,9 +228,10 @@ def test_season_in_steps_from_timestamps():
 
 def test_drifts_follow_the_cusum_definition():
     """A drift is a step where the two-sided CUSUM of the normal scores, less the allowance per step, passes its
-    past maximum (and 0), after WARM_UP scored steps; unscored steps leave the sums as they are. Matches the
-    recursion step by step; a run of steps each 1.5 sigma above the model's expectation is found within a few
-    steps although no single one is surprising; a later change moves no earlier drift; None finds none."""
+    past maximum (and 0), after WARM_UP scored steps, the first such step of an excursion of the leading
+    one-sided sum; unscored steps leave the sums as they are. Matches the recursion step by step; a run of
+    steps each 1.5 sigma above the model's expectation is found within a few steps although no single one is
+    surprising; a later change moves no earlier drift; None finds none."""
     rng = np.random.default_rng(0)
     z = rng.standard_normal((2, 900))
     z[1, 600:630] = 1.5 + 0.1 * rng.standard_normal(30)
@@ -241,11 +242,15 @@ def test_drifts_follow_the_cusum_definition():
     expected = np.zeros((2, 900), bool)
     for row in range(2):
         up = down = record = 0.0
-        seen = 0
+        seen, raised = 0, {"up": False, "down": False}  # whether the side's current excursion has a drift
         for t in range(900):
             if scored[row, t]:
                 up, down = max(0.0, up + z[row, t] - 1.0), max(0.0, down - z[row, t] - 1.0)
-                expected[row, t] = seen >= 64 and max(up, down) > record
+                raised["up"] &= up > 0
+                raised["down"] &= down > 0
+                side = "up" if up >= down else "down"
+                if seen >= 64 and max(up, down) > record and not raised[side]:
+                    expected[row, t] = raised[side] = True
                 record = max(record, up, down)
                 seen += 1
     np.testing.assert_array_equal(found, expected)
@@ -255,6 +260,18 @@ def test_drifts_follow_the_cusum_definition():
     changed[:, 500:] = 5.0
     np.testing.assert_array_equal(drifts(changed, scored, options)[:, :500], found[:, :500])
     assert not drifts(z, scored, options.replace(drift_allowance=None)).any()
+
+
+def test_a_growing_drift_is_one_alert():
+    """A drift that keeps passing its record, with pauses (each step 3 sigma high, then one 0.5 high: the sum
+    dips and climbs again), is raised once, at its first step past the record, not at every climb; a second
+    excursion, after the sum returns to 0, that passes the record again is a second drift."""
+    z = np.zeros((1, 400))
+    z[0, 100:140] = np.tile([3.0, 0.5], 20)  # the sum climbs by 2, dips by 0.5: a record every other step
+    z[0, 140:200] = -1.0  # back to 0 (the lower sum gains nothing)
+    z[0, 300:340] = 3.0  # climbs by 2 a step past the first excursion's peak (30) at its 16th step
+    found = drifts(z, np.ones_like(z, bool), DetectOptions(drift_allowance=1.0))
+    assert np.flatnonzero(found[0]).tolist() == [100, 315]
 
 
 def test_trailing_max_matches_its_definition():

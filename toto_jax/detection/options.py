@@ -52,7 +52,7 @@ class DetectOptions:
     extreme_surprise: float | None = 3.0
     level_span: int | None = 12
     level_margin: float = 0.1
-    drift_allowance: float | None = 1.5
+    drift_allowance: float | None = 1.0
     season: str | int | None = "1D"
     threshold: float = 0.5
     batch_size: int = 64
