@@ -7,7 +7,7 @@ score on the even-numbered files (sorted paths: 0, 2, 4, ...); the odd-numbered 
 searched by coordinates in stages (``STAGES``), each from the best point of the one before (ties go to the
 point that changes fewest options): the surprise ratio and the extremes, then the level shifts, then the
 drifts, then the season of the seasonal shifts, starting without shifts, drifts or seasons (the drift grid
-stops at 2: lower allowances flag the steps after a clipped glitch, tests/test_detect.py); the stages repeat
+holds 0.5-1.5 again since a glitch is history as a gap, experiments/anomaly_nab.md); the stages repeat
 until a round changes nothing.
 
     python experiments/anomaly_nab.py [--nab ../shared/data/nab] [--context N] [--stride N] [--tune]

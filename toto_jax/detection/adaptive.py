@@ -18,7 +18,8 @@ does, the score asks whether a step's surprise is unusual *for this series*:
   (x_t - x_{t - season}), so a day whose shape differs from the day before (a lower peak, a quiet holiday)
   counts although its level and its values stay in their ranges;
 - a drift, scored as a level shift: a run of steps each a little off the model's expectation on one side, as
-  a CUSUM of their normal scores (``drifts``) reaching a value it has never had.
+  a CUSUM of their normal scores (``drifts``) reaching a value it has never had, once per excursion of the sum
+  (a drift that pauses and climbs again is one event).
 
 score = 0.9 r / (1 + r); at least 0.5 + 0.4 r / (1 + r) at a level shift (at the default threshold, every
 shift is flagged); 0.9 + 0.1 r / (1 + r) for an extreme: strictly increasing in r within each tier (a
