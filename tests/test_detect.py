@@ -97,6 +97,23 @@ def test_a_glitch_is_scored_at_full_value_and_clipped_as_history(model):
     assert not result.flags[0, 620:].any()
 
 
+def test_a_glitch_leaves_no_bias_in_the_steps_after_it(model):
+    """A 1000x glitch beyond the clip range is history as a gap (filled, and out of the scaler's statistics),
+    so the model's expectation of the steps after it is what it is without the glitch: their normal scores
+    barely move (clipping it to the range's edge left it in the scaler: the next 60 steps scored ~1.6 sigma
+    low, which a drift allowance of 1.5 flagged)."""
+    from toto_jax.detection.score import surprise
+
+    clean = daily(900)
+    glitched = clean.copy()
+    glitched[0, 600] = 1e4
+    normal = [surprise(model, [s], [np.ones_like(s, bool)], SHORT, 128, 64)[1][0][0] for s in (clean, glitched)]
+    np.testing.assert_array_equal(normal[1][:600], normal[0][:600])
+    assert np.abs(normal[1][601:] - normal[0][601:]).max() < 0.3
+    result = toto_jax.detect(model, glitched, options=OPTIONS.replace(drift_allowance=1.0), forecast_options=SHORT)
+    assert result.flags[0, 600] and not result.flags[0, 601:].any()
+
+
 def test_combined_score_of_several_variates(model):
     """A jump in one of three variates raises the combined score at that step; a one-variate series' combined
     score is its variate's score; the combination is Bonferroni's bound."""
@@ -211,9 +228,10 @@ def test_season_in_steps_from_timestamps():
 
 def test_drifts_follow_the_cusum_definition():
     """A drift is a step where the two-sided CUSUM of the normal scores, less the allowance per step, passes its
-    past maximum (and 0), after WARM_UP scored steps; unscored steps leave the sums as they are. Matches the
-    recursion step by step; a run of steps each 1.5 sigma above the model's expectation is found within a few
-    steps although no single one is surprising; a later change moves no earlier drift; None finds none."""
+    past maximum (and 0), after WARM_UP scored steps, the first such step of an excursion of the leading
+    one-sided sum; unscored steps leave the sums as they are. Matches the recursion step by step; a run of
+    steps each 1.5 sigma above the model's expectation is found within a few steps although no single one is
+    surprising; a later change moves no earlier drift; None finds none."""
     rng = np.random.default_rng(0)
     z = rng.standard_normal((2, 900))
     z[1, 600:630] = 1.5 + 0.1 * rng.standard_normal(30)
@@ -224,11 +242,15 @@ def test_drifts_follow_the_cusum_definition():
     expected = np.zeros((2, 900), bool)
     for row in range(2):
         up = down = record = 0.0
-        seen = 0
+        seen, raised = 0, {"up": False, "down": False}  # whether the side's current excursion has a drift
         for t in range(900):
             if scored[row, t]:
                 up, down = max(0.0, up + z[row, t] - 1.0), max(0.0, down - z[row, t] - 1.0)
-                expected[row, t] = seen >= 64 and max(up, down) > record
+                raised["up"] &= up > 0
+                raised["down"] &= down > 0
+                side = "up" if up >= down else "down"
+                if seen >= 64 and max(up, down) > record and not raised[side]:
+                    expected[row, t] = raised[side] = True
                 record = max(record, up, down)
                 seen += 1
     np.testing.assert_array_equal(found, expected)
@@ -238,6 +260,18 @@ def test_drifts_follow_the_cusum_definition():
     changed[:, 500:] = 5.0
     np.testing.assert_array_equal(drifts(changed, scored, options)[:, :500], found[:, :500])
     assert not drifts(z, scored, options.replace(drift_allowance=None)).any()
+
+
+def test_a_growing_drift_is_one_alert():
+    """A drift that keeps passing its record, with pauses (each step 3 sigma high, then one 0.5 high: the sum
+    dips and climbs again), is raised once, at its first step past the record, not at every climb; a second
+    excursion, after the sum returns to 0, that passes the record again is a second drift."""
+    z = np.zeros((1, 400))
+    z[0, 100:140] = np.tile([3.0, 0.5], 20)  # the sum climbs by 2, dips by 0.5: a record every other step
+    z[0, 140:200] = -1.0  # back to 0 (the lower sum gains nothing)
+    z[0, 300:340] = 3.0  # climbs by 2 a step past the first excursion's peak (30) at its 16th step
+    found = drifts(z, np.ones_like(z, bool), DetectOptions(drift_allowance=1.0))
+    assert np.flatnonzero(found[0]).tolist() == [100, 315]
 
 
 def test_trailing_max_matches_its_definition():

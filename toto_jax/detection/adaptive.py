@@ -18,7 +18,8 @@ does, the score asks whether a step's surprise is unusual *for this series*:
   (x_t - x_{t - season}), so a day whose shape differs from the day before (a lower peak, a quiet holiday)
   counts although its level and its values stay in their ranges;
 - a drift, scored as a level shift: a run of steps each a little off the model's expectation on one side, as
-  a CUSUM of their normal scores (``drifts``) reaching a value it has never had.
+  a CUSUM of their normal scores (``drifts``) reaching a value it has never had, once per excursion of the sum
+  (a drift that pauses and climbs again is one event).
 
 score = 0.9 r / (1 + r); at least 0.5 + 0.4 r / (1 + r) at a level shift (at the default threshold, every
 shift is flagged); 0.9 + 0.1 r / (1 + r) for an extreme: strictly increasing in r within each tier (a
@@ -137,7 +138,9 @@ def _onsets(flags):
 def drifts(normal_score, scored, options: DetectOptions):
     """Steps [..., time] where a two-sided CUSUM of the normal scores (``drift_allowance`` subtracted per step)
     passes every value it had before (a sum still at 0 is no drift), once ``WARM_UP`` scored steps lie behind it
-    (none when ``drift_allowance`` is None). Unscored steps leave the sums as they are."""
+    (none when ``drift_allowance`` is None); only the first such step of each excursion of the one-sided sum
+    that leads (from leaving 0 to returning to it) is one: a drift that keeps growing is one event, one alert.
+    Unscored steps leave the sums as they are."""
     scored = np.asarray(scored, bool)
     if options.drift_allowance is None:
         return np.zeros(scored.shape, bool)
@@ -147,10 +150,20 @@ def drifts(normal_score, scored, options: DetectOptions):
         total = np.cumsum(np.where(scored, increments, 0.0), axis=-1)
         return total - np.minimum(np.minimum.accumulate(total, axis=-1), 0.0)
 
-    statistic = np.maximum(cusum(z - options.drift_allowance), cusum(-z - options.drift_allowance))
+    upper, lower = cusum(z - options.drift_allowance), cusum(-z - options.drift_allowance)
+    statistic = np.maximum(upper, lower)
     record = _previous(np.maximum.accumulate(np.where(scored, statistic, -np.inf), axis=-1), -np.inf)
     warm = _previous(np.cumsum(scored, axis=-1), 0) >= WARM_UP
-    return scored & warm & (statistic > np.maximum(record, 0.0))
+    passed = scored & warm & (statistic > np.maximum(record, 0.0))
+    steps = np.arange(z.shape[-1])
+    first = np.zeros(passed.shape, bool)
+    for side, leads in ((upper, upper >= lower), (lower, lower > upper)):
+        candidate = passed & leads
+        count = np.cumsum(candidate, axis=-1)
+        began = np.maximum.accumulate(np.where(side <= 0, steps, -1), axis=-1)  # the excursion's last 0
+        before = np.where(began >= 0, np.take_along_axis(count, np.maximum(began, 0), axis=-1), 0)
+        first |= candidate & (count - before == 1)
+    return first
 
 
 def adaptive_scores(surprise, scored, extreme, shift, options: DetectOptions):

@@ -36,7 +36,8 @@ class DetectOptions:
     - ``level_margin``: how far (a fraction of the past range of the means) a mean must pass its past range.
     - ``drift_allowance``: a drift is a step where a two-sided CUSUM of the model's normal scores
       Phi^-1(P(X <= x)), less this allowance per step, passes every value it had before: a run of steps each a
-      little off the model's expectation on one side. Scored as a level shift (None: no drifts).
+      little off the model's expectation on one side; one per excursion of the sum (from leaving 0 to returning
+      to it). Scored as a level shift (None: no drifts).
     - ``season``: a seasonal shift is a level shift (same ``level_span`` and ``level_margin``) of the change
       since one season earlier, x_t - x_{t - season}: today's shape against yesterday's (a lower daily peak, a
       quiet holiday). A duration ("1D", any ``pandas.Timedelta`` string) becomes steps by the median interval
@@ -47,12 +48,12 @@ class DetectOptions:
     """
 
     stride: int | None = None
-    history: int = 500
+    history: int = 1500
     min_reference: float = 1.0
     extreme_surprise: float | None = 3.0
     level_span: int | None = 12
     level_margin: float = 0.1
-    drift_allowance: float | None = 4.0
+    drift_allowance: float | None = 1.0
     season: str | int | None = "1D"
     threshold: float = 0.5
     batch_size: int = 64

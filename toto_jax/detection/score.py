@@ -14,11 +14,12 @@ score never depends on a later step:
   unlike forecasting's interpolation) or masked (``"mask"``); it is not scored (surprise 0);
 - normalization (``ForecastOptions.normalize``): the prefix's mean and standard deviation, in float64, so 1e9
   counters keep their signal;
-- glitch clipping (``ForecastOptions.clip_outliers``): the prefix's clip range bounds what the model *sees*,
-  so one glitch does not inflate the causal scaler and blind it to what follows, but never the value being
-  scored: a glitch is scored at its full value and clipped only as history for the steps after it. A prefix
-  with fewer than ``CLIP_MIN_HISTORY`` observed steps (the start of a series) has no reliable range and
-  clips nothing;
+- glitch clipping (``ForecastOptions.clip_outliers``): a step beyond the prefix's clip range is history as a
+  gap (filled or masked, as ``gaps`` says) and stays out of the normalization statistics, so one glitch neither
+  inflates the scaler nor biases what the model expects next (clipped to the range's edge, it still did: the
+  next ~60 steps predicted ~1.6 sigma low); it is never clipped as the value being scored: a glitch is scored
+  at its full value. A prefix with fewer than ``CLIP_MIN_HISTORY`` observed steps (the start of a series) has
+  no reliable range and clips nothing;
 - the scaler's global stabilisation takes its statistics from the prefix (``prefix_length``).
 
 The surprise of an observed step x is -log of its two-sided tail probability 2 min(P(X <= x), P(X >= x)),
@@ -47,7 +48,7 @@ from ..models import is_toto2
 from .options import DetectError
 
 TAIL_FLOOR = 1e-30
-CLIP_MIN_HISTORY = 256  # observed prefix steps a clip range is taken from; shorter pasts are not clipped
+CLIP_MIN_HISTORY = 128  # observed prefix steps a clip range is taken from; shorter pasts are not clipped
 INPUT_LIMIT = 1e30  # normalized inputs beyond float32's range (an unclipped 1e300 glitch) are held here
 
 
@@ -125,14 +126,16 @@ def prepare_windows(values, valid, starts, windows: Windows, options: ForecastOp
     window_values = np.moveaxis(padded[:, index], 0, 1)  # [window, variate, span]
     window_valid = np.moveaxis(padded_valid[:, index], 0, 1)
     fit = window_valid & (np.arange(span) < prefix)
-    _, shift, unit = normalize_context(np.where(window_valid, window_values, 0.0), fit, options.normalize)
     inputs, input_valid = window_values[..., :context], window_valid[..., :context]
-    if options.gaps == "fill":
-        inputs, input_valid = _carry_forward(np.where(input_valid, inputs, 0.0), input_valid)
     if options.clip_outliers is not None:
         low, high = outlier_bounds(window_values, fit, options.clip_outliers)
         enough = fit.sum(-1, keepdims=True) >= CLIP_MIN_HISTORY  # a short past has no reliable range
-        inputs = np.clip(inputs, np.where(enough, low, -np.inf), np.where(enough, high, np.inf))
+        outlier = enough & ((window_values < low) | (window_values > high))
+        fit &= ~outlier  # nor the scaler's statistics
+        input_valid = input_valid & ~outlier[..., :context]  # a glitch is history as a gap: filled or masked
+    _, shift, unit = normalize_context(np.where(window_valid, window_values, 0.0), fit, options.normalize)
+    if options.gaps == "fill":
+        inputs, input_valid = _carry_forward(np.where(input_valid, inputs, 0.0), input_valid)
     inputs = np.clip((inputs - shift) / unit, -INPUT_LIMIT, INPUT_LIMIT)
     targets = np.clip((window_values[..., patch:] - shift) / unit, -3e38, 3e38)
     return Batch(np.where(input_valid, inputs, 0.0).astype(np.float32), input_valid,
