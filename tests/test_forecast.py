@@ -492,6 +492,24 @@ def test_bfloat16_models_decode_on_bfloat16_weights(pairs):
     assert relative_error(forecast(half, series, 2 * model.config.patch_size, **arguments).mean, full) <= BFLOAT16_TOLERANCE
 
 
+def test_every_program_takes_all_weights_so_working_bytes_are_its_own(pairs):
+    """A decode program that uses only some of the weights (prefill: the output head, not the layers) still takes
+    them all as arguments, so its arguments less the weights are its own inputs, and ``working_bytes`` is at
+    least what it writes (it went negative when XLA dropped the unused weights from the program)."""
+    from toto_jax.forecasting import api, decode
+
+    _, model, _ = pairs["mixture3_causal_patch"]
+    series, _, _ = make_inputs(model.config.patch_size, batch=2)
+    prepared, _, samples, options, placement = api._prepare(model, series, 24, None, None, None, REFERENCE,
+                                                            None, None)  # fmt: skip
+    decoder = api._Decoder(model, prepared, samples, options, placement)
+    for program in (decoder.encode, decoder.prefill, *decoder.advances.values()):
+        stats = program.memory_analysis()
+        assert stats.argument_size_in_bytes > decoder.weights.device_bytes
+        written = stats.output_size_in_bytes - stats.alias_size_in_bytes
+        assert decode.working_bytes(program, decoder.weights) >= written
+
+
 def test_large_batches_are_split_by_memory_budget(pairs, capsys):
     """The budget bounds XLA's own buffer assignment of every compiled call: a budget that holds two series
     splits a batch of five into calls of at most two (the last one padded), shows a progress bar and gives

@@ -189,10 +189,12 @@ def advance(graphdef, spec: DecodeSpec, steps: int, params, state: DecodeState) 
     return state
 
 
+# keep_unused: every weight stays an argument of every program (a program that leaves some out, as prefill does
+# with the layers, would otherwise take fewer argument bytes than the weights, and ``working_bytes`` go negative).
 _FUNCTIONS = {
-    "encode": jax.jit(encode_context, static_argnums=(0, 1)),
-    "prefill": jax.jit(prefill, static_argnums=(0, 1)),
-    "advance": jax.jit(advance, static_argnums=(0, 1, 2), donate_argnums=(4,)),
+    "encode": jax.jit(encode_context, static_argnums=(0, 1), keep_unused=True),
+    "prefill": jax.jit(prefill, static_argnums=(0, 1), keep_unused=True),
+    "advance": jax.jit(advance, static_argnums=(0, 1, 2), donate_argnums=(4,), keep_unused=True),
 }
 _PROGRAMS: dict = {}
 

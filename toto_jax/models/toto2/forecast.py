@@ -163,7 +163,7 @@ def _flat(x):
     return x.reshape(*x.shape[:-2], -1)
 
 
-@partial(jax.jit, static_argnums=(0, 1))
+@partial(jax.jit, static_argnums=(0, 1), keep_unused=True)  # every weight an argument: see decode._FUNCTIONS
 def compiled_forecast(graphdef, spec: QuantileSpec, state, *arrays):
     """``forecast_quantiles`` as one jitted program per (model structure, spec, shapes)."""
     return forecast_quantiles(nnx.merge(graphdef, state), spec, *arrays)
