@@ -1,6 +1,6 @@
 """Toto 2.0's transformer: layer groups of time and variate layers, pre-norm, tau-rule residuals, a final
 RMSNorm. The groups share one pattern, so their parameters are stacked on a ``layers`` axis and run with
-``lax.scan`` (compile time independent of depth).
+``lax.scan`` (compile time independent of depth), or as a Python loop when there are few of them.
 """
 
 from __future__ import annotations
@@ -19,6 +19,11 @@ from .unit_scaled import ScaledRMSNorm, SwiGLU, residual_add, residual_split
 
 TIME = "time"
 VARIATE = "variate"
+# Without a KV cache (training, whole-series forward), at most this many layer groups run as a Python loop: a
+# scan stacks every group's saved activations into [groups, ...] buffers for the backward pass (zero-filled,
+# written and sliced again), which a short stack does not need to bound its compile time (as Toto 1.0's
+# stages). Cached decoding keeps the scan: a loop's static weight slices are copied before every matmul.
+UNROLLED_GROUPS = 4
 
 
 class Buffer(nnx.Variable):
@@ -146,7 +151,12 @@ class Toto2Transformer(nnx.Module):
             group = nnx.merge(graphdef, group_params)
             return group(carry, rotary, time_mask, variate_mask, group_cache, offset)
 
-        x, stage_cache = jax.lax.scan(step, x, (params, stage_cache))
+        groups = self.config.num_layers // self.config.layer_group_size
+        if cache is None and groups <= UNROLLED_GROUPS:
+            for group in range(groups):  # ``scan(unroll=True)`` would still stack the saved activations
+                x, _ = step(x, (jax.tree.map(lambda a, group=group: a[group], params), None))
+        else:
+            x, stage_cache = jax.lax.scan(step, x, (params, stage_cache))
         if cache is not None and stage_cache is not None:
             cache = KVCache(*stage_cache)
         return self.out_norm(x), cache
