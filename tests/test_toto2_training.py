@@ -136,10 +136,16 @@ def test_fast_train_step_keeps_the_math(monkeypatch):
     monkeypatch.setattr(unit_scaled, "residual_split", plain_split)
     plain = loss_gradients_update()
     assert float(plain[0]) > 0 and float(fast[0]) == pytest.approx(float(plain[0]), rel=1e-6)
-    for name, fast_tree, plain_tree in (("gradient", fast[1], plain[1]), ("update", fast[2], plain[2])):
+    # NorMuon rounds its input to bfloat16 (as dion does), so float32 rounding differences of the gradients
+    # flip a few of those roundings: the update agrees to bfloat16's precision, the gradients to float32's.
+    for name, fast_tree, plain_tree, tolerance in (("gradient", fast[1], plain[1], 1e-5),
+                                                   ("update", fast[2], plain[2], 2e-2)):  # fmt: skip
+        # The key biases' gradients are zero in exact arithmetic (softmax ignores a shift shared by a query's
+        # logits): rounding noise in both forms, held to a floor at the tree's scale.
+        floor = 1e-6 * max(np.linalg.norm(b) for b in jax.tree.leaves(plain_tree))
         for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(fast_tree), jax.tree.leaves(plain_tree)):
-            assert np.linalg.norm(b) > 0, (name, path)
-            assert relative(a, b) <= 1e-5, (name, jax.tree_util.keystr(path), relative(a, b))
+            error = np.linalg.norm(np.asarray(a, np.float64) - np.asarray(b, np.float64))
+            assert error <= tolerance * np.linalg.norm(b) + floor, (name, jax.tree_util.keystr(path), relative(a, b))
 
 
 # ---- optimisers ------------------------------------------------------------------------------------------
