@@ -10,6 +10,7 @@ parameters after two optimiser steps and the steps themselves (the parameter cha
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -26,6 +27,7 @@ from toto_jax.models.toto2 import Toto2Config
 from toto_jax.train import umup
 
 TOLERANCE = 1e-4
+TINY = Path(__file__).parents[1] / "experiments" / "configs" / "toto2_tiny.yaml"
 WEIGHT_DECAY = 0.1  # lr-independent in both; NorMuon's cautious decay included
 # Every kind of parameter: biases, q/k norm weights, layer norm weights, per-dimension scales, grouped heads.
 OPTIMIZER_CONFIG = config_dict(num_groups=2, num_layers=2, attn_bias=True, mlp_bias=True, per_dim_scale=True,
@@ -97,6 +99,53 @@ def test_backward_scales_change_gradients_not_values():
     value, grad = jax.value_and_grad(through_residual)(x)
     assert float(value) == pytest.approx((0.6 * 2.0 + 0.8) * 6.0, rel=1e-6)
     assert np.allclose(grad, 0.6 * 2.0 + 0.8)
+
+
+def test_fast_train_step_keeps_the_math(monkeypatch):
+    """The step's speed-ups change no number: the layer groups as a Python loop (instead of ``lax.scan``) and
+    ``residual_split``'s hand-written gradient (summed as [tokens, features]) give the loss, every gradient and
+    one NorMuon update of the plain forms (a scan, and two ``scale_grad`` branches summed by autodiff) to float32
+    rounding. Three layer groups of the published attention, so both residual factors and the group order count."""
+    from toto_jax.data import make_iterator
+    from toto_jax.models.toto2 import transformer, unit_scaled
+    from toto_jax.sharding import make_mesh, use_mesh
+    from toto_jax.train.config import load_config
+    from toto_jax.train.trainer import TrainProgram
+
+    config = load_config(TINY, ["model.num_layers=6", "model.layer_group_size=2", "mesh.shape=[1,1,1]"])
+    program = TrainProgram(config, make_mesh((1, 1, 1), devices=jax.devices()[:1]))
+    state = program.init(config.seed)
+    batch = program.put_batch(next(make_iterator(config.data)))
+    batch["hidden"] = program.hidden_spans(state.rng, state.step, batch["series"].shape)
+
+    def loss_gradients_update():  # traced anew on each call (jax.jit caches by function)
+        def run(params, opt_state):
+            with use_mesh(program.mesh, program.rules):
+                loss, gradients = jax.value_and_grad(lambda p: program._loss_sums(p, batch, None)[0])(params)
+                return loss, gradients, program.tx.update(gradients, opt_state, params)[0]
+
+        return jax.jit(run)(state.params, state.opt_state)
+
+    def plain_split(x, tau):
+        branch_factor, skip_factor = unit_scaled._tau_factors(tau)
+        return unit_scaled.scale_grad(x, 1.0, branch_factor), unit_scaled.scale_grad(x, 1.0, skip_factor)
+
+    fast = loss_gradients_update()
+    monkeypatch.setattr(transformer, "UNROLLED_GROUPS", 0)
+    monkeypatch.setattr(transformer, "residual_split", plain_split)
+    monkeypatch.setattr(unit_scaled, "residual_split", plain_split)
+    plain = loss_gradients_update()
+    assert float(plain[0]) > 0 and float(fast[0]) == pytest.approx(float(plain[0]), rel=1e-6)
+    # NorMuon rounds its input to bfloat16 (as dion does), so float32 rounding differences of the gradients
+    # flip a few of those roundings: the update agrees to bfloat16's precision, the gradients to float32's.
+    for name, fast_tree, plain_tree, tolerance in (("gradient", fast[1], plain[1], 1e-5),
+                                                   ("update", fast[2], plain[2], 2e-2)):  # fmt: skip
+        # The key biases' gradients are zero in exact arithmetic (softmax ignores a shift shared by a query's
+        # logits): rounding noise in both forms, held to a floor at the tree's scale.
+        floor = 1e-6 * max(np.linalg.norm(b) for b in jax.tree.leaves(plain_tree))
+        for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(fast_tree), jax.tree.leaves(plain_tree)):
+            error = np.linalg.norm(np.asarray(a, np.float64) - np.asarray(b, np.float64))
+            assert error <= tolerance * np.linalg.norm(b) + floor, (name, jax.tree_util.keystr(path), relative(a, b))
 
 
 # ---- optimisers ------------------------------------------------------------------------------------------

@@ -69,9 +69,9 @@ class Toto2(nnx.Module):
         return self.patch_proj(jnp.concatenate([as_patches(scaled), as_patches(missing)], axis=-1))
 
     def encode(self, tokens, positions, time_mask, variate_mask, cache: KVCache | None = None, offset=0,
-               last_position=None):  # fmt: skip
+               last_position=None, loop_groups: bool = False):  # fmt: skip
         rotary = rotary_tables(positions, self.config.head_dim, self.config.use_xpos, last_position)
-        return self.transformer(tokens, rotary, time_mask, variate_mask, cache, offset)
+        return self.transformer(tokens, rotary, time_mask, variate_mask, cache, offset, loop_groups)
 
     def quantiles(self, hidden):
         """Hidden states [..., patches, d] -> scaled quantiles [quantile, ..., patches, patch * output patches]."""
@@ -104,7 +104,8 @@ class Toto2(nnx.Module):
         as_patches = lambda m: m.reshape(batch, variates, patches, -1)  # noqa: E731
         empty = ~as_patches(mask).any(-1) & ~as_patches(hidden).any(-1)
         group_ids = jnp.where(empty, -1, series_ids[..., None])
+        # The whole-window forward is the training one: its layer groups run as a loop (UNROLLED_GROUPS).
         hidden, _ = self.encode(tokens, jnp.arange(patches), time_mask(group_ids, has_missing_values),
-                                variate_mask(group_ids))  # fmt: skip
+                                variate_mask(group_ids), loop_groups=True)  # fmt: skip
         return Toto2Output(self.quantiles(hidden), stats.loc, stats.scale)
 

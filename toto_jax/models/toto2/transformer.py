@@ -1,6 +1,6 @@
 """Toto 2.0's transformer: layer groups of time and variate layers, pre-norm, tau-rule residuals, a final
 RMSNorm. The groups share one pattern, so their parameters are stacked on a ``layers`` axis and run with
-``lax.scan`` (compile time independent of depth).
+``lax.scan`` (compile time independent of depth), or, training a stack of few groups, as a Python loop.
 """
 
 from __future__ import annotations
@@ -19,6 +19,12 @@ from .unit_scaled import ScaledRMSNorm, SwiGLU, residual_add, residual_split
 
 TIME = "time"
 VARIATE = "variate"
+# With ``loop_groups`` (the training forward), at most this many layer groups run as a Python loop: a scan
+# stacks every group's saved activations into [groups, ...] buffers for the backward pass (zero-filled,
+# written and sliced again), which a short stack does not need to bound its compile time (as Toto 1.0's
+# stages). Forecasting keeps the scan: without a backward pass the loop's static weight slices, copied
+# before every matmul, cost more than they save (a forecast-shaped forward 1.04-1.07x slower).
+UNROLLED_GROUPS = 4
 
 
 class Buffer(nnx.Variable):
@@ -135,8 +141,10 @@ class Toto2Transformer(nnx.Module):
                 node.set_metadata(mup_depth=config.num_layers)
         self.out_norm = ScaledRMSNorm(config.d_model, eps=config.norm_eps, use_scale=config.norm_include_weight)
 
-    def __call__(self, x, rotary: Rotary, time_mask, variate_mask, cache: KVCache | None = None, offset=0):
-        """x: [batch, variate, tokens, embed]. With a cache, this call's keys are written at ``offset``."""
+    def __call__(self, x, rotary: Rotary, time_mask, variate_mask, cache: KVCache | None = None, offset=0,
+                 loop_groups: bool = False):  # fmt: skip
+        """x: [batch, variate, tokens, embed]. With a cache, this call's keys are written at ``offset``.
+        ``loop_groups``: a pass that will be differentiated (see ``UNROLLED_GROUPS``); not with a cache."""
         x = constrain(x, ("batch", "variate", "time", "activation_embed"))
         graphdef, params = nnx.split(self.groups)
         stage_cache = None if cache is None or cache.keys is None else (cache.keys, cache.values)
@@ -146,7 +154,12 @@ class Toto2Transformer(nnx.Module):
             group = nnx.merge(graphdef, group_params)
             return group(carry, rotary, time_mask, variate_mask, group_cache, offset)
 
-        x, stage_cache = jax.lax.scan(step, x, (params, stage_cache))
+        groups = self.config.num_layers // self.config.layer_group_size
+        if loop_groups and cache is None and groups <= UNROLLED_GROUPS:
+            for group in range(groups):  # ``scan(unroll=True)`` would still stack the saved activations
+                x, _ = step(x, (jax.tree.map(lambda a, group=group: a[group], params), None))
+        else:
+            x, stage_cache = jax.lax.scan(step, x, (params, stage_cache))
         if cache is not None and stage_cache is not None:
             cache = KVCache(*stage_cache)
         return self.out_norm(x), cache
