@@ -4,7 +4,7 @@
     python experiments/toto2_diagnosis.py sweep   [--steps 200]   # learning-rate sweep, u-muP AdamW and NorMuon
     python experiments/toto2_diagnosis.py rms     [--steps 300]   # per-layer activation / gradient / update RMS
     python experiments/toto2_diagnosis.py plot --json COPY.json --rms-json RMS.json   # PNGs into experiments/figures
-    python experiments/toto2_diagnosis.py loss --run runs/toto2_small_v2   # a run's loss curve, PNG
+    python experiments/toto2_diagnosis.py loss --run runs/toto2_small_v2 [STAGE2_RUN ...]   # loss curve, PNG
 
 The copy-the-cycle task: windows of a strictly periodic series (random period 6-24 steps, random phase, a
 random shape among sums of harmonics, square waves and saw teeth, random level and amplitude, 2 % noise).
@@ -366,29 +366,41 @@ def command_plot(args):
 
 def command_loss(args):
     """A run's training loss curve (its ``metrics.jsonl``): every logged step and the mean of each 200 steps,
-    with the learning rate beside it."""
+    with the learning rate beside it. Several runs are consecutive stages (each ``--init-from`` the one before),
+    drawn end to end on one step axis."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [json.loads(line) for line in (Path(args.run) / "metrics.jsonl").read_text().splitlines()]
-    rows = [r for r in rows if "loss" in r]
-    steps, loss = np.array([r["step"] for r in rows]), np.array([r["loss"] for r in rows])
+    steps, loss, lr, boundaries = [], [], [], []
+    for run in args.run:
+        rows = [json.loads(line) for line in (Path(run) / "metrics.jsonl").read_text().splitlines()]
+        rows = [r for r in rows if "loss" in r]
+        offset = steps[-1] if steps else 0
+        if steps:
+            boundaries.append(offset)
+        steps += [offset + r["step"] for r in rows]
+        loss += [r["loss"] for r in rows]
+        lr += [r["lr"] for r in rows]
+    steps, loss = np.array(steps), np.array(loss)
     spans = [(int(s), float(loss[(steps > s) & (steps <= s + 200)].mean())) for s in range(0, int(steps.max()), 200)]
     for start, mean in spans:
         print(f"steps {start + 1}-{start + 200}: mean loss {mean:.3f}")
-    fig, axis = plt.subplots(figsize=(8, 4))
+    names = [Path(run).name for run in args.run]
+    fig, axis = plt.subplots(figsize=(8 + 2 * (len(names) - 1), 4))
     axis.plot(steps, loss, color="C0", alpha=0.3, lw=1, label="logged steps")
     axis.plot([s + 100 for s, _ in spans], [m for _, m in spans], "o-", color="C0", label="mean of 200 steps")
-    axis.set(xlabel="step", ylabel="pinball loss (scaled space)", title=Path(args.run).name)
+    for boundary in boundaries:
+        axis.axvline(boundary, color="grey", ls="--", lw=1)
+    axis.set(xlabel="step", ylabel="pinball loss (scaled space)", title=" -> ".join(names))
     rate = axis.twinx()
-    rate.plot(steps, [r["lr"] for r in rows], color="C1", lw=1)
+    rate.plot(steps, lr, color="C1", lw=1)
     rate.set_ylabel("NorMuon learning rate", color="C1")
     axis.legend(fontsize=8)
     fig.tight_layout()
     FIGURES.mkdir(parents=True, exist_ok=True)
-    out = FIGURES / f"{Path(args.run).name}_loss.png"
+    out = FIGURES / f"{names[-1]}_loss.png"
     fig.savefig(out, dpi=110)
     print("wrote", out)
 
@@ -406,7 +418,7 @@ def main():
                         help="name:peak rate, for rms")
     parser.add_argument("--json", help="copy / sweep / rms: write the figures; plot: the copy JSON")
     parser.add_argument("--rms-json", help="plot: the --json given to rms")
-    parser.add_argument("--run", help="loss: the run directory")
+    parser.add_argument("--run", nargs="+", help="loss: the run directory, or the run directories of consecutive stages")
     args = parser.parse_args()
     {"copy": command_copy, "sweep": command_sweep, "rms": command_rms, "plot": command_plot,
      "loss": command_loss}[args.command](args)

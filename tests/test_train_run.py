@@ -199,10 +199,12 @@ def test_config_overrides_and_errors(tmp_path):
 @pytest.mark.parametrize("path", sorted((ROOT / "experiments" / "configs").glob("*.yaml")), ids=lambda p: p.name)
 def test_every_experiment_config_loads(path):
     """Every shipped recipe parses and validates (an unknown key or a bad schedule fails here, not hours
-    into a run); the three pretrain_small stages share one architecture, so they can continue each other."""
+    into a run); each staged recipe's stages share its first stage's architecture, so they can continue each
+    other."""
     config = load_config(path)
     config.validate()
-    if path.name.startswith("pretrain_small"):
-        assert config.model == load_config(ROOT / "experiments" / "configs" / "pretrain_small.yaml").model
-        schedule = config.optimizer
-        assert schedule.warmup_steps + schedule.stable_steps + schedule.decay_steps == config.steps
+    for first in ("pretrain_small", "pretrain_toto2_small_v2"):
+        if path.name.startswith(first + ".") or path.name.startswith(first + "_stage"):
+            assert config.model == load_config(ROOT / "experiments" / "configs" / f"{first}.yaml").model
+            schedule = config.optimizer
+            assert schedule.warmup_steps + schedule.stable_steps + schedule.decay_steps == config.steps

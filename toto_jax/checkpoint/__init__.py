@@ -27,7 +27,7 @@ DEFAULT_MODEL_DIRECTORY = BUNDLED_MODELS[DEFAULT_MODEL_NAME]
 BUNDLED_MODELS_HELP = (
     "Shipped models, scored on 19 held-out NAB and cloud-monitoring series (MASE / CRPS divided by seasonal "
     "naive's, < 1 beats it; at 48 / 480 / 720 steps): 'toto1-small' (= 'default'; Toto 1.0, sample paths): "
-    "0.52 / 0.43, 0.95 / 0.93, 0.88 / 0.87 (experiments/pretrain_small.md). 'toto2-small' (Toto 2.0, "
+    "0.52 / 0.43, 0.95 / 0.88, 0.88 / 0.81 (experiments/pretrain_small.md). 'toto2-small' (Toto 2.0, "
     "quantiles): 1.00 / 0.78, 1.41 / 1.20, 1.27 / 1.08; it learned level, trend and spread but no seasonality "
     "(its forecasts miss daily cycles): a way to try Toto 2.0, not the model to forecast with "
     "(experiments/toto2_small.md)."
