@@ -86,6 +86,19 @@ def test_scores_valid_on_awkward_series(model, toto2, kind, family):
         np.testing.assert_allclose(result.surprise, plain.surprise, atol=2e-3)
 
 
+def test_toto2_repeating_a_flat_line_is_unsurprising_and_leaving_it_is_a_tail(toto2):
+    """A flat history holds Toto 2.0's scaler at its floor, where its quantiles of the all-zero input sit off
+    the level (the retrained model put the level in the 0.1 tail at the last step of every patch, a drift alert
+    on a constant): steps repeating the level score 0 nats, and the first step off it is still a far tail."""
+    from toto_jax.detection.score import surprise
+
+    series = np.full((1, 900), 42.0)
+    series[0, 700] = 43.0
+    scored = surprise(toto2, [series], [np.ones_like(series, bool)], SHORT, 128, 64)[0][0][0]
+    assert np.all(scored[:700] == 0)
+    assert scored[700] > 15
+
+
 def test_a_glitch_is_scored_at_full_value_and_clipped_as_history(model):
     """Clipping bounds what the model sees, not what is scored: a 1000x glitch is flagged, and the steps after
     it, seen with the glitch clipped, are not."""

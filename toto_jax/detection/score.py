@@ -193,6 +193,7 @@ def _toto2_surprise(model, inputs, input_valid, targets, target_valid):
     """Toto 2.0: the first output patch at patch k is its quantiles of patch k + 1 (as it trains), de-scaled
     with the causal statistics at patch k (what a hidden patch k + 1 would carry: the data up to patch k)."""
     from ..models.toto2.config import QUANTILE_LEVELS
+    from ..models.toto2.scaler import MINIMUM_SCALE
 
     patch = model.config.patch_size
     output = model(inputs, input_valid)
@@ -200,6 +201,12 @@ def _toto2_surprise(model, inputs, input_valid, targets, target_valid):
     scaled = scaled.reshape(scaled.shape[:-2] + (-1,))
     knots = jnp.sort(jnp.sinh(scaled.astype(jnp.float32)) * output.scale + output.loc, axis=0)
     below, above = quantile_tails(knots, QUANTILE_LEVELS, targets, 1e-4 * output.scale)
+    # A flat history leaves the scaler at its floor, where the model's quantiles (of an all-zero input) sit up
+    # to ~2 floor units off-centre, patch position by patch position: a step that repeats the flat level would
+    # read as a 0.1 tail every patch, a drift on every flat line. At the floor the quantiles have no unit to
+    # measure that step against, so repeating the level is the median; any departure is scored by the tails.
+    repeats = (output.scale <= MINIMUM_SCALE) & (jnp.abs(targets - output.loc) <= output.scale)
+    below, above = jnp.where(repeats, 0.5, below), jnp.where(repeats, 0.5, above)
     return _surprise_and_normal_score(below, above, target_valid)
 
 
