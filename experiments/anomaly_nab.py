@@ -1,13 +1,13 @@
 """NAB experiments for toto_jax.detect (results in experiments/anomaly_nab.md).
 
-The surprise of every NAB file is computed once per (model, ForecastOptions, stride) by the same pass
-``toto_jax.detect`` runs, and cached under out/nab_cache/ (git-ignored), so choices of the score mapping
-(``DetectOptions``) re-run no model. The tuning rule: the DetectOptions grid point with the best standard-profile
-score on the even-numbered files (sorted paths: 0, 2, 4, ...); the odd-numbered half is held out. The grid is
-searched by coordinates in stages (``STAGES``), each from the best point of the one before (ties go to the
-point that changes fewest options): the surprise ratio and the extremes, then the level shifts, then the
-drifts, then the season of the seasonal shifts, starting without shifts, drifts or seasons (the drift grid
-holds 0.5-1.5 again since a glitch is history as a gap, experiments/anomaly_nab.md); the stages repeat
+The surprise of every NAB file is computed once per (model, its files' contents, ForecastOptions, stride) by the
+same pass ``toto_jax.detect`` runs, and cached under out/nab_cache/ (git-ignored), so choices of the score
+mapping (``DetectOptions``) re-run no model. The tuning rule: the DetectOptions grid point with the best
+standard-profile score on the even-numbered files (sorted paths: 0, 2, 4, ...); the odd-numbered half is held
+out. The grid is searched by coordinates in stages (``STAGES``), each from the best point of the one before
+(ties go to the point that changes fewest options): the surprise ratio and the extremes, then the level shifts,
+then the drifts, then the season of the seasonal shifts, starting without shifts, drifts or seasons (the drift
+grid holds 0.5-1.5 again since a glitch is history as a gap, experiments/anomaly_nab.md); the stages repeat
 until a round changes nothing.
 
     python experiments/anomaly_nab.py [--nab ../shared/data/nab] [--context N] [--stride N] [--tune]
@@ -25,13 +25,14 @@ from pathlib import Path
 import numpy as np
 
 import toto_jax
+from toto_jax import checkpoint
 from toto_jax.detection import DetectOptions
 from toto_jax.detection.adaptive import adaptive_scores, drifts, extremes, level_shifts, season_steps, seasonal_shifts
 from toto_jax.detection.score import surprise
 from toto_jax.eval import nab
 from toto_jax.forecasting.options import ForecastOptions
 
-VERSION = 5  # of the surprise pass; bump when it changes
+VERSION = 6  # of the surprise pass; bump when it changes
 CACHE = Path(__file__).resolve().parents[1] / "out" / "nab_cache"
 STAGES = (
     dict(history=[300, 500, 700, 1000, 1500], min_reference=[0.5, 1.0, 2.0], extreme_surprise=[None, 2.0, 3.0, 4.0]),
@@ -41,9 +42,22 @@ STAGES = (
 )
 
 
+def model_digest(model_name) -> str:
+    """The contents of the model's files (a bundled name or a local directory), so that a model retrained under
+    the same name is not read from the cache."""
+    directory = checkpoint.bundled_model_directory(model_name) or Path(model_name)
+    digest = hashlib.sha1()
+    for path in sorted(directory.rglob("*")) if directory.is_dir() else []:
+        if path.is_file():
+            digest.update(path.relative_to(directory).as_posix().encode())
+            with open(path, "rb") as file:
+                digest.update(hashlib.file_digest(file, "sha1").digest())
+    return digest.hexdigest()
+
+
 def cached_surprise(model_name, corpus, options: ForecastOptions, stride):
     """(surprise, normal score) of every file, by relative path, and the seconds the pass took (None: cached)."""
-    key = hashlib.sha1(repr((VERSION, model_name, options, stride)).encode()).hexdigest()[:12]
+    key = hashlib.sha1(repr((VERSION, model_name, model_digest(model_name), options, stride)).encode()).hexdigest()[:12]
     path = CACHE / f"{key}.npz"
     if path.exists():
         stored = np.load(path)

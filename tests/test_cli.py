@@ -31,7 +31,7 @@ def test_every_flag_of_every_subcommand_has_help():
     for part in ("default out/eval", "metrics.csv", "summary.csv", "CRPS wins (the share of series", "short, medium,"):
         assert part in " ".join(evaluation.split()), part
     forecast = " ".join(commands[("forecast",)].format_help().split())
-    for part in ("'toto1-small' (= 'default'; Toto 1.0, sample paths): 0.52 / 0.43", "no seasonality",
+    for part in ("'toto1-small' (= 'default'; Toto 1.0, sample paths): 0.52 / 0.43", "--decode-block-size 128",
                  "--samples N Toto 1.0: sample paths behind the median and quantiles (default 64)"):  # fmt: skip
         assert part in forecast, part
 

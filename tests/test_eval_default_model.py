@@ -36,7 +36,7 @@ def test_bundled_models_are_small_and_in_reference_layout(name):
 def test_bundled_models_load_by_name_and_a_local_directory_of_that_name_wins(tmp_path, monkeypatch):
     toto1, toto2 = toto_jax.load("toto1-small"), toto_jax.load("toto2-small")
     assert (toto1.config.family, toto2.config.family) == ("toto1", "toto2")
-    assert (toto1.config.max_context, toto2.config.max_context) == (2048, 1024)  # the contexts they trained on
+    assert (toto1.config.max_context, toto2.config.max_context) == (2048, 2048)  # the contexts they trained on
     assert toto_jax.load("default").config.family == checkpoint.DEFAULT_MODEL_NAME.split("-")[0]
     tiny = TotoConfig(patch_size=8, stride=8, embed_dim=16, num_layers=1, num_heads=2, mlp_hidden_dim=32,
                       dropout=0.0, spacewise_every_n_layers=1, k_components=2)  # fmt: skip
