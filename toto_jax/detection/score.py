@@ -148,7 +148,7 @@ def _surprise_and_normal_score(below, above, valid):
     P(X >= x)), floored; and the normal score Phi^-1(P(X <= x)) (0 at the median, +-3 at the 0.13 % tails),
     from the smaller tail so that far tails keep their precision. Both 0 where not ``valid``."""
     smaller = jnp.minimum(below, above)
-    surprise = -jnp.log(jnp.clip(2.0 * smaller, TAIL_FLOOR, 1.0))
+    surprise = jnp.abs(jnp.log(jnp.clip(2.0 * smaller, TAIL_FLOOR, 1.0)))  # -log(1) would be -0.0 in the output
     lower_quantile = ndtri(jnp.clip(smaller, TAIL_FLOOR / 2, 0.5))
     normal_score = jnp.where(below < above, lower_quantile, -lower_quantile)
     return jnp.where(valid, surprise, 0.0), jnp.where(valid, normal_score, 0.0)
