@@ -43,15 +43,15 @@ STAGES = (
 
 
 def model_digest(model_name) -> str:
-    """The contents of the model's files (a bundled name or a local directory), so that a model retrained under
+    """The contents of the model's files (where ``toto_jax.load`` finds them), so that a model retrained under
     the same name is not read from the cache."""
-    directory = checkpoint.bundled_model_directory(model_name) or Path(model_name)
+    located = checkpoint.locate(model_name)
+    files = sorted(p for p in located.rglob("*") if p.is_file()) if located.is_dir() else [located]
     digest = hashlib.sha1()
-    for path in sorted(directory.rglob("*")) if directory.is_dir() else []:
-        if path.is_file():
-            digest.update(path.relative_to(directory).as_posix().encode())
-            with open(path, "rb") as file:
-                digest.update(hashlib.file_digest(file, "sha1").digest())
+    for path in files:
+        digest.update(path.name.encode())
+        with path.open("rb") as file:
+            digest.update(hashlib.file_digest(file, "sha1").digest())
     return digest.hexdigest()
 
 

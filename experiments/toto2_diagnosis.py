@@ -418,7 +418,8 @@ def main():
                         help="name:peak rate, for rms")
     parser.add_argument("--json", help="copy / sweep / rms: write the figures; plot: the copy JSON")
     parser.add_argument("--rms-json", help="plot: the --json given to rms")
-    parser.add_argument("--run", nargs="+", help="loss: the run directory, or the run directories of consecutive stages")
+    parser.add_argument("--run", nargs="+",
+                        help="loss: the run directory, or the run directories of consecutive stages")
     args = parser.parse_args()
     {"copy": command_copy, "sweep": command_sweep, "rms": command_rms, "plot": command_plot,
      "loss": command_loss}[args.command](args)
