@@ -376,7 +376,8 @@ def command_loss(args):
     steps, loss, lr, boundaries = [], [], [], []
     for run in args.run:
         rows = [json.loads(line) for line in (Path(run) / "metrics.jsonl").read_text().splitlines()]
-        rows = [r for r in rows if "loss" in r]
+        # a resumed run logs again the steps after its last checkpoint (bit-identical): one row per step
+        rows = sorted({r["step"]: r for r in rows if "loss" in r}.values(), key=lambda r: r["step"])
         offset = steps[-1] if steps else 0
         if steps:
             boundaries.append(offset)

@@ -161,7 +161,10 @@ def test_init_from_reference_checkpoint_takes_its_weights_and_architecture(runs,
     assert result.returncode == 0, result.stdout + result.stderr
     model = load_model_from_run(tmp_path / "run")
     assert model.config.embed_dim == tiny.embed_dim
-    assert load_config(tmp_path / "run" / "config.yaml").model.embed_dim == tiny.embed_dim
+    run_config = load_config(tmp_path / "run" / "config.yaml")
+    assert run_config.model.embed_dim == tiny.embed_dim
+    # the reference's config has no max_context; forecasting from the run keeps to the context it trained on
+    assert model.config.max_context == run_config.data.context_length == 64
     from toto_jax.checkpoint import load
 
     # one AdamW step moves each weight by at most about the first learning rate

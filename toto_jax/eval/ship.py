@@ -25,13 +25,13 @@ def ship(run_dir: str | os.PathLike, out_dir: str | os.PathLike, *, overwrite: b
 
     import toto_jax
     from toto_jax.checkpoint.torch_format import CONFIG_FILE, WEIGHTS_FILE
-    from toto_jax.train.checkpointing import is_run_directory, read_run_config
+    from toto_jax.train.checkpointing import is_run_directory
 
     model = toto_jax.load(Path(run_dir).resolve())
     out_dir = toto_jax.export_torch(model, out_dir, overwrite=overwrite)
     if is_run_directory(run_dir):  # both references ignore this project's key
         config = json.loads((out_dir / CONFIG_FILE).read_text())
-        config["max_context"] = read_run_config(run_dir)["data"]["context_length"]
+        config["max_context"] = model.config.max_context  # the context it trained on
         (out_dir / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
     weights = out_dir / WEIGHTS_FILE
     tensors = load_file(str(weights))

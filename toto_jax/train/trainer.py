@@ -335,13 +335,15 @@ def _initial_params(init_from):
 
 
 def _training_knobs(model_config) -> dict[str, Any]:
-    """The model fields a run may set whatever the checkpoint's architecture."""
-    names = ("dtype",) if is_toto2(model_config) else ("dropout", "dtype", "remat")
+    """The model fields a run may set whatever the checkpoint's architecture (``max_context`` is not
+    architecture: loading a run caps it at the context the run trained on)."""
+    names = ("dtype", "max_context") if is_toto2(model_config) else ("dropout", "dtype", "remat", "max_context")
     return {name: getattr(model_config, name) for name in names}
 
 
 def _merge_init_config(config: TrainConfig, loaded: TotoConfig | Toto2Config) -> TrainConfig:
-    """Architecture (and family) from the checkpoint; training knobs (dropout, dtype, remat) from the config."""
+    """Architecture (and family) from the checkpoint; the other fields (dropout, dtype, remat, max_context)
+    from the config."""
     if loaded.family != config.model.family:
         raise ValueError(f"the checkpoint holds a {loaded.family} model but model.family is {config.model.family}")
     model = loaded.replace(**_training_knobs(config.model))
