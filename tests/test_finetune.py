@@ -20,6 +20,7 @@ from reference import make_reference, reference_config, save_reference
 import toto_jax
 from toto_jax.cli import main
 from toto_jax.forecasting.tabular import parse_table
+from toto_jax.train.checkpointing import read_run_config
 from toto_jax.train.finetune import finetune, table_series
 from toto_jax.train.validation import validation_windows
 
@@ -70,8 +71,9 @@ def test_validation_windows_score_only_the_held_out_steps():
 
 def test_finetune_learns_keeps_the_best_model_and_resumes_bit_exactly(checkpoint, tmp_path):
     """Validation loss falls; the best model is kept in WORKDIR/best (what toto_jax.load(WORKDIR) returns, equal
-    to that step's checkpoint), with variate labels added for the covariate; a run stopped at step 10 and
-    resumed to 20 ends bit-identical to an uninterrupted one, with the same validation records."""
+    to that step's checkpoint, forecasting from the context the run trained on), with variate labels added for
+    the covariate; a run stopped at step 10 and resumed to 20 ends bit-identical to an uninterrupted one, with the
+    same validation records."""
     table = parse_table(make_table(), covariates=["load"])
     whole, _ = finetune(table, checkpoint, tmp_path / "whole", FAST + ["steps=20"])
     records = [json.loads(line) for line in (tmp_path / "whole" / "validation.jsonl").read_text().splitlines()]
@@ -82,6 +84,9 @@ def test_finetune_learns_keeps_the_best_model_and_resumes_bit_exactly(checkpoint
     best = toto_jax.load(tmp_path / "whole")
     assert best.config.variate_labels and best.variate_labels is not None
     at_best = toto_jax.load(tmp_path / "whole" / "checkpoints" / str(best_step))
+    trained_context = read_run_config(tmp_path / "whole")["data"]["context_length"]
+    assert best.config.max_context == at_best.config.max_context == trained_context
+    assert trained_context < toto_jax.load(checkpoint).config.max_context
     for a, b in zip(params_of(best), params_of(at_best), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 

@@ -40,6 +40,13 @@ def model_config_to_dict(config: TotoConfig | Toto2Config) -> dict[str, Any]:
     return values if config.family == "toto1" else {"family": config.family, **values}
 
 
+def forecasting_model_config(model: TotoConfig | Toto2Config, context_length: int) -> TotoConfig | Toto2Config:
+    """The config a run's weights forecast with: ``max_context`` capped at the context the run trained on
+    (``data.context_length``). Positions it never saw forecast worse: toto2-small's stage 5 on the validation
+    set, short-term MASE 0.720 from 4096 steps, 0.591 from its 2048."""
+    return model.replace(max_context=min(model.max_context, context_length))
+
+
 @dataclasses.dataclass
 class LossConfig:
     lambda_nll: float = 0.575

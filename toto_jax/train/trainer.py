@@ -31,7 +31,7 @@ from ..models import build_model, is_toto2, split_for_training
 from ..models.toto2.config import Toto2Config
 from ..sharding import constrain, logical_to_pspec, make_mesh, state_shardings, use_mesh
 from . import toto2_objective
-from .config import TrainConfig, dump_config, model_config_from_dict
+from .config import TrainConfig, dump_config, forecasting_model_config, model_config_from_dict
 from .loss import LossTerms, LossWeights, loss_terms, split_batch
 from .optimizer import make_optimizer, schedule_from_config
 
@@ -122,6 +122,14 @@ class TrainProgram:
 
     def model(self, params):
         return nnx.merge(self.graphdef, params, self.rest)
+
+    def forecaster(self, params):
+        """The trained model as it is saved for forecasting: ``max_context`` capped at the training context
+        (``forecasting_model_config``), the config a run directory's latest checkpoint also loads with."""
+        if not hasattr(self, "_forecaster_graphdef"):
+            config = forecasting_model_config(self.model_config, self.config.data.context_length)
+            self._forecaster_graphdef = nnx.graphdef(nnx.eval_shape(lambda: build_model(config, rngs=nnx.Rngs(0))))
+        return nnx.merge(self._forecaster_graphdef, params, self.rest)
 
     def put_batch(self, local_batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
         size = np.shape(local_batch["series"])[0] * jax.process_count()
@@ -475,8 +483,9 @@ def train(
             converged = False
             if validation is not None and validation.due(done, config.steps):
                 loss = program.validation_loss(state.params, validation.windows)
-                converged = validation.record(done, loss, lambda path: _save_model(program.model(state.params), path),
-                                              is_writer)  # fmt: skip
+                converged = validation.record(
+                    done, loss, lambda path: _save_model(program.forecaster(state.params), path), is_writer
+                )
                 logger.write(done, {"validation_loss": loss})
             stopping = signalled or converged
             if done % config.checkpoint.every == 0 or done == config.steps or time_due or stopping:
