@@ -20,8 +20,8 @@ _ASSETS = Path(__file__).resolve().parent.parent / "assets"
 BUNDLED_MODELS = {"toto1-small": _ASSETS / "toto1_small", "toto2-small": _ASSETS / "toto2_small"}
 DEFAULT_MODEL = "default"
 # The better of the two (experiments/toto2_small.md): toto2-small wins at every held-out term but MASE at 480
-# steps, where toto1-small keeps the lower figure, as it does both at 48 steps on validation; and toto1-small
-# has the better one-step forecasts that detection scores (NAB 73.0 against 64.8).
+# steps, where toto1-small keeps the lower figure, as it does CRPS at 48 steps on validation; and toto1-small
+# has the better one-step forecasts that detection scores (NAB 73.0 against 65.6).
 DEFAULT_MODEL_NAME = "toto1-small"
 DEFAULT_MODEL_DIRECTORY = BUNDLED_MODELS[DEFAULT_MODEL_NAME]
 # For --help: each shipped model's scores on the 19 held-out NAB / cloud-monitoring series (MASE / CRPS as ratios
@@ -31,7 +31,7 @@ BUNDLED_MODELS_HELP = (
     "naive's, < 1 beats it; at 48 / 480 / 720 steps): 'toto1-small' (= 'default'; Toto 1.0, sample paths): "
     "0.52 / 0.43, 0.95 / 0.88, 0.88 / 0.81 (experiments/pretrain_small.md). 'toto2-small' (Toto 2.0, "
     "quantiles; forecast beyond 128 steps with --decode-block-size 128, the longest span it was trained to "
-    "fill): 0.51 / 0.41, 0.97 / 0.84, 0.86 / 0.73 (experiments/toto2_small.md)."
+    "fill): 0.51 / 0.41, 0.97 / 0.84, 0.84 / 0.72 (experiments/toto2_small.md)."
 )
 
 
